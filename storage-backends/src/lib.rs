@@ -1,1 +1,78 @@
-//! placeholder
+//! Blob stores for Dooz Sync: a narrow async [`BlobStore`] trait over [`object_store`], the
+//! backends behind it, and adapters that wrap any store.
+//!
+//! The crate stores opaque bytes under validated [`BlobKey`]s and knows nothing of what they
+//! hold: the server keeps sealed chunks and packs under `<tenant>/<vault>/...`.
+//!
+//! - Backends, opened by URL with [`open_url`] (or [`StorageUrl`] to parse first):
+//!   `memory://` ([`ObjectStoreBackend::memory`]) and `file:///abs/path` or a plain path
+//!   ([`LocalDir`]). `s3://` answers [`StorageError::UnsupportedScheme`] until S3 and
+//!   tenant-provided buckets land as another [`ObjectStoreBackend`] behind a new
+//!   [`StorageUrl`] variant.
+//! - Adapters: [`Prefixed`] scopes a store under a prefix (a tenant's vault), [`Metered`] counts
+//!   requests and bytes, [`FaultInjecting`] fails a seeded fraction of calls for tests.
+//! - `conformance` (cargo feature `conformance`): the suite every backend runs.
+//!
+//! # Durability
+//!
+//! `put` is atomic on every backend: readers see the old blob or the whole new one. On
+//! [`LocalDir`], a `put` that returned `Ok` also survives a crash or power loss (file and
+//! directories are fsynced; see its docs). `object_store`'s own local store does not fsync,
+//! which is why [`LocalDir`] writes itself.
+//!
+//! # Errors
+//!
+//! Every call returns [`StorageError`]. [`StorageError::is_retryable`] marks transient failures
+//! (an unreachable backend, injected faults); [`StorageError::is_not_found`] a missing blob.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use dooz_storage::{BlobKey, BlobStore, Metered, Prefixed, open_url};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dooz_storage::StorageError> {
+//! let store = open_url("memory://")?;
+//! let vault = Metered::new(Prefixed::new(store, BlobKey::new("tenant-1/vault-7")?));
+//!
+//! let key = BlobKey::new("chunks/ab/ab12")?;
+//! vault.put(&key, Bytes::from_static(b"sealed bytes")).await?;
+//! assert_eq!(vault.get_range(&key, 0..6).await?, &b"sealed"[..]);
+//! assert_eq!(vault.head(&key).await?.size, 12);
+//! assert!(vault.get(&BlobKey::new("chunks/none")?).await.unwrap_err().is_not_found());
+//!
+//! let listed = vault.list(Some(&BlobKey::new("chunks")?)).await?;
+//! assert_eq!(listed[0].key.as_str(), "chunks/ab/ab12");
+//!
+//! let meter = vault.snapshot();
+//! assert_eq!((meter.bytes_in, meter.bytes_out), (12, 6));
+//! assert_eq!(meter.get.failed, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod fault;
+mod key;
+mod local;
+mod metered;
+mod object_store_backend;
+mod open;
+mod prefixed;
+mod store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use crate::{
+    error::{BoxError, Op, StorageError},
+    fault::{FaultInjecting, PutFaultMode},
+    key::BlobKey,
+    local::LocalDir,
+    metered::{Meter, MeterSnapshot, Metered, OpCounts},
+    object_store_backend::ObjectStoreBackend,
+    open::{StorageUrl, open_url},
+    prefixed::Prefixed,
+    store::{BlobMeta, BlobStore},
+};

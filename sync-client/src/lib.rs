@@ -1,1 +1,55 @@
-//! placeholder
+//! Dooz Sync client.
+//!
+//! For now this crate holds the client's content-defined chunking, the first stage of the
+//! upload pipeline (chunk → chunk id → seal → upload):
+//!
+//! - [`Chunker`]: FastCDC v2020 normalized chunking with a gear table derived from the vault's
+//!   32-byte chunker seed, over in-memory data ([`Chunker::cut_points`]) or any
+//!   [`std::io::Read`] in bounded memory ([`StreamChunker`]). Sizes come from
+//!   [`ChunkerConfig`], whose [`ChunkerConfig::DEFAULT`] was picked by measurement
+//!   (`benches/RESULTS.md`, section "Chunk size").
+//! - [`ChunkListBuilder`]: turns a file's chunk ids into a [`ChunkList`], inline for ordinary
+//!   files and a tree of list blocks (stored as chunks of their own) for huge ones, holding one
+//!   block per tree level whatever the file size.
+//!
+//! The local index, the sealing pipeline around these pieces, the sync engine and the `dooz` CLI
+//! come with the sync issue.
+//!
+//! ```
+//! use dooz_client::{ChunkList, ChunkListBuilder, ChunkListLimits, Chunker, ChunkerConfig};
+//!
+//! // The seed comes from the vault: `VaultIdentityKeys::chunker_seed().as_bytes()`.
+//! let seed = [7u8; 32];
+//! let chunker = Chunker::new(ChunkerConfig::DEFAULT, &seed);
+//!
+//! let file: Vec<u8> = (0..1_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+//! let mut stream = chunker.stream(&file[..]);
+//! let mut list = ChunkListBuilder::new(ChunkListLimits::DEFAULT);
+//! // List blocks of huge files go through here: seal and store them, return their id.
+//! let mut store_block = |_block: &[u8]| -> Result<[u8; 32], std::io::Error> { unreachable!() };
+//! while let Some(chunk) = stream.next_chunk()? {
+//!     // Really: the vault's keyed chunk id (`VaultIdentityKeys::chunk_id`), then seal.
+//!     let id = *blake3::hash(chunk.data).as_bytes();
+//!     list.push(id, &mut store_block)?;
+//! }
+//! let list = list.finish(&mut store_block)?;
+//! assert!(matches!(list, ChunkList::Inline(ref ids) if ids.len() > 1));
+//!
+//! // The in-memory chunker cuts at the same places.
+//! assert_eq!(chunker.cut_points(&file).count() as u64, list.total_chunks());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod chunk_list;
+mod chunking;
+
+pub use chunk_list::{
+    CHUNK_ID_LEN, ChunkList, ChunkListBuilder, ChunkListLimits, ChunkListLimitsError,
+    LIST_BLOCK_HEADER_LEN, LIST_BLOCK_MAGIC, LIST_BLOCK_VERSION, ListBlock, ListBlockError,
+    MAX_LIST_BLOCK_IDS, RawChunkId, WalkError,
+};
+pub use chunking::{
+    AVG_CHUNK_SIZE_MAX, AVG_CHUNK_SIZE_MIN, Chunk, ChunkError, Chunker, ChunkerConfig,
+    ChunkerConfigError, CutPoint, CutPoints, MAX_CHUNK_SIZE_LIMIT, MIN_CHUNK_SIZE_LIMIT,
+    StreamChunker,
+};

@@ -1,0 +1,336 @@
+//! A durable local-directory blob store.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+
+use crate::{BlobKey, BlobMeta, BlobStore, ObjectStoreBackend, Op, StorageError};
+
+/// A blob store in a local directory, one file per blob, with crash-safe writes.
+///
+/// `object_store`'s [`LocalFileSystem`] writes a temporary file and renames it into place, so
+/// its puts are atomic, but it never calls `fsync`: after a power loss a blob it reported as
+/// stored may be missing, empty or partial. `LocalDir` therefore does its own writes and deletes
+/// and uses `LocalFileSystem` only for reads and listings.
+///
+/// # Crash guarantee
+///
+/// - `put` writes `<key>#<digits>` next to the target, `fsync`s it, renames it over the target,
+///   then `fsync`s every directory from the blob's parent up to the store root. Once `put`
+///   returns `Ok`, the blob survives a crash or power loss, whole. If the machine crashes during
+///   `put`, the key holds the old blob or the new one, never a mix or a partial file.
+/// - `delete` removes the file and `fsync`s its directory; once it returns `Ok` the blob stays
+///   deleted.
+/// - A crash can leave `#<digits>` temporary files behind. No key can name them (`#` is not a
+///   key character) and listings skip them.
+///
+/// (On non-Unix systems directories cannot be `fsync`ed; there only the file contents are.)
+///
+/// A key cannot be both a blob and a directory of blobs: with `a/b` stored, putting `a/b/c`
+/// fails with [`StorageError::KeyConflict`], and the other way round. Empty directories are
+/// left in place after deletes.
+///
+/// File I/O runs on tokio's blocking thread pool when called inside a tokio runtime, and inline
+/// otherwise. Dropping a `put` future does not cancel a write already handed to the pool.
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    root: Arc<PathBuf>,
+    reader: ObjectStoreBackend,
+}
+
+impl LocalDir {
+    /// Opens the store rooted at `path`, creating the directory (and its parents) if needed.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Open`] if the directory cannot be created or is not a directory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let path = path.as_ref();
+        let open_err = |source| StorageError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        fs::create_dir_all(path).map_err(open_err)?;
+        let root = fs::canonicalize(path).map_err(open_err)?;
+        if !root.is_dir() {
+            return Err(open_err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "the path exists and is not a directory",
+            )));
+        }
+        if let Some(parent) = root.parent() {
+            sync_dir(parent).map_err(open_err)?;
+        }
+        let files = LocalFileSystem::new_with_prefix(&root).map_err(|e| open_err(io::Error::other(e)))?;
+        Ok(Self {
+            root: Arc::new(root),
+            reader: ObjectStoreBackend::new(Arc::new(files)),
+        })
+    }
+
+    /// The store's root directory, canonicalised.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalDir {
+    async fn put(&self, key: &BlobKey, data: Bytes) -> Result<(), StorageError> {
+        let root = Arc::clone(&self.root);
+        let owned = key.clone();
+        run_blocking(Op::Put, key, move || write_durably(&root, &owned, &data)).await
+    }
+
+    async fn get(&self, key: &BlobKey) -> Result<Bytes, StorageError> {
+        self.reader.get(key).await
+    }
+
+    async fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+        self.reader.get_range(key, range).await
+    }
+
+    async fn head(&self, key: &BlobKey) -> Result<BlobMeta, StorageError> {
+        self.reader.head(key).await
+    }
+
+    async fn delete(&self, key: &BlobKey) -> Result<(), StorageError> {
+        let root = Arc::clone(&self.root);
+        let owned = key.clone();
+        run_blocking(Op::Delete, key, move || delete_durably(&root, &owned)).await
+    }
+
+    fn list_stream(
+        &self,
+        prefix: Option<&BlobKey>,
+    ) -> BoxStream<'_, Result<BlobMeta, StorageError>> {
+        self.reader.list_stream(prefix)
+    }
+}
+
+/// Runs blocking file I/O on tokio's blocking pool if there is a runtime, else inline.
+async fn run_blocking<T, F>(op: Op, key: &BlobKey, f: F) -> Result<T, StorageError>
+where
+    F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| StorageError::Backend {
+                op,
+                key: key.to_string(),
+                source: Box::new(e),
+            })?,
+        Err(_) => f(),
+    }
+}
+
+fn fs_path(root: &Path, key: &BlobKey) -> PathBuf {
+    let mut path = root.to_path_buf();
+    path.extend(key.segments());
+    path
+}
+
+/// Write-to-temp, fsync, rename, fsync the directories. See [`LocalDir`]'s crash guarantee.
+fn write_durably(root: &Path, key: &BlobKey, data: &[u8]) -> Result<(), StorageError> {
+    let io_err = |e| StorageError::from_io(Op::Put, key.as_str(), e);
+    let segments: Vec<&str> = key.segments().collect();
+    let Some((file_name, parents)) = segments.split_last() else {
+        return Err(StorageError::invalid_key(key.as_str(), "the key is empty"));
+    };
+
+    // Create missing parent directories. Every directory on the way is fsynced after the
+    // rename, so entries created concurrently by another writer are covered too.
+    let mut dir = root.to_path_buf();
+    let mut to_sync = vec![dir.clone()];
+    for (depth, segment) in parents.iter().enumerate() {
+        dir.push(segment);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if !dir.is_dir() {
+                    return Err(StorageError::KeyConflict {
+                        op: Op::Put,
+                        key: key.to_string(),
+                        conflicting: segments.get(..=depth).unwrap_or_default().join("/"),
+                    });
+                }
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+        to_sync.push(dir.clone());
+    }
+
+    let dest = dir.join(file_name);
+    if dest.is_dir() {
+        return Err(StorageError::KeyConflict {
+            op: Op::Put,
+            key: key.to_string(),
+            conflicting: format!("{key}/..."),
+        });
+    }
+
+    let (temp_path, mut file) = create_temp(&dir, file_name).map_err(io_err)?;
+    let written = file
+        .write_all(data)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            drop(file);
+            fs::rename(&temp_path, &dest)
+        });
+    if let Err(e) = written {
+        if let Err(cleanup) = fs::remove_file(&temp_path) {
+            tracing::warn!(path = %temp_path.display(), error = %cleanup, "could not remove a temporary blob file");
+        }
+        return Err(io_err(e));
+    }
+
+    for dir in to_sync.iter().rev() {
+        sync_dir(dir).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+/// Creates `<dir>/<name>#<digits>`, a name no key can take and listings skip.
+fn create_temp(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let pid = std::process::id();
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{name}#{pid}{n:06}"));
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn delete_durably(root: &Path, key: &BlobKey) -> Result<(), StorageError> {
+    let path = fs_path(root, key);
+    match fs::remove_file(&path) {
+        Ok(()) => match path.parent() {
+            Some(parent) => {
+                sync_dir(parent).map_err(|e| StorageError::from_io(Op::Delete, key.as_str(), e))
+            }
+            None => Ok(()),
+        },
+        // No blob: nothing there, a file where a parent directory would be, or a directory of
+        // other blobs.
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            Ok(())
+        }
+        Err(_) if path.is_dir() => Ok(()),
+        Err(e) => Err(StorageError::from_io(Op::Delete, key.as_str(), e)),
+    }
+}
+
+/// Makes a directory's entries durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Directories cannot be opened for fsync here; only file contents are made durable.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    fn key(s: &str) -> BlobKey {
+        BlobKey::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn blob_and_nested_key_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(dir.path()).unwrap();
+        store.put(&key("a/b"), Bytes::from_static(b"1")).await.unwrap();
+        let err = store
+            .put(&key("a/b/c"), Bytes::from_static(b"2"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StorageError::KeyConflict { conflicting, .. } if conflicting == "a/b"),
+            "{err:?}"
+        );
+        store.put(&key("x/y/z"), Bytes::from_static(b"3")).await.unwrap();
+        let err = store
+            .put(&key("x/y"), Bytes::from_static(b"4"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::KeyConflict { .. }), "{err:?}");
+        // Reads through a file or of a directory are just missing blobs.
+        assert!(store.get(&key("a/b/c")).await.unwrap_err().is_not_found());
+        assert!(store.head(&key("x/y")).await.unwrap_err().is_not_found());
+        store.delete(&key("a/b/c")).await.unwrap();
+        store.delete(&key("x/y")).await.unwrap();
+        assert_eq!(store.get(&key("x/y/z")).await.unwrap(), &b"3"[..]);
+    }
+
+    #[tokio::test]
+    async fn temp_files_are_invisible_and_blobs_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LocalDir::open(dir.path().join("store")).unwrap();
+            store.put(&key("t/v/c1"), Bytes::from_static(b"one")).await.unwrap();
+        }
+        // A leftover from a crash mid-put.
+        fs::write(dir.path().join("store/t/v/c2#1234"), b"partial").unwrap();
+
+        let store = LocalDir::open(dir.path().join("store")).unwrap();
+        let listed = store.list(None).await.unwrap();
+        assert_eq!(
+            listed,
+            [BlobMeta {
+                key: key("t/v/c1"),
+                size: 3
+            }]
+        );
+        assert!(store.get(&key("t/v/c2")).await.unwrap_err().is_not_found());
+        // Our own puts leave no temporary file behind.
+        let names: Vec<_> = fs::read_dir(dir.path().join("store/t/v"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn works_without_a_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(dir.path()).unwrap();
+        let mut put = store.put(&key("k"), Bytes::from_static(b"v"));
+        // No tokio runtime: the I/O runs inline and the future is ready on its first poll.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match put.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => result.unwrap(),
+            std::task::Poll::Pending => panic!("inline I/O should finish on the first poll"),
+        }
+        assert_eq!(fs::read(dir.path().join("k")).unwrap(), b"v");
+    }
+
+    #[test]
+    fn open_rejects_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, b"").unwrap();
+        let err = LocalDir::open(&file).unwrap_err();
+        assert!(matches!(err, StorageError::Open { .. }), "{err:?}");
+    }
+}
