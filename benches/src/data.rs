@@ -39,30 +39,30 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+#[rustfmt::skip]
 const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for", "on",
-    "are", "with", "as", "I", "his", "they", "be", "at", "one", "have", "this", "from", "or",
-    "had", "by", "not", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all",
-    "there", "when", "up", "use", "your", "how", "said", "an", "each", "she", "which", "do",
-    "their", "time", "if", "will", "way", "about", "many", "then", "them", "write", "would",
-    "like", "so", "these", "her", "long", "make", "thing", "see", "him", "two", "has", "look",
-    "more", "day", "could", "go", "come", "did", "number", "sound", "no", "most", "people", "my",
-    "over", "know", "water", "than", "call", "first", "who", "may", "down", "side", "been", "now",
-    "find", "any", "new", "work", "part", "take", "get", "place", "made", "live", "where",
-    "after", "back", "little", "only", "round", "man", "year", "came", "show", "every", "good",
-    "me", "give", "our", "under", "name", "very", "through", "just", "form", "sentence", "great",
-    "think", "say", "help", "low", "line", "differ", "turn", "cause", "much", "mean", "before",
-    "move", "right", "boy", "old", "too", "same", "tell", "does", "set", "three", "want", "air",
-    "well", "also", "play", "small", "end", "put", "home", "read", "hand", "port", "large",
-    "spell", "add", "even", "land", "here", "must", "big", "high", "such", "follow", "act",
-    "why", "ask", "men", "change", "went", "light", "kind", "off", "need", "house", "picture",
-    "try", "us", "again", "animal", "point", "mother", "world", "near", "build", "self", "earth",
-    "father", "head", "stand", "own", "page", "should", "country", "found", "answer", "school",
-    "grow", "study", "still", "learn", "plant", "cover", "food", "sun", "four", "between",
-    "state", "keep", "eye", "never", "last", "let", "thought", "city", "tree", "cross", "farm",
-    "hard", "start", "might", "story", "saw", "far", "sea", "draw", "left", "late", "run",
-    "while", "press", "close", "night", "real", "life", "few", "north", "synchronisation",
-    "encrypted", "device", "chunk", "vault", "server", "Dooz",
+    "the", "of", "and", "to", "a", "in", "is", "it", "you", "that", "he", "was", "for", "on", "are",
+    "with", "as", "I", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by",
+    "not", "word", "but", "what", "some", "we", "can", "out", "other", "were", "all", "there",
+    "when", "up", "use", "your", "how", "said", "an", "each", "she", "which", "do", "their", "time",
+    "if", "will", "way", "about", "many", "then", "them", "write", "would", "like", "so", "these",
+    "her", "long", "make", "thing", "see", "him", "two", "has", "look", "more", "day", "could",
+    "go", "come", "did", "number", "sound", "no", "most", "people", "my", "over", "know", "water",
+    "than", "call", "first", "who", "may", "down", "side", "been", "now", "find", "any", "new",
+    "work", "part", "take", "get", "place", "made", "live", "where", "after", "back", "little",
+    "only", "round", "man", "year", "came", "show", "every", "good", "me", "give", "our", "under",
+    "name", "very", "through", "just", "form", "sentence", "great", "think", "say", "help", "low",
+    "line", "differ", "turn", "cause", "much", "mean", "before", "move", "right", "boy", "old",
+    "too", "same", "tell", "does", "set", "three", "want", "air", "well", "also", "play", "small",
+    "end", "put", "home", "read", "hand", "port", "large", "spell", "add", "even", "land", "here",
+    "must", "big", "high", "such", "follow", "act", "why", "ask", "men", "change", "went", "light",
+    "kind", "off", "need", "house", "picture", "try", "us", "again", "animal", "point", "mother",
+    "world", "near", "build", "self", "earth", "father", "head", "stand", "own", "page", "should",
+    "country", "found", "answer", "school", "grow", "study", "still", "learn", "plant", "cover",
+    "food", "sun", "four", "between", "state", "keep", "eye", "never", "last", "let", "thought",
+    "city", "tree", "cross", "farm", "hard", "start", "might", "story", "saw", "far", "sea", "draw",
+    "left", "late", "run", "while", "press", "close", "night", "real", "life", "few", "north",
+    "synchronisation", "encrypted", "device", "chunk", "vault", "server", "Dooz",
 ];
 
 /// `len` bytes of deterministic pseudo-English: Zipf-like word choice, sentences, commas,
@@ -100,7 +100,7 @@ pub fn text_like(len: usize, seed: u64) -> Vec<u8> {
             sentence_words = 0;
             sentence_len = 4 + rng.below(18);
             sentences += 1;
-            if sentences % (3 + rng.below(6)) == 0 {
+            if sentences.is_multiple_of(3 + rng.below(6)) {
                 out.extend_from_slice(b"\n\n");
             } else {
                 out.push(b' ');

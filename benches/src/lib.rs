@@ -1,5 +1,6 @@
-//! Dooz Sync benchmarks: deterministic inputs and the upload pipeline shared by the criterion
-//! benches (`cargo bench -p dooz-benches`) and the harness binaries:
+//! Dooz Sync benchmarks: deterministic inputs ([`random_bytes`], [`text_like`]) and the upload
+//! pipeline ([`upload`]: stream-chunk → chunk id → seal, on one or more threads) shared by the
+//! criterion benches (`cargo bench -p dooz-benches`) and the harness binaries:
 //!
 //! - `throughput`: the same measurements without criterion, median of N runs, one JSON line per
 //!   measurement with MB/s and the ratio to a memcpy baseline measured in the same run.
@@ -17,5 +18,7 @@
 //! ```
 
 mod data;
+mod pipeline;
 
 pub use data::{Rng, random_bytes, text_like};
+pub use pipeline::{BenchVault, Sink, Uploaded, upload};

@@ -112,7 +112,6 @@ fn check_frame(bytes: &[u8], len: usize, kind: ObjectKind) -> Result<(), Envelop
 
 /// A vault key opened from a device envelope.
 #[derive(Debug)]
-#[non_exhaustive]
 pub struct OpenedEnvelope {
     /// The vault the key belongs to.
     pub vault: VaultId,
@@ -182,7 +181,7 @@ impl DeviceEnvelopeHeader {
 /// `derive_key(CTX_DEVICE_ENVELOPE, dh_ephemeral || dh_static || header[22..150] || vault ||
 /// epoch)`, where `header[22..150]` is sender identity, sender exchange, recipient exchange and
 /// ephemeral public key.
-fn device_kek(
+pub(crate) fn device_kek(
     dh_ephemeral: &[u8; 32],
     dh_static: &[u8; 32],
     public_keys: &[u8],
@@ -255,7 +254,8 @@ pub fn wrap_vault_key_with(
     let kek = device_kek(
         dh_e.as_bytes(),
         dh_s.as_bytes(),
-        out.get(DEV_OFF_SENDER_IDENTITY..DEV_OFF_NONCE).unwrap_or(&[]),
+        out.get(DEV_OFF_SENDER_IDENTITY..DEV_OFF_NONCE)
+            .unwrap_or(&[]),
         vault,
         epoch,
     );
@@ -355,7 +355,6 @@ impl fmt::Debug for RecoverySecret {
 
 /// A vault key opened from a recovery envelope.
 #[derive(Debug)]
-#[non_exhaustive]
 pub struct OpenedRecovery {
     /// The vault the key belongs to.
     pub vault: VaultId,
@@ -366,7 +365,11 @@ pub struct OpenedRecovery {
 }
 
 /// `derive_key(CTX_RECOVERY_ENVELOPE, secret || vault || epoch)`.
-fn recovery_kek(secret: &RecoverySecret, vault: VaultId, epoch: Epoch) -> Zeroizing<[u8; 32]> {
+pub(crate) fn recovery_kek(
+    secret: &RecoverySecret,
+    vault: VaultId,
+    epoch: Epoch,
+) -> Zeroizing<[u8; 32]> {
     let mut ikm = Zeroizing::new([0u8; 36]);
     ikm[..16].copy_from_slice(secret.expose_secret());
     ikm[16..32].copy_from_slice(&vault.0);
@@ -383,7 +386,9 @@ pub fn wrap_to_recovery(
 ) -> Result<Vec<u8>, CryptoError> {
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce)?;
-    Ok(wrap_to_recovery_with_nonce(secret, vault, epoch, key, &nonce))
+    Ok(wrap_to_recovery_with_nonce(
+        secret, vault, epoch, key, &nonce,
+    ))
 }
 
 /// [`wrap_to_recovery`] with a caller-chosen nonce. For test vectors only.
@@ -417,7 +422,11 @@ pub fn open_recovery_envelope(
     secret: &RecoverySecret,
     envelope: &[u8],
 ) -> Result<OpenedRecovery, EnvelopeError> {
-    check_frame(envelope, RECOVERY_ENVELOPE_LEN, ObjectKind::RecoveryEnvelope)?;
+    check_frame(
+        envelope,
+        RECOVERY_ENVELOPE_LEN,
+        ObjectKind::RecoveryEnvelope,
+    )?;
     let vault = VaultId(array(envelope, OFF_VAULT));
     let epoch = Epoch(u32::from_be_bytes(array(envelope, OFF_EPOCH)));
     let kek = recovery_kek(secret, vault, epoch);
@@ -437,6 +446,8 @@ pub fn open_recovery_envelope(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn devices() -> (DeviceSecretKeys, DeviceSecretKeys) {
@@ -575,16 +586,16 @@ mod tests {
                 Err(CryptoError::LowOrderKey)
             );
             // An envelope whose ephemeral key is low order.
-            let mut env = wrap_vault_key(&a, &b.public(), VaultId([1; 16]), Epoch(0), &key)
-                .unwrap();
+            let mut env =
+                wrap_vault_key(&a, &b.public(), VaultId([1; 16]), Epoch(0), &key).unwrap();
             env[DEV_OFF_EPHEMERAL..DEV_OFF_NONCE].copy_from_slice(&bad);
             assert!(matches!(
                 open_envelope(&b, &env),
                 Err(EnvelopeError::LowOrderKey)
             ));
             // An envelope whose sender exchange key is low order.
-            let mut env = wrap_vault_key(&a, &b.public(), VaultId([1; 16]), Epoch(0), &key)
-                .unwrap();
+            let mut env =
+                wrap_vault_key(&a, &b.public(), VaultId([1; 16]), Epoch(0), &key).unwrap();
             env[DEV_OFF_SENDER_EXCHANGE..DEV_OFF_RECIPIENT].copy_from_slice(&bad);
             assert!(matches!(
                 open_envelope(&b, &env),
@@ -652,5 +663,32 @@ mod tests {
             })
         ));
         assert_eq!(format!("{secret:?}"), "RecoverySecret(..)");
+    }
+
+    proptest! {
+        #[test]
+        fn opening_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            valid_prefix in any::<bool>(),
+        ) {
+            let recipient = DeviceSecretKeys::from_bytes(&[3; 64]);
+            let secret = RecoverySecret::from_bytes([8; 16]);
+            let mut dev = bytes.clone();
+            let mut rec = bytes;
+            if valid_prefix {
+                // Right version, kind and recipient, so the checks reach the DH and the AEAD.
+                dev.resize(DEVICE_ENVELOPE_LEN, 0);
+                dev[0] = crate::FORMAT_VERSION;
+                dev[1] = ObjectKind::DeviceEnvelope.byte();
+                dev[DEV_OFF_RECIPIENT..DEV_OFF_EPHEMERAL]
+                    .copy_from_slice(&recipient.public().exchange);
+                rec.resize(RECOVERY_ENVELOPE_LEN, 0);
+                rec[0] = crate::FORMAT_VERSION;
+                rec[1] = ObjectKind::RecoveryEnvelope.byte();
+            }
+            prop_assert!(open_envelope(&recipient, &dev).is_err());
+            let _ = DeviceEnvelopeHeader::parse(&dev);
+            prop_assert!(open_recovery_envelope(&secret, &rec).is_err());
+        }
     }
 }

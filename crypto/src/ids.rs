@@ -379,7 +379,10 @@ mod tests {
         let id = DeviceId::from_identity_key(&[9; 32]).to_string();
         assert!(matches!(
             id[..id.len() - 1].parse::<DeviceId>(),
-            Err(ParseIdError::WrongLength { expected: 56, got: 55 })
+            Err(ParseIdError::WrongLength {
+                expected: 56,
+                got: 55
+            })
         ));
         assert!(matches!(
             format!("{id}A").parse::<DeviceId>(),
@@ -428,15 +431,24 @@ mod tests {
         assert_eq!(c.to_string().parse::<ChunkId>().unwrap(), c);
         assert!(matches!(
             "zz".repeat(16).parse::<VaultId>(),
-            Err(ParseIdError::InvalidCharacter { ch: 'z', position: 0 })
+            Err(ParseIdError::InvalidCharacter {
+                ch: 'z',
+                position: 0
+            })
         ));
         assert!(matches!(
             "ab".parse::<VaultId>(),
-            Err(ParseIdError::WrongLength { expected: 32, got: 2 })
+            Err(ParseIdError::WrongLength {
+                expected: 32,
+                got: 2
+            })
         ));
         assert!("é".repeat(16).parse::<VaultId>().is_err());
         assert_ne!(VaultId::generate().unwrap(), VaultId::generate().unwrap());
-        assert_ne!(VersionId::generate().unwrap(), VersionId::generate().unwrap());
+        assert_ne!(
+            VersionId::generate().unwrap(),
+            VersionId::generate().unwrap()
+        );
         assert_eq!(Epoch(3).next(), Some(Epoch(4)));
         assert_eq!(Epoch(u32::MAX).next(), None);
     }

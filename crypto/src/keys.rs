@@ -103,9 +103,9 @@ impl fmt::Debug for ChunkerSeed {
 pub struct VaultIdentityKeys {
     #[zeroize(skip)]
     vault: VaultId,
-    chunk_id_key: [u8; 32],
-    entry_key_key: [u8; 32],
-    chunker_seed: [u8; 32],
+    pub(crate) chunk_id_key: [u8; 32],
+    pub(crate) entry_key_key: [u8; 32],
+    pub(crate) chunker_seed: [u8; 32],
 }
 
 impl VaultIdentityKeys {

@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::sync::OnceLock;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
@@ -33,9 +34,16 @@ pub const RECORD_HEADER_LEN: usize = OFF_ID + 32 + 16;
 pub const MIN_COMPRESS_LEN: usize = 128;
 /// Compression is skipped when the sampled byte entropy exceeds this many bits per byte.
 pub const ENTROPY_SKIP_BITS: f64 = 7.2;
-/// Bytes sampled for the entropy estimate: 16 windows of 256 bytes spread across the input.
-const SAMPLE_WINDOW: usize = 256;
+/// Bytes sampled for the entropy estimate: 16 windows of 128 bytes spread across the input.
+const SAMPLE_WINDOW: usize = 128;
 const SAMPLE_WINDOWS: usize = 16;
+const SAMPLE_LEN: usize = SAMPLE_WINDOW * SAMPLE_WINDOWS;
+/// The AAD is the header followed by zero bytes up to a multiple of this (see FORMAT.md: the
+/// AVX2 Poly1305 backend stays on its four-block fast path only when the AAD fills whole
+/// 64-byte groups).
+const AAD_ALIGN: usize = 64;
+/// AAD length of both chunks (90-byte header) and records (106-byte header).
+const AAD_LEN: usize = 128;
 
 const FLAG_ZSTD: u8 = 0x01;
 
@@ -257,16 +265,38 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Shannon entropy in bits per byte of a byte histogram over at most 4 KiB sampled from
-/// across `data`: 16 windows of 256 bytes at evenly spaced offsets (all of `data` if shorter).
+/// `c * log2(c)` for every count a sample can hold.
+fn c_log2_c() -> &'static [f32; SAMPLE_LEN + 1] {
+    static TABLE: OnceLock<Box<[f32; SAMPLE_LEN + 1]>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0f32; SAMPLE_LEN + 1]);
+        for (c, v) in t.iter_mut().enumerate().skip(1) {
+            let c = c as f64;
+            *v = (c * c.log2()) as f32;
+        }
+        t
+    })
+}
+
+/// Shannon entropy in bits per byte of a byte histogram over at most 2 KiB sampled from
+/// across `data`: 16 windows of 128 bytes at evenly spaced offsets (all of `data` if shorter).
 fn sampled_entropy(data: &[u8]) -> f64 {
-    let mut hist = [0u32; 256];
+    // Four histograms, so repeated bytes do not serialise on one counter. Counts stay below
+    // `u16::MAX` because at most SAMPLE_LEN bytes are counted.
+    let mut h = [[0u16; 256]; 4];
     let mut count = |s: &[u8]| {
-        for &b in s {
-            hist[usize::from(b)] += 1;
+        let mut quads = s.chunks_exact(4);
+        for q in &mut quads {
+            h[0][usize::from(q[0])] += 1;
+            h[1][usize::from(q[1])] += 1;
+            h[2][usize::from(q[2])] += 1;
+            h[3][usize::from(q[3])] += 1;
+        }
+        for &b in quads.remainder() {
+            h[0][usize::from(b)] += 1;
         }
     };
-    if data.len() <= SAMPLE_WINDOW * SAMPLE_WINDOWS {
+    if data.len() <= SAMPLE_LEN {
         count(data);
     } else {
         let stride = (data.len() - SAMPLE_WINDOW) / (SAMPLE_WINDOWS - 1);
@@ -277,19 +307,19 @@ fn sampled_entropy(data: &[u8]) -> f64 {
             }
         }
     }
-    let n: u32 = hist.iter().sum();
+    let table = c_log2_c();
+    let mut n = 0usize;
+    let mut sum = 0f64;
+    let [h0, h1, h2, h3] = &h;
+    for (((a, b), c), d) in h0.iter().zip(h1).zip(h2).zip(h3) {
+        let c = usize::from(*a) + usize::from(*b) + usize::from(*c) + usize::from(*d);
+        n += c;
+        sum += f64::from(table.get(c).copied().unwrap_or(0.0));
+    }
     if n == 0 {
         return 0.0;
     }
-    let n = f64::from(n);
-    let sum: f64 = hist
-        .iter()
-        .filter(|c| **c > 0)
-        .map(|&c| {
-            let c = f64::from(c);
-            c * c.log2()
-        })
-        .sum();
+    let n = n as f64;
     n.log2() - sum / n
 }
 
@@ -395,24 +425,25 @@ fn seal_into(
     out.extend_from_slice(&original.to_be_bytes());
     let content_start = out.len();
 
+    // The one copy of the plaintext. It comes first so that the entropy estimate samples
+    // bytes that are in cache.
+    out.extend_from_slice(plaintext);
     let mut flags = 0u8;
     let mut stored = n;
-    let mut compressed = false;
-    if worth_compressing(plaintext) {
+    if out.get(content_start..).is_some_and(worth_compressing) {
+        out.truncate(content_start);
         out.reserve(zstd::zstd_safe::compress_bound(n));
-        if let Some(c) = compress_append(plaintext, out) {
-            if padded(INNER_HEADER_LEN + c) < padded(INNER_HEADER_LEN + n) {
+        match compress_append(plaintext, out) {
+            Some(c) if padded(INNER_HEADER_LEN + c) < padded(INNER_HEADER_LEN + n) => {
                 flags |= FLAG_ZSTD;
                 stored = c;
-                compressed = true;
-            } else {
+            }
+            _ => {
+                // zstd did not shrink the padded size: store the plaintext as is.
                 out.truncate(content_start);
+                out.extend_from_slice(plaintext);
             }
         }
-    }
-    if !compressed {
-        // The one copy of the plaintext.
-        out.extend_from_slice(plaintext);
     }
     let body_len = padded(INNER_HEADER_LEN + stored);
     out.resize(header_len + body_len, 0);
@@ -425,15 +456,26 @@ fn seal_into(
         f[0] = flags;
         f[1..].copy_from_slice(&(stored as u32).to_be_bytes());
     }
+    let aad = padded_aad(aad);
     let cipher = XChaCha20Poly1305::new(Key::from_slice(p.key));
     let tag = cipher
-        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, body)
+        .encrypt_in_place_detached(XNonce::from_slice(nonce), &aad, body)
         .map_err(|_| SealError::TooLarge {
             len: n,
             max: MAX_PLAINTEXT_LEN,
         })?;
     out.extend_from_slice(&tag);
     Ok(())
+}
+
+/// The AAD of a header: the header, then zero bytes up to [`AAD_LEN`].
+pub(crate) fn padded_aad(header: &[u8]) -> [u8; AAD_LEN] {
+    const _: () = assert!(AAD_LEN.is_multiple_of(AAD_ALIGN) && RECORD_HEADER_LEN <= AAD_LEN);
+    let mut aad = [0u8; AAD_LEN];
+    if let Some(dst) = aad.get_mut(..header.len()) {
+        dst.copy_from_slice(header);
+    }
+    aad
 }
 
 fn random_nonce() -> Result<[u8; NONCE_LEN], SealError> {
@@ -611,11 +653,12 @@ fn open_into(
     let (ciphertext, tag) = rest.split_at(body_len);
     out.clear();
     out.extend_from_slice(ciphertext);
+    let aad = padded_aad(aad);
     let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
     cipher
         .decrypt_in_place_detached(
             XNonce::from_slice(&h.nonce),
-            aad,
+            &aad,
             out,
             Tag::from_slice(tag),
         )
@@ -639,7 +682,10 @@ fn open_into(
         ));
     }
     let content_end = INNER_HEADER_LEN + stored;
-    if out.get(content_end..).is_some_and(|pad| pad.iter().any(|b| *b != 0)) {
+    if out
+        .get(content_end..)
+        .is_some_and(|pad| pad.iter().any(|b| *b != 0))
+    {
         return Err(OpenError::Malformed("padding is not zero"));
     }
     if original > MAX_PLAINTEXT_LEN {

@@ -182,7 +182,10 @@ impl DecodeError {
     }
 
     fn malformed(type_id: Option<u16>, reason: impl Into<String>) -> Self {
-        Self::Malformed { type_id, reason: reason.into() }
+        Self::Malformed {
+            type_id,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -223,13 +226,18 @@ pub fn encoded_len(msg: &Message) -> usize {
 /// body after the frame.
 pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let type_id = msg.type_id();
-    msg.check_limits().map_err(|limit| EncodeError::LimitExceeded { type_id, limit })?;
+    msg.check_limits()
+        .map_err(|limit| EncodeError::LimitExceeded { type_id, limit })?;
     let frame_len = encoded_len(msg);
     let body_len = frame_len - LEN_PREFIX;
     let prefix = u32::try_from(body_len)
         .ok()
         .filter(|&len| len <= MAX_FRAME_LEN)
-        .ok_or(EncodeError::FrameTooLarge { type_id, len: body_len, max: MAX_FRAME_LEN })?;
+        .ok_or(EncodeError::FrameTooLarge {
+            type_id,
+            len: body_len,
+            max: MAX_FRAME_LEN,
+        })?;
 
     let start = out.len();
     out.reserve(frame_len);
@@ -238,7 +246,10 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     out.push(msg.version());
     if let Err(e) = msg.serialize_payload(Append(out)) {
         out.truncate(start);
-        return Err(EncodeError::Serialize { type_id, reason: e.to_string() });
+        return Err(EncodeError::Serialize {
+            type_id,
+            reason: e.to_string(),
+        });
     }
     debug_assert_eq!(out.len() - start, frame_len);
     Ok(())
@@ -259,7 +270,10 @@ fn body_len(bytes: &[u8]) -> Result<Option<usize>, DecodeError> {
     };
     let len = u32::from_be_bytes(*prefix);
     if len > MAX_FRAME_LEN {
-        return Err(DecodeError::FrameTooLarge { len, max: MAX_FRAME_LEN });
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     // MAX_FRAME_LEN fits any usize this crate builds for.
     Ok(Some(len as usize))
@@ -271,11 +285,15 @@ fn body_len(bytes: &[u8]) -> Result<Option<usize>, DecodeError> {
 /// oversized length prefix is rejected as soon as its 4 bytes are there.
 pub fn decode_frame(bytes: &[u8]) -> Result<(Message, usize), DecodeError> {
     let Some(len) = body_len(bytes)? else {
-        return Err(DecodeError::Incomplete { needed: LEN_PREFIX - bytes.len() });
+        return Err(DecodeError::Incomplete {
+            needed: LEN_PREFIX - bytes.len(),
+        });
     };
     let total = LEN_PREFIX + len;
     let Some(body) = bytes.get(LEN_PREFIX..total) else {
-        return Err(DecodeError::Incomplete { needed: total - bytes.len() });
+        return Err(DecodeError::Incomplete {
+            needed: total - bytes.len(),
+        });
     };
     Ok((decode_body(body)?, total))
 }
@@ -287,7 +305,10 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
     let Some((&[t0, t1, version], payload)) = body.split_first_chunk::<BODY_HEADER>() else {
         return Err(DecodeError::malformed(
             None,
-            format!("body of {} bytes is shorter than the 3-byte message header", body.len()),
+            format!(
+                "body of {} bytes is shorter than the 3-byte message header",
+                body.len()
+            ),
         ));
     };
     let type_id = u16::from_be_bytes([t0, t1]);
@@ -295,10 +316,17 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
         return Err(DecodeError::UnknownMessage { type_id, version });
     };
     if version == 0 {
-        return Err(DecodeError::malformed(Some(type_id), "version 0 is reserved"));
+        return Err(DecodeError::malformed(
+            Some(type_id),
+            "version 0 is reserved",
+        ));
     }
     if version > known.version {
-        return Err(DecodeError::UnsupportedVersion { type_id, version, max: known.version });
+        return Err(DecodeError::UnsupportedVersion {
+            type_id,
+            version,
+            max: known.version,
+        });
     }
     // Every version this build knows of every type has the same payload layout so far; a type
     // that gains a v2 dispatches on `version` here.
@@ -313,10 +341,17 @@ pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
             format!("{} trailing bytes after the payload", rest.len()),
         ));
     }
-    msg.check_limits().map_err(|limit| DecodeError::LimitExceeded { type_id, limit })?;
-    if let Some(ext) = msg.ext().iter().find(|e| e.critical && !is_known_extension(type_id, e.tag))
+    msg.check_limits()
+        .map_err(|limit| DecodeError::LimitExceeded { type_id, limit })?;
+    if let Some(ext) = msg
+        .ext()
+        .iter()
+        .find(|e| e.critical && !is_known_extension(type_id, e.tag))
     {
-        return Err(DecodeError::UnsupportedExtension { type_id, tag: ext.tag });
+        return Err(DecodeError::UnsupportedExtension {
+            type_id,
+            tag: ext.tag,
+        });
     }
     Ok(msg)
 }
@@ -409,7 +444,10 @@ impl FrameDecoder {
         match decode_frame(&self.buf) {
             Err(e @ DecodeError::Incomplete { .. }) => Err(e),
             // A complete frame is still buffered: the caller stopped calling `next_frame`.
-            _ => Err(DecodeError::malformed(None, "undecoded frame left at the end of the stream")),
+            _ => Err(DecodeError::malformed(
+                None,
+                "undecoded frame left at the end of the stream",
+            )),
         }
     }
 
@@ -427,5 +465,124 @@ impl FrameDecoder {
     fn fail(&mut self, e: DecodeError) {
         self.failed = Some(e);
         self.buf = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error_code::ErrorCode;
+    use crate::ext::Extensions;
+    use crate::ids::{Seq, VaultId};
+    use crate::messages::Pull;
+
+    /// The example frames of docs/PROTOCOL.md, as written there (spaces between fields).
+    const PULL_EXAMPLE: &str = "00000016 000a 01 000102030405060708090a0b0c0d0e0f 2a 64 00";
+    const ERROR_EXAMPLE: &str = "00000014 8000 01 03 00 0d 6e6f2073756368207661756c74 00";
+
+    const PROTOCOL_MD: &str = include_str!("../../docs/PROTOCOL.md");
+
+    fn example_pull() -> Message {
+        let mut vault = [0u8; 16];
+        vault.iter_mut().zip(0u8..).for_each(|(b, i)| *b = i);
+        Pull {
+            vault: VaultId::from_bytes(vault),
+            since: Seq::new(42),
+            limit: 100,
+            ext: Extensions::new(),
+        }
+        .into()
+    }
+
+    fn example_error() -> Message {
+        ErrorResponse::new(ErrorCode::NotFound, "no such vault").into()
+    }
+
+    #[test]
+    fn example_frames_match_the_spec() {
+        for (msg, spaced) in [
+            (example_pull(), PULL_EXAMPLE),
+            (example_error(), ERROR_EXAMPLE),
+        ] {
+            let wire = encode_to_vec(&msg).unwrap();
+            assert_eq!(
+                hex::encode(&wire),
+                spaced.replace(' ', ""),
+                "{}",
+                msg.name()
+            );
+            assert_eq!(decode_frame(&wire).unwrap(), (msg, wire.len()));
+            assert!(
+                PROTOCOL_MD.contains(spaced),
+                "docs/PROTOCOL.md lacks the example {spaced}"
+            );
+        }
+    }
+
+    #[test]
+    fn spec_lists_every_message_type_and_error_code() {
+        for t in crate::messages::message_types() {
+            let row = format!("| `{:#06x}` | {} | {} |", t.type_id, t.name, t.version);
+            assert!(
+                PROTOCOL_MD.contains(&row),
+                "docs/PROTOCOL.md lacks the row {row}"
+            );
+        }
+        for code in 1..=12u16 {
+            let row = format!("\n| {code} | `");
+            assert!(
+                PROTOCOL_MD.contains(&row),
+                "docs/PROTOCOL.md lacks error code {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn encode_appends_and_leaves_output_alone_on_error() {
+        let mut out = b"previous".to_vec();
+        encode(&example_pull(), &mut out).unwrap();
+        assert!(out.starts_with(b"previous"));
+        assert_eq!(decode_frame(&out[8..]).unwrap().0, example_pull());
+    }
+
+    #[test]
+    fn finish_reports_a_stream_cut_inside_a_frame() {
+        let wire = encode_to_vec(&example_pull()).unwrap();
+        let mut d = FrameDecoder::new();
+        assert_eq!(d.finish(), Ok(()));
+        d.push(&wire[..10]);
+        assert_eq!(
+            d.finish(),
+            Err(DecodeError::Incomplete {
+                needed: wire.len() - 10
+            })
+        );
+        d.push(&wire[10..]);
+        assert!(matches!(d.finish(), Err(DecodeError::Malformed { .. })));
+        assert_eq!(d.next_frame().unwrap(), Some(example_pull()));
+        assert_eq!(d.finish(), Ok(()));
+    }
+
+    #[test]
+    fn error_messages_name_the_type() {
+        let e = DecodeError::UnknownMessage {
+            type_id: 0x1234,
+            version: 2,
+        };
+        assert_eq!(
+            e.to_string(),
+            "received message type 0x1234 v2, which this build of dooz does not know: upgrade dooz"
+        );
+        let e = DecodeError::Malformed {
+            type_id: None,
+            reason: "x".into(),
+        };
+        assert_eq!(e.to_string(), "malformed frame: x");
+        let e = DecodeError::FrameTooLarge {
+            len: u32::MAX,
+            max: MAX_FRAME_LEN,
+        };
+        assert!(e.to_string().contains("4294967295"));
+        assert!(!e.is_frame_consumed());
     }
 }

@@ -1,25 +1,10 @@
 //! Typed error codes: what a server answers instead of the expected response.
 //!
-//! On the wire an [`ErrorCode`] is `{code: u16 varint, detail: bytes}`. `code` is the stable number
-//! in the table below; `detail` holds the variant's fields (postcard) and may only grow by fields
-//! appended at its end, which older peers skip. A code this build does not know decodes to
+//! On the wire an [`ErrorCode`] is `{code: u16 varint, detail: bytes}`. `code` is the stable
+//! number listed on [`ErrorCode`]; `detail` holds the variant's fields (postcard) and may only
+//! grow by fields appended at its end, which older peers skip. A code this build does not know decodes to
 //! [`ErrorCode::Unknown`], never to a decode failure, and the accompanying message text is still
 //! shown to the user.
-//!
-//! | code | variant | detail | retryable |
-//! |---:|---|---|---|
-//! | 1 | `Unauthenticated` | | no |
-//! | 2 | `Revoked` | | no |
-//! | 3 | `NotFound` | | no |
-//! | 4 | `Conflict` | `head: Option<VersionId>` | no (re-read, merge, retry) |
-//! | 5 | `QuotaExceeded` | `resource: u16, limit: u64, used: u64` | no |
-//! | 6 | `SubscriptionInactive` | | no |
-//! | 7 | `RateLimited` | `retry_after_ms: u64` | yes, after the delay |
-//! | 8 | `TooLarge` | | no |
-//! | 9 | `BadRequest` | | no |
-//! | 10 | `Unsupported` | | no |
-//! | 11 | `Internal` | | yes |
-//! | 12 | `AlreadyExists` | | no |
 
 use std::fmt;
 use std::time::Duration;
@@ -113,8 +98,22 @@ impl UnknownCode {
     }
 }
 
-/// Why a request failed. Stable numeric codes are listed in the [module docs](self) and in
-/// `docs/PROTOCOL.md`.
+/// Why a request failed, with the stable numbers it travels as (also in `docs/PROTOCOL.md`):
+///
+/// | code | variant | detail | retryable |
+/// |---:|---|---|---|
+/// | 1 | `Unauthenticated` | | no |
+/// | 2 | `Revoked` | | no |
+/// | 3 | `NotFound` | | no |
+/// | 4 | `Conflict` | `head: Option<VersionId>` | no (re-read, merge, retry) |
+/// | 5 | `QuotaExceeded` | `resource: u16, limit: u64, used: u64` | no |
+/// | 6 | `SubscriptionInactive` | | no |
+/// | 7 | `RateLimited` | `retry_after_ms: u64` | yes, after the delay |
+/// | 8 | `TooLarge` | | no |
+/// | 9 | `BadRequest` | | no |
+/// | 10 | `Unsupported` | | no |
+/// | 11 | `Internal` | | yes |
+/// | 12 | `AlreadyExists` | | no |
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "ErrorCodeWire", into = "ErrorCodeWire")]
 #[non_exhaustive]
@@ -203,9 +202,15 @@ impl fmt::Display for ErrorCode {
             Self::Unauthenticated => f.write_str("unauthenticated"),
             Self::Revoked => f.write_str("device revoked"),
             Self::NotFound => f.write_str("not found"),
-            Self::Conflict { head: Some(head) } => write!(f, "conflict: the entry's head is {head}"),
+            Self::Conflict { head: Some(head) } => {
+                write!(f, "conflict: the entry's head is {head}")
+            }
             Self::Conflict { head: None } => f.write_str("conflict: the entry has no head"),
-            Self::QuotaExceeded { resource, limit, used } => {
+            Self::QuotaExceeded {
+                resource,
+                limit,
+                used,
+            } => {
                 write!(f, "quota exceeded: {used} of {limit} {resource} used")
             }
             Self::SubscriptionInactive => f.write_str("subscription inactive"),
@@ -242,7 +247,9 @@ impl fmt::Display for BadDetail {
 
 /// Decodes the start of `detail`, ignoring fields a newer peer appended.
 fn detail<T: for<'de> Deserialize<'de>>(code: u16, detail: &[u8]) -> Result<T, BadDetail> {
-    postcard::take_from_bytes(detail).map(|(v, _rest)| v).map_err(|_| BadDetail(code))
+    postcard::take_from_bytes(detail)
+        .map(|(v, _rest)| v)
+        .map_err(|_| BadDetail(code))
 }
 
 impl TryFrom<ErrorCodeWire> for ErrorCode {
@@ -253,13 +260,21 @@ impl TryFrom<ErrorCodeWire> for ErrorCode {
             1 => Self::Unauthenticated,
             2 => Self::Revoked,
             3 => Self::NotFound,
-            4 => Self::Conflict { head: detail(4, &w.detail)? },
+            4 => Self::Conflict {
+                head: detail(4, &w.detail)?,
+            },
             5 => {
                 let (resource, limit, used) = detail(5, &w.detail)?;
-                Self::QuotaExceeded { resource, limit, used }
+                Self::QuotaExceeded {
+                    resource,
+                    limit,
+                    used,
+                }
             }
             6 => Self::SubscriptionInactive,
-            7 => Self::RateLimited { retry_after_ms: detail(7, &w.detail)? },
+            7 => Self::RateLimited {
+                retry_after_ms: detail(7, &w.detail)?,
+            },
             8 => Self::TooLarge,
             9 => Self::BadRequest,
             10 => Self::Unsupported,
@@ -275,14 +290,19 @@ impl From<ErrorCode> for ErrorCodeWire {
         // Serializing these small tuples into a Vec cannot fail.
         let detail = match &c {
             ErrorCode::Conflict { head } => postcard::to_allocvec(head),
-            ErrorCode::QuotaExceeded { resource, limit, used } => {
-                postcard::to_allocvec(&(resource, limit, used))
-            }
+            ErrorCode::QuotaExceeded {
+                resource,
+                limit,
+                used,
+            } => postcard::to_allocvec(&(resource, limit, used)),
             ErrorCode::RateLimited { retry_after_ms } => postcard::to_allocvec(retry_after_ms),
             _ => Ok(Vec::new()),
         }
         .unwrap_or_default();
-        Self { code: c.code(), detail }
+        Self {
+            code: c.code(),
+            detail,
+        }
     }
 }
 
@@ -311,7 +331,11 @@ impl ErrorResponse {
             }
             message.truncate(cut);
         }
-        Self { code, message, ext: Extensions::new() }
+        Self {
+            code,
+            message,
+            ext: Extensions::new(),
+        }
     }
 }
 
@@ -332,11 +356,20 @@ mod tests {
             (ErrorCode::NotFound, 3),
             (ErrorCode::Conflict { head: Some(head) }, 4),
             (
-                ErrorCode::QuotaExceeded { resource: Resource::StorageBytes, limit: 10, used: 9 },
+                ErrorCode::QuotaExceeded {
+                    resource: Resource::StorageBytes,
+                    limit: 10,
+                    used: 9,
+                },
                 5,
             ),
             (ErrorCode::SubscriptionInactive, 6),
-            (ErrorCode::RateLimited { retry_after_ms: 1500 }, 7),
+            (
+                ErrorCode::RateLimited {
+                    retry_after_ms: 1500,
+                },
+                7,
+            ),
             (ErrorCode::TooLarge, 8),
             (ErrorCode::BadRequest, 9),
             (ErrorCode::Unsupported, 10),
@@ -346,13 +379,20 @@ mod tests {
         for (code, n) in all {
             assert_eq!(code.code(), n);
             assert_eq!(round_trip(&code), code);
-            assert_eq!(postcard::to_allocvec(&code).unwrap()[0], u8::try_from(n).unwrap());
+            assert_eq!(
+                postcard::to_allocvec(&code).unwrap()[0],
+                u8::try_from(n).unwrap()
+            );
         }
     }
 
     #[test]
     fn detail_layout() {
-        let c = ErrorCode::QuotaExceeded { resource: Resource::Devices, limit: 5, used: 300 };
+        let c = ErrorCode::QuotaExceeded {
+            resource: Resource::Devices,
+            limit: 5,
+            used: 300,
+        };
         // code 5, detail of 4 bytes: resource 4, limit 5, used 300 (varint ac 02)
         assert_eq!(postcard::to_allocvec(&c).unwrap(), [5, 4, 4, 5, 0xac, 0x02]);
         let c = ErrorCode::Conflict { head: None };
@@ -371,7 +411,11 @@ mod tests {
         let c: ErrorCode = postcard::from_bytes(&[5, 3, 77, 1, 2]).unwrap();
         assert_eq!(
             c,
-            ErrorCode::QuotaExceeded { resource: Resource::Unknown, limit: 1, used: 2 }
+            ErrorCode::QuotaExceeded {
+                resource: Resource::Unknown,
+                limit: 1,
+                used: 2
+            }
         );
         assert_eq!(round_trip(&c), c);
     }
@@ -380,7 +424,12 @@ mod tests {
     fn appended_detail_fields_are_skipped() {
         // RateLimited with an extra (future) field after retry_after_ms.
         let c: ErrorCode = postcard::from_bytes(&[7, 3, 100, 0xff, 0x01]).unwrap();
-        assert_eq!(c, ErrorCode::RateLimited { retry_after_ms: 100 });
+        assert_eq!(
+            c,
+            ErrorCode::RateLimited {
+                retry_after_ms: 100
+            }
+        );
     }
 
     #[test]
@@ -392,7 +441,9 @@ mod tests {
     #[test]
     fn retryability() {
         assert!(ErrorCode::Internal.is_retryable());
-        let rl = ErrorCode::RateLimited { retry_after_ms: 250 };
+        let rl = ErrorCode::RateLimited {
+            retry_after_ms: 250,
+        };
         assert!(rl.is_retryable());
         assert_eq!(rl.retry_after(), Some(Duration::from_millis(250)));
         assert!(!ErrorCode::Conflict { head: None }.is_retryable());

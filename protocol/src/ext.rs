@@ -32,12 +32,20 @@ impl Extension {
 
     /// A non-critical extension: peers that do not know `tag` ignore it.
     pub fn optional(tag: u32, value: Vec<u8>) -> Self {
-        Self { tag, critical: false, value }
+        Self {
+            tag,
+            critical: false,
+            value,
+        }
     }
 
     /// A critical extension: peers that do not know `tag` reject the message.
     pub fn critical(tag: u32, value: Vec<u8>) -> Self {
-        Self { tag, critical: true, value }
+        Self {
+            tag,
+            critical: true,
+            value,
+        }
     }
 }
 
@@ -168,14 +176,18 @@ mod tests {
         assert_eq!(bytes, [1, 0x81, 0x80, 0x04, 1, 3, 1, 2, 3]);
         let back: Extensions = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back, ext);
-        assert_eq!(back.get(0x1_0001).map(|e| e.value.as_slice()), Some(&[1u8, 2, 3][..]));
+        assert_eq!(
+            back.get(0x1_0001).map(|e| e.value.as_slice()),
+            Some(&[1u8, 2, 3][..])
+        );
         assert!(back.get(7).is_none());
     }
 
     #[test]
     fn decoding_keeps_at_most_one_over_the_limit() {
-        let many: Vec<Extension> =
-            (0..1000).map(|t| Extension::optional(t, Vec::new())).collect();
+        let many: Vec<Extension> = (0..1000)
+            .map(|t| Extension::optional(t, Vec::new()))
+            .collect();
         let bytes = postcard::to_allocvec(&Extensions::from(many)).unwrap();
         let back: Extensions = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back.len(), MAX_EXTENSIONS + 1);

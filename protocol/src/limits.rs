@@ -90,7 +90,11 @@ pub struct LimitError {
 /// assert!(check_chunk_len(MAX_CHUNK_LEN + 1).is_err());
 /// ```
 pub fn check_chunk_len(len: u32) -> Result<usize, LimitError> {
-    check("raw chunk body length", u64::from(len), u64::from(MAX_CHUNK_LEN))?;
+    check(
+        "raw chunk body length",
+        u64::from(len),
+        u64::from(MAX_CHUNK_LEN),
+    )?;
     usize::try_from(len).map_err(|_| LimitError {
         what: "raw chunk body length (for this platform's usize)",
         max: usize::MAX as u64,
@@ -123,7 +127,11 @@ mod tests {
         let err = check_chunk_len(u32::MAX).unwrap_err();
         assert_eq!(err.got, u64::from(u32::MAX));
         assert_eq!(err.max, u64::from(MAX_CHUNK_LEN));
-        assert!(err.to_string().contains("over the protocol limit of 16777216"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("over the protocol limit of 16777216"),
+            "{err}"
+        );
     }
 
     #[test]

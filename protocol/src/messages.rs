@@ -56,7 +56,11 @@ pub struct Hello {
 impl Limits for Hello {
     fn check_limits(&self) -> Result<(), LimitError> {
         check_len("client name bytes", self.client_name.len(), MAX_NAME_LEN)?;
-        check_len("client version bytes", self.client_version.len(), MAX_NAME_LEN)
+        check_len(
+            "client version bytes",
+            self.client_version.len(),
+            MAX_NAME_LEN,
+        )
     }
 }
 
@@ -158,7 +162,11 @@ pub struct PutChunk {
 
 impl Limits for PutChunk {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check("PutChunk body length", u64::from(self.len), u64::from(MAX_CHUNK_LEN))
+        check(
+            "PutChunk body length",
+            u64::from(self.len),
+            u64::from(MAX_CHUNK_LEN),
+        )
     }
 }
 
@@ -196,8 +204,16 @@ pub struct CommitEntry {
 
 impl CommitEntry {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check_len("sealed record bytes", self.record.len(), MAX_SEALED_RECORD_LEN)?;
-        check_len("chunk ids of one entry", self.chunks.len(), MAX_CHUNKS_PER_ENTRY)
+        check_len(
+            "sealed record bytes",
+            self.record.len(),
+            MAX_SEALED_RECORD_LEN,
+        )?;
+        check_len(
+            "chunk ids of one entry",
+            self.chunks.len(),
+            MAX_CHUNKS_PER_ENTRY,
+        )
     }
 }
 
@@ -383,7 +399,11 @@ pub struct HelloOk {
 
 impl Limits for HelloOk {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check_len("server version bytes", self.server_version.len(), MAX_NAME_LEN)?;
+        check_len(
+            "server version bytes",
+            self.server_version.len(),
+            MAX_NAME_LEN,
+        )?;
         check_len("tenant id bytes", self.tenant.len(), MAX_NAME_LEN)?;
         check_len("account id bytes", self.account.len(), MAX_NAME_LEN)
     }
@@ -469,7 +489,11 @@ pub struct Envelopes {
 
 impl Limits for Envelopes {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check_len("envelopes in Envelopes", self.envelopes.len(), MAX_ENVELOPES)?;
+        check_len(
+            "envelopes in Envelopes",
+            self.envelopes.len(),
+            MAX_ENVELOPES,
+        )?;
         self.envelopes
             .iter()
             .try_for_each(|e| check_len("envelope bytes", e.envelope.len(), MAX_ENVELOPE_LEN))
@@ -516,7 +540,11 @@ pub struct ChunkData {
 
 impl Limits for ChunkData {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check("ChunkData body length", u64::from(self.len), u64::from(MAX_CHUNK_LEN))
+        check(
+            "ChunkData body length",
+            u64::from(self.len),
+            u64::from(MAX_CHUNK_LEN),
+        )
     }
 }
 
@@ -552,7 +580,11 @@ pub struct Committed {
 
 impl Limits for Committed {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check_len("results in Committed", self.results.len(), MAX_COMMIT_ENTRIES)
+        check_len(
+            "results in Committed",
+            self.results.len(),
+            MAX_COMMIT_ENTRIES,
+        )
     }
 }
 
@@ -580,8 +612,16 @@ pub struct Change {
 
 impl Change {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check_len("sealed record bytes", self.record.len(), MAX_SEALED_RECORD_LEN)?;
-        check_len("chunk ids of one entry", self.chunks.len(), MAX_CHUNKS_PER_ENTRY)
+        check_len(
+            "sealed record bytes",
+            self.record.len(),
+            MAX_SEALED_RECORD_LEN,
+        )?;
+        check_len(
+            "chunk ids of one entry",
+            self.chunks.len(),
+            MAX_CHUNKS_PER_ENTRY,
+        )
     }
 }
 
@@ -615,7 +655,11 @@ pub struct Changes {
 
 impl Limits for Changes {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check_len("changes in Changes", self.changes.len(), MAX_PULL_PAGE as usize)?;
+        check_len(
+            "changes in Changes",
+            self.changes.len(),
+            MAX_PULL_PAGE as usize,
+        )?;
         self.changes.iter().try_for_each(Change::check_limits)
     }
 }
@@ -633,7 +677,11 @@ pub struct HistoryPage {
 
 impl Limits for HistoryPage {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check_len("versions in HistoryPage", self.versions.len(), MAX_HISTORY_PAGE as usize)?;
+        check_len(
+            "versions in HistoryPage",
+            self.versions.len(),
+            MAX_HISTORY_PAGE as usize,
+        )?;
         self.versions.iter().try_for_each(Change::check_limits)
     }
 }
@@ -671,7 +719,11 @@ pub struct PairingPayload {
 
 impl Limits for PairingPayload {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check_len("pairing payload bytes", self.payload.len(), MAX_PAIRING_PAYLOAD_LEN)
+        check_len(
+            "pairing payload bytes",
+            self.payload.len(),
+            MAX_PAIRING_PAYLOAD_LEN,
+        )
     }
 }
 
@@ -686,7 +738,11 @@ impl fmt::Debug for PairingPayload {
 
 impl Limits for ErrorResponse {
     fn check_limits(&self) -> Result<(), LimitError> {
-        check_len("error message bytes", self.message.len(), MAX_ERROR_MESSAGE_LEN)
+        check_len(
+            "error message bytes",
+            self.message.len(),
+            MAX_ERROR_MESSAGE_LEN,
+        )
     }
 }
 
@@ -1001,7 +1057,11 @@ mod tests {
     fn type_table_is_consistent() {
         let mut ids = HashSet::new();
         for t in message_types() {
-            assert!(ids.insert(t.type_id), "duplicate type id {:#06x}", t.type_id);
+            assert!(
+                ids.insert(t.type_id),
+                "duplicate type id {:#06x}",
+                t.type_id
+            );
             assert_ne!(t.type_id, 0, "type id 0 is reserved");
             assert!(t.version >= 1);
             assert_eq!(message_type(t.type_id), Some(t));
@@ -1018,7 +1078,11 @@ mod tests {
 
     #[test]
     fn debug_prints_lengths_not_bytes() {
-        let m = PairingPost { slot: SlotId::from_bytes([0; 32]), payload: vec![7; 5000], ext: Extensions::new() };
+        let m = PairingPost {
+            slot: SlotId::from_bytes([0; 32]),
+            payload: vec![7; 5000],
+            ext: Extensions::new(),
+        };
         let s = format!("{m:?}");
         assert!(s.contains("<5000 bytes>"), "{s}");
         assert!(s.len() < 200, "{s}");

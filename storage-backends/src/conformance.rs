@@ -269,8 +269,21 @@ async fn keys(_suite: &Suite<'_>) -> Result<(), ConformanceError> {
     const CHECK: &str = "keys";
     let too_long = "k".repeat(BlobKey::MAX_LEN + 1);
     for bad in [
-        "", "/abs", "trailing/", "a//b", ".", "..", "a/../b", "a/./b", "sp ace", "back\\slash",
-        "hash#1", "pct%2F", "q?", "é", &too_long,
+        "",
+        "/abs",
+        "trailing/",
+        "a//b",
+        ".",
+        "..",
+        "a/../b",
+        "a/./b",
+        "sp ace",
+        "back\\slash",
+        "hash#1",
+        "pct%2F",
+        "q?",
+        "é",
+        &too_long,
     ] {
         match BlobKey::new(bad) {
             Err(StorageError::InvalidKey { .. }) => {}
@@ -376,7 +389,12 @@ async fn large_blob_and_ranges(suite: &Suite<'_>) -> Result<(), ConformanceError
         );
     }
     let (ten, five) = (10, 5);
-    for range in [size - 1..size + 1, size..size + 1, size + 10..size + 20, ten..five] {
+    for range in [
+        size - 1..size + 1,
+        size..size + 1,
+        size + 10..size + 20,
+        ten..five,
+    ] {
         let result = suite.get_range(&key, range.clone()).await;
         expect_invalid_range(CHECK, &key, range, size, result)?;
     }
@@ -507,7 +525,10 @@ async fn concurrent_puts(suite: &Suite<'_>) -> Result<(), ConformanceError> {
     const N: u64 = 16;
     let mut keys = Vec::new();
     for i in 0..N {
-        keys.push((suite.key(CHECK, &format!("concurrent/k{i:02}"))?, pattern(65_536, 200 + i)));
+        keys.push((
+            suite.key(CHECK, &format!("concurrent/k{i:02}"))?,
+            pattern(65_536, 200 + i),
+        ));
     }
     let puts = join_all(keys.iter().map(|(k, d)| suite.put(k, d.clone()))).await;
     for result in puts {
@@ -610,11 +631,7 @@ mod tests {
         async fn get(&self, key: &BlobKey) -> Result<Bytes, StorageError> {
             self.0.get(key).await
         }
-        async fn get_range(
-            &self,
-            key: &BlobKey,
-            range: Range<u64>,
-        ) -> Result<Bytes, StorageError> {
+        async fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Bytes, StorageError> {
             let size = self.0.head(key).await?.size;
             self.0
                 .get_range(key, range.start.min(size)..range.end.min(size))

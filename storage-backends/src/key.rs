@@ -110,7 +110,12 @@ fn validate(key: &str) -> Result<(), StorageError> {
     }
     for segment in key.split('/') {
         match segment {
-            "" => return Err(StorageError::invalid_key(key, "it has an empty segment ('//')")),
+            "" => {
+                return Err(StorageError::invalid_key(
+                    key,
+                    "it has an empty segment ('//')",
+                ));
+            }
             "." | ".." => {
                 return Err(StorageError::invalid_key(
                     key,
@@ -236,7 +241,10 @@ mod tests {
     #[test]
     fn error_message_explains_the_rules() {
         let msg = BlobKey::new("a b").unwrap_err().to_string();
-        assert!(msg.contains("\"a b\"") && msg.contains("at most 1024 bytes"), "{msg}");
+        assert!(
+            msg.contains("\"a b\"") && msg.contains("at most 1024 bytes"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -69,7 +69,8 @@ impl LocalDir {
         if let Some(parent) = root.parent() {
             sync_dir(parent).map_err(open_err)?;
         }
-        let files = LocalFileSystem::new_with_prefix(&root).map_err(|e| open_err(io::Error::other(e)))?;
+        let files =
+            LocalFileSystem::new_with_prefix(&root).map_err(|e| open_err(io::Error::other(e)))?;
         Ok(Self {
             root: Arc::new(root),
             reader: ObjectStoreBackend::new(Arc::new(files)),
@@ -227,7 +228,12 @@ fn delete_durably(root: &Path, key: &BlobKey) -> Result<(), StorageError> {
         },
         // No blob: nothing there, a file where a parent directory would be, or a directory of
         // other blobs.
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) =>
+        {
             Ok(())
         }
         Err(_) if path.is_dir() => Ok(()),
@@ -250,7 +256,6 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::Future;
 
     fn key(s: &str) -> BlobKey {
         BlobKey::new(s).unwrap()
@@ -260,7 +265,10 @@ mod tests {
     async fn blob_and_nested_key_conflict() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDir::open(dir.path()).unwrap();
-        store.put(&key("a/b"), Bytes::from_static(b"1")).await.unwrap();
+        store
+            .put(&key("a/b"), Bytes::from_static(b"1"))
+            .await
+            .unwrap();
         let err = store
             .put(&key("a/b/c"), Bytes::from_static(b"2"))
             .await
@@ -269,7 +277,10 @@ mod tests {
             matches!(&err, StorageError::KeyConflict { conflicting, .. } if conflicting == "a/b"),
             "{err:?}"
         );
-        store.put(&key("x/y/z"), Bytes::from_static(b"3")).await.unwrap();
+        store
+            .put(&key("x/y/z"), Bytes::from_static(b"3"))
+            .await
+            .unwrap();
         let err = store
             .put(&key("x/y"), Bytes::from_static(b"4"))
             .await
@@ -288,7 +299,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = LocalDir::open(dir.path().join("store")).unwrap();
-            store.put(&key("t/v/c1"), Bytes::from_static(b"one")).await.unwrap();
+            store
+                .put(&key("t/v/c1"), Bytes::from_static(b"one"))
+                .await
+                .unwrap();
         }
         // A leftover from a crash mid-put.
         fs::write(dir.path().join("store/t/v/c2#1234"), b"partial").unwrap();
@@ -315,7 +329,8 @@ mod tests {
     fn works_without_a_runtime() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalDir::open(dir.path()).unwrap();
-        let mut put = store.put(&key("k"), Bytes::from_static(b"v"));
+        let k = key("k");
+        let mut put = store.put(&k, Bytes::from_static(b"v"));
         // No tokio runtime: the I/O runs inline and the future is ready on its first poll.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match put.as_mut().poll(&mut cx) {

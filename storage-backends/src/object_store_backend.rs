@@ -144,11 +144,7 @@ impl BlobStore for ObjectStoreBackend {
     async fn delete(&self, key: &BlobKey) -> Result<(), StorageError> {
         match self.store.delete(&path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StorageError::from_object_store(
-                Op::Delete,
-                key.as_str(),
-                e,
-            )),
+            Err(e) => Err(StorageError::from_object_store(Op::Delete, key.as_str(), e)),
         }
     }
 
@@ -164,7 +160,11 @@ impl BlobStore for ObjectStoreBackend {
                 let out = match item {
                     Ok(meta) => match BlobKey::new(meta.location.as_ref()) {
                         // Some stores also list the object named exactly like the prefix.
-                        Ok(key) if prefix.as_ref().is_none_or(|p| key.strip_prefix(p).is_some()) => {
+                        Ok(key)
+                            if prefix
+                                .as_ref()
+                                .is_none_or(|p| key.strip_prefix(p).is_some()) =>
+                        {
                             Some(Ok(BlobMeta {
                                 key,
                                 size: meta.size,
@@ -224,7 +224,10 @@ mod tests {
     async fn reversed_range_is_invalid() {
         let backend = ObjectStoreBackend::memory();
         let key = BlobKey::new("k").unwrap();
-        backend.put(&key, Bytes::from_static(b"hello")).await.unwrap();
+        backend
+            .put(&key, Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
         #[allow(clippy::reversed_empty_ranges)]
         let err = backend.get_range(&key, 3..1).await.unwrap_err();
         assert!(

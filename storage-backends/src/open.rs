@@ -59,22 +59,24 @@ impl StorageUrl {
         }
         match url.scheme() {
             "memory" => {
-                if url.host_str().is_some_and(|h| !h.is_empty())
-                    || !matches!(url.path(), "" | "/")
+                if url.host_str().is_some_and(|h| !h.is_empty()) || !matches!(url.path(), "" | "/")
                 {
                     return Err(invalid("memory:// takes no host or path; write memory://"));
                 }
                 Ok(Self::Memory)
             }
             "file" => {
-                if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
+                if url
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
                     return Err(invalid(
                         "file URLs must name a local path (file:///abs/path), not a host",
                     ));
                 }
-                let path = url
-                    .to_file_path()
-                    .map_err(|()| invalid("it is not an absolute local path; write file:///abs/path"))?;
+                let path = url.to_file_path().map_err(|()| {
+                    invalid("it is not an absolute local path; write file:///abs/path")
+                })?;
                 Ok(Self::Local { path })
             }
             scheme @ ("s3" | "s3a") => Err(StorageError::UnsupportedScheme {
@@ -188,7 +190,10 @@ mod tests {
             panic!("{err:?}");
         };
         assert_eq!(scheme, "s3");
-        assert!(hint.contains("S3") && hint.contains("later issue"), "{hint}");
+        assert!(
+            hint.contains("S3") && hint.contains("later issue"),
+            "{hint}"
+        );
 
         let msg = StorageUrl::parse("gs://bucket").unwrap_err().to_string();
         assert!(msg.contains("`gs`") && msg.contains("memory://") && msg.contains("file:///"));

@@ -75,7 +75,10 @@ impl<S: BlobStore> BlobStore for Prefixed<S> {
 
     async fn get(&self, key: &BlobKey) -> Result<Bytes, StorageError> {
         let scoped = self.scoped(key)?;
-        self.inner.get(&scoped).await.map_err(|e| outer_error(e, key))
+        self.inner
+            .get(&scoped)
+            .await
+            .map_err(|e| outer_error(e, key))
     }
 
     async fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Bytes, StorageError> {
@@ -179,7 +182,10 @@ mod tests {
         assert_eq!(a.head(&key("c/1")).await.unwrap().key, key("c/1"));
 
         let err = a.get(&key("missing")).await.unwrap_err();
-        assert!(matches!(&err, StorageError::NotFound { key } if key == "missing"), "{err:?}");
+        assert!(
+            matches!(&err, StorageError::NotFound { key } if key == "missing"),
+            "{err:?}"
+        );
         let err = a.get_range(&key("c/1"), 0..9).await.unwrap_err();
         assert!(
             matches!(&err, StorageError::InvalidRange { key, size: 2, .. } if key == "c/1"),

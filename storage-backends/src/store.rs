@@ -50,8 +50,10 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
     async fn delete(&self, key: &BlobKey) -> Result<(), StorageError>;
 
     /// Streams the blobs under `prefix` (or all blobs), in no particular order.
-    fn list_stream(&self, prefix: Option<&BlobKey>)
-    -> BoxStream<'_, Result<BlobMeta, StorageError>>;
+    fn list_stream(
+        &self,
+        prefix: Option<&BlobKey>,
+    ) -> BoxStream<'_, Result<BlobMeta, StorageError>>;
 
     /// The blobs under `prefix` (or all blobs), sorted by key.
     async fn list(&self, prefix: Option<&BlobKey>) -> Result<Vec<BlobMeta>, StorageError> {

@@ -59,7 +59,7 @@ pub const AVG_CHUNK_SIZE_MAX: u32 = 4 * 1024 * 1024;
 pub const MAX_CHUNK_SIZE_LIMIT: u32 = 16 * 1024 * 1024;
 
 /// Smallest stream buffer, so that small chunk sizes still read in large blocks.
-const MIN_STREAM_BUFFER: usize = 1024 * 1024;
+const MIN_STREAM_BUFFER: usize = 256 * 1024;
 
 /// Minimum, average and maximum chunk sizes, validated.
 ///

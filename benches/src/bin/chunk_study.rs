@@ -1,4 +1,5 @@
-//! Chunk-size study: for each candidate average chunk size (min = avg/4, max = avg×4), on 64 MiB
+//! Chunk-size study: for each candidate average chunk size (min = avg/4, max = avg×4, and two
+//! variants with min = avg/2), on 64 MiB
 //! of random and of text-like data, measures
 //!
 //! - chunking throughput (in-memory cut points, median of 5 runs) and the chunk size spread;
@@ -41,11 +42,22 @@ struct Edit {
 
 fn main() -> anyhow::Result<()> {
     let mib: usize = match std::env::args().nth(1) {
-        Some(arg) => arg.parse().context("the argument is the input size in MiB")?,
+        Some(arg) => arg
+            .parse()
+            .context("the argument is the input size in MiB")?,
         None => 64,
     };
     let len = mib << 20;
-    let averages = [8u32 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 1 << 20];
+    // (min, avg, max): the candidates min = avg/4, max = avg×4, plus min = avg/2 variants.
+    let mut candidates: Vec<(u32, u32, u32)> =
+        [8u32 << 10, 16 << 10, 32 << 10, 64 << 10, 128 << 10, 1 << 20]
+            .into_iter()
+            .map(|avg| (avg / 4, avg, avg * 4))
+            .collect();
+    candidates.extend([
+        (8 << 10, 16 << 10, 64 << 10),
+        (16 << 10, 32 << 10, 128 << 10),
+    ]);
     for (name, data) in [
         ("random", random_bytes(len, 1)),
         ("text", text_like(len, 1)),
@@ -54,8 +66,8 @@ fn main() -> anyhow::Result<()> {
             "random" => random_bytes(n, seed),
             _ => text_like(n, seed),
         };
-        for avg in averages {
-            let config = ChunkerConfig::new(avg / 4, avg, avg * 4)?;
+        for &(min, avg, max) in &candidates {
+            let config = ChunkerConfig::new(min, avg, max)?;
             let chunker = Chunker::new(config, &SEED);
             study(name, &data, &chunker, &filler)?;
         }
@@ -128,7 +140,10 @@ fn study(
                     (0..EDITS)
                         .map(|i| Edit {
                             at: i * segment + rng.below(segment - each),
-                            op: ops.get((i + trial as usize) % 3).copied().unwrap_or(Op::Insert),
+                            op: ops
+                                .get((i + trial as usize) % 3)
+                                .copied()
+                                .unwrap_or(Op::Insert),
                             len: each,
                         })
                         .collect()

@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use dooz_protocol::{
-    FrameDecoder, LEN_PREFIX, Message, decode_body, decode_frame, encode, encode_to_vec, encoded_len,
-    message_types,
+    FrameDecoder, LEN_PREFIX, Message, decode_body, decode_frame, encode, encode_to_vec,
+    encoded_len, message_types,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -32,7 +32,12 @@ fn check_round_trip(msg: &Message) -> Result<Vec<u8>, TestCaseError> {
 
     let mut decoder = FrameDecoder::new();
     for (i, byte) in wire.iter().enumerate() {
-        prop_assert_eq!(decoder.next_frame(), Ok(None), "frame complete after {} bytes", i);
+        prop_assert_eq!(
+            decoder.next_frame(),
+            Ok(None),
+            "frame complete after {} bytes",
+            i
+        );
         decoder.push(std::slice::from_ref(byte));
     }
     prop_assert_eq!(decoder.next_frame(), Ok(Some(msg.clone())));
@@ -46,8 +51,11 @@ fn samples_cover_every_message_type() {
     let sampled: BTreeSet<u16> = samples().iter().map(Message::type_id).collect();
     let known: BTreeSet<u16> = message_types().map(|t| t.type_id).collect();
     assert_eq!(sampled, known);
-    let named: BTreeSet<&str> =
-        requests().iter().map(|r| r.0).chain(responses().iter().map(|r| r.0)).collect();
+    let named: BTreeSet<&str> = requests()
+        .iter()
+        .map(|r| r.0)
+        .chain(responses().iter().map(|r| r.0))
+        .collect();
     let known: BTreeSet<&str> = message_types().map(|t| t.name).collect();
     assert_eq!(named, known, "a strategy per message type");
 }
@@ -64,7 +72,9 @@ fn every_request_type_round_trips() {
     for (name, strategy) in requests() {
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
         runner
-            .run(&strategy, |req| check_round_trip(&Message::Request(req)).map(drop))
+            .run(&strategy, |req| {
+                check_round_trip(&Message::Request(req)).map(drop)
+            })
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
@@ -74,7 +84,9 @@ fn every_response_type_round_trips() {
     for (name, strategy) in responses() {
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(48));
         runner
-            .run(&strategy, |resp| check_round_trip(&Message::Response(resp)).map(drop))
+            .run(&strategy, |resp| {
+                check_round_trip(&Message::Response(resp)).map(drop)
+            })
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }

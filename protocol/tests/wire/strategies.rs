@@ -51,7 +51,10 @@ pub(crate) fn chunks() -> impl Strategy<Value = Vec<ChunkId>> {
 /// Extensions a peer that knows none of them accepts: non-critical ones.
 pub(crate) fn ext() -> impl Strategy<Value = Extensions> {
     vec((any::<u32>(), bytes(8)), 0..3).prop_map(|v| {
-        v.into_iter().map(|(tag, value)| Extension::optional(tag, value)).collect::<Vec<_>>().into()
+        v.into_iter()
+            .map(|(tag, value)| Extension::optional(tag, value))
+            .collect::<Vec<_>>()
+            .into()
     })
 }
 
@@ -81,12 +84,20 @@ pub(crate) fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Unauthenticated).boxed(),
         Just(ErrorCode::Revoked).boxed(),
         Just(ErrorCode::NotFound).boxed(),
-        proptest::option::of(version()).prop_map(|head| ErrorCode::Conflict { head }).boxed(),
+        proptest::option::of(version())
+            .prop_map(|head| ErrorCode::Conflict { head })
+            .boxed(),
         (resource(), any::<u64>(), any::<u64>())
-            .prop_map(|(resource, limit, used)| ErrorCode::QuotaExceeded { resource, limit, used })
+            .prop_map(|(resource, limit, used)| ErrorCode::QuotaExceeded {
+                resource,
+                limit,
+                used,
+            })
             .boxed(),
         Just(ErrorCode::SubscriptionInactive).boxed(),
-        any::<u64>().prop_map(|retry_after_ms| ErrorCode::RateLimited { retry_after_ms }).boxed(),
+        any::<u64>()
+            .prop_map(|retry_after_ms| ErrorCode::RateLimited { retry_after_ms })
+            .boxed(),
         Just(ErrorCode::TooLarge).boxed(),
         Just(ErrorCode::BadRequest).boxed(),
         Just(ErrorCode::Unsupported).boxed(),
@@ -97,16 +108,24 @@ pub(crate) fn error_code() -> impl Strategy<Value = ErrorCode> {
 }
 
 fn commit_entry() -> impl Strategy<Value = CommitEntry> {
-    (entry(), proptest::option::of(version()), version(), bytes(64), chunks(), epoch()).prop_map(
-        |(entry, parent, version, record, chunks, epoch)| CommitEntry {
-            entry,
-            parent,
-            version,
-            record,
-            chunks,
-            epoch,
-        },
+    (
+        entry(),
+        proptest::option::of(version()),
+        version(),
+        bytes(64),
+        chunks(),
+        epoch(),
     )
+        .prop_map(
+            |(entry, parent, version, record, chunks, epoch)| CommitEntry {
+                entry,
+                parent,
+                version,
+                record,
+                chunks,
+                epoch,
+            },
+        )
 }
 
 fn change() -> impl Strategy<Value = Change> {
@@ -120,22 +139,27 @@ fn change() -> impl Strategy<Value = Change> {
         epoch(),
         device(),
     )
-        .prop_map(|(seq, entry, version, parent, record, chunks, epoch, device)| Change {
-            seq,
-            entry,
-            version,
-            parent,
-            record,
-            chunks,
-            epoch,
-            device,
-        })
+        .prop_map(
+            |(seq, entry, version, parent, record, chunks, epoch, device)| Change {
+                seq,
+                entry,
+                version,
+                parent,
+                record,
+                chunks,
+                epoch,
+                device,
+            },
+        )
 }
 
 fn commit_result() -> impl Strategy<Value = CommitResult> {
     prop_oneof![
-        (entry(), seq(), version())
-            .prop_map(|(entry, seq, version)| CommitResult::Applied { entry, seq, version }),
+        (entry(), seq(), version()).prop_map(|(entry, seq, version)| CommitResult::Applied {
+            entry,
+            seq,
+            version
+        }),
         (entry(), proptest::option::of(version()))
             .prop_map(|(entry, head)| CommitResult::Conflict { entry, head }),
     ]
@@ -148,21 +172,47 @@ pub(crate) fn requests() -> Vec<(&'static str, BoxedStrategy<Request>)> {
             "Hello",
             (any::<u16>(), text(), text(), ext())
                 .prop_map(|(protocol_version, client_name, client_version, ext)| {
-                    Hello { protocol_version, client_name, client_version, ext }.into()
+                    Hello {
+                        protocol_version,
+                        client_name,
+                        client_version,
+                        ext,
+                    }
+                    .into()
                 })
                 .boxed(),
         ),
-        ("CreateVault", (vault(), ext()).prop_map(|(vault, ext)| CreateVault { vault, ext }.into()).boxed()),
-        ("ListVaults", ext().prop_map(|ext| ListVaults { ext }.into()).boxed()),
+        (
+            "CreateVault",
+            (vault(), ext())
+                .prop_map(|(vault, ext)| CreateVault { vault, ext }.into())
+                .boxed(),
+        ),
+        (
+            "ListVaults",
+            ext().prop_map(|ext| ListVaults { ext }.into()).boxed(),
+        ),
         (
             "PutEnvelope",
             (vault(), epoch(), device(), bytes(200), ext())
                 .prop_map(|(vault, epoch, recipient, envelope, ext)| {
-                    PutEnvelope { vault, epoch, recipient, envelope, ext }.into()
+                    PutEnvelope {
+                        vault,
+                        epoch,
+                        recipient,
+                        envelope,
+                        ext,
+                    }
+                    .into()
                 })
                 .boxed(),
         ),
-        ("GetEnvelopes", (vault(), ext()).prop_map(|(vault, ext)| GetEnvelopes { vault, ext }.into()).boxed()),
+        (
+            "GetEnvelopes",
+            (vault(), ext())
+                .prop_map(|(vault, ext)| GetEnvelopes { vault, ext }.into())
+                .boxed(),
+        ),
         (
             "Have",
             (vault(), vec(chunk(), 0..20), ext())
@@ -171,44 +221,96 @@ pub(crate) fn requests() -> Vec<(&'static str, BoxedStrategy<Request>)> {
         ),
         (
             "PutChunk",
-            (vault(), chunk(), 0..=dooz_protocol::limits::MAX_CHUNK_LEN, any::<[u8; 32]>(), ext())
+            (
+                vault(),
+                chunk(),
+                0..=dooz_protocol::limits::MAX_CHUNK_LEN,
+                any::<[u8; 32]>(),
+                ext(),
+            )
                 .prop_map(|(vault, chunk, len, blake3, ext)| {
-                    PutChunk { vault, chunk, len, blake3, ext }.into()
+                    PutChunk {
+                        vault,
+                        chunk,
+                        len,
+                        blake3,
+                        ext,
+                    }
+                    .into()
                 })
                 .boxed(),
         ),
         (
             "GetChunk",
-            (vault(), chunk(), ext()).prop_map(|(vault, chunk, ext)| GetChunk { vault, chunk, ext }.into()).boxed(),
+            (vault(), chunk(), ext())
+                .prop_map(|(vault, chunk, ext)| GetChunk { vault, chunk, ext }.into())
+                .boxed(),
         ),
         (
             "Commit",
             (vault(), vec(commit_entry(), 0..4), ext())
-                .prop_map(|(vault, entries, ext)| Commit { vault, entries, ext }.into())
+                .prop_map(|(vault, entries, ext)| {
+                    Commit {
+                        vault,
+                        entries,
+                        ext,
+                    }
+                    .into()
+                })
                 .boxed(),
         ),
         (
             "Pull",
             (vault(), seq(), any::<u32>(), ext())
-                .prop_map(|(vault, since, limit, ext)| Pull { vault, since, limit, ext }.into())
+                .prop_map(|(vault, since, limit, ext)| {
+                    Pull {
+                        vault,
+                        since,
+                        limit,
+                        ext,
+                    }
+                    .into()
+                })
                 .boxed(),
         ),
         (
             "History",
-            (vault(), entry(), any::<u32>(), proptest::option::of(seq()), ext())
+            (
+                vault(),
+                entry(),
+                any::<u32>(),
+                proptest::option::of(seq()),
+                ext(),
+            )
                 .prop_map(|(vault, entry, limit, before, ext)| {
-                    History { vault, entry, limit, before, ext }.into()
+                    History {
+                        vault,
+                        entry,
+                        limit,
+                        before,
+                        ext,
+                    }
+                    .into()
                 })
                 .boxed(),
         ),
         (
             "Subscribe",
-            (vec(vault(), 0..6), ext()).prop_map(|(vaults, ext)| Subscribe { vaults, ext }.into()).boxed(),
+            (vec(vault(), 0..6), ext())
+                .prop_map(|(vaults, ext)| Subscribe { vaults, ext }.into())
+                .boxed(),
         ),
         (
             "PairingOpen",
             (slot(), any::<u32>(), ext())
-                .prop_map(|(slot, expires_in_secs, ext)| PairingOpen { slot, expires_in_secs, ext }.into())
+                .prop_map(|(slot, expires_in_secs, ext)| {
+                    PairingOpen {
+                        slot,
+                        expires_in_secs,
+                        ext,
+                    }
+                    .into()
+                })
                 .boxed(),
         ),
         (
@@ -217,7 +319,12 @@ pub(crate) fn requests() -> Vec<(&'static str, BoxedStrategy<Request>)> {
                 .prop_map(|(slot, payload, ext)| PairingPost { slot, payload, ext }.into())
                 .boxed(),
         ),
-        ("PairingTake", (slot(), ext()).prop_map(|(slot, ext)| PairingTake { slot, ext }.into()).boxed()),
+        (
+            "PairingTake",
+            (slot(), ext())
+                .prop_map(|(slot, ext)| PairingTake { slot, ext }.into())
+                .boxed(),
+        ),
         (
             "PairingReply",
             (slot(), bytes(100), ext())
@@ -226,7 +333,9 @@ pub(crate) fn requests() -> Vec<(&'static str, BoxedStrategy<Request>)> {
         ),
         (
             "PairingAwaitReply",
-            (slot(), ext()).prop_map(|(slot, ext)| PairingAwaitReply { slot, ext }.into()).boxed(),
+            (slot(), ext())
+                .prop_map(|(slot, ext)| PairingAwaitReply { slot, ext }.into())
+                .boxed(),
         ),
     ]
 }
@@ -247,19 +356,38 @@ pub(crate) fn responses() -> Vec<(&'static str, BoxedStrategy<Response>)> {
         (
             "HelloOk",
             (any::<u16>(), text(), device(), text(), text(), ext())
-                .prop_map(|(protocol_version, server_version, device, tenant, account, ext)| {
-                    HelloOk { protocol_version, server_version, device, tenant, account, ext }.into()
-                })
+                .prop_map(
+                    |(protocol_version, server_version, device, tenant, account, ext)| {
+                        HelloOk {
+                            protocol_version,
+                            server_version,
+                            device,
+                            tenant,
+                            account,
+                            ext,
+                        }
+                        .into()
+                    },
+                )
                 .boxed(),
         ),
-        ("VaultCreated", (vault(), ext()).prop_map(|(vault, ext)| VaultCreated { vault, ext }.into()).boxed()),
+        (
+            "VaultCreated",
+            (vault(), ext())
+                .prop_map(|(vault, ext)| VaultCreated { vault, ext }.into())
+                .boxed(),
+        ),
         (
             "Vaults",
             (vec((vault(), seq(), epoch()), 0..5), ext())
                 .prop_map(|(v, ext)| {
                     let vaults = v
                         .into_iter()
-                        .map(|(vault, head_seq, latest_epoch)| VaultInfo { vault, head_seq, latest_epoch })
+                        .map(|(vault, head_seq, latest_epoch)| VaultInfo {
+                            vault,
+                            head_seq,
+                            latest_epoch,
+                        })
                         .collect();
                     Vaults { vaults, ext }.into()
                 })
@@ -283,11 +411,25 @@ pub(crate) fn responses() -> Vec<(&'static str, BoxedStrategy<Response>)> {
                 })
                 .boxed(),
         ),
-        ("Missing", (vec(chunk(), 0..20), ext()).prop_map(|(chunks, ext)| Missing { chunks, ext }.into()).boxed()),
-        ("ChunkStored", (chunk(), ext()).prop_map(|(chunk, ext)| ChunkStored { chunk, ext }.into()).boxed()),
+        (
+            "Missing",
+            (vec(chunk(), 0..20), ext())
+                .prop_map(|(chunks, ext)| Missing { chunks, ext }.into())
+                .boxed(),
+        ),
+        (
+            "ChunkStored",
+            (chunk(), ext())
+                .prop_map(|(chunk, ext)| ChunkStored { chunk, ext }.into())
+                .boxed(),
+        ),
         (
             "ChunkData",
-            (0..=dooz_protocol::limits::MAX_CHUNK_LEN, any::<[u8; 32]>(), ext())
+            (
+                0..=dooz_protocol::limits::MAX_CHUNK_LEN,
+                any::<[u8; 32]>(),
+                ext(),
+            )
                 .prop_map(|(len, blake3, ext)| ChunkData { len, blake3, ext }.into())
                 .boxed(),
         ),
@@ -300,23 +442,45 @@ pub(crate) fn responses() -> Vec<(&'static str, BoxedStrategy<Response>)> {
         (
             "Changes",
             (vec(change(), 0..4), seq(), any::<bool>(), ext())
-                .prop_map(|(changes, next, more, ext)| Changes { changes, next, more, ext }.into())
+                .prop_map(|(changes, next, more, ext)| {
+                    Changes {
+                        changes,
+                        next,
+                        more,
+                        ext,
+                    }
+                    .into()
+                })
                 .boxed(),
         ),
         (
             "HistoryPage",
             (vec(change(), 0..4), proptest::option::of(seq()), ext())
-                .prop_map(|(versions, next, ext)| HistoryPage { versions, next, ext }.into())
+                .prop_map(|(versions, next, ext)| {
+                    HistoryPage {
+                        versions,
+                        next,
+                        ext,
+                    }
+                    .into()
+                })
                 .boxed(),
         ),
-        ("Subscribed", ext().prop_map(|ext| Subscribed { ext }.into()).boxed()),
+        (
+            "Subscribed",
+            ext().prop_map(|ext| Subscribed { ext }.into()).boxed(),
+        ),
         (
             "Changed",
-            (vault(), seq(), ext()).prop_map(|(vault, seq, ext)| Changed { vault, seq, ext }.into()).boxed(),
+            (vault(), seq(), ext())
+                .prop_map(|(vault, seq, ext)| Changed { vault, seq, ext }.into())
+                .boxed(),
         ),
         (
             "PairingPayload",
-            (bytes(100), ext()).prop_map(|(payload, ext)| PairingPayload { payload, ext }.into()).boxed(),
+            (bytes(100), ext())
+                .prop_map(|(payload, ext)| PairingPayload { payload, ext }.into())
+                .boxed(),
         ),
     ]
 }
@@ -363,12 +527,35 @@ pub(crate) fn samples() -> Vec<Message> {
         .into(),
         CreateVault { vault, ext: none() }.into(),
         ListVaults { ext: none() }.into(),
-        PutEnvelope { vault, epoch: Epoch::new(3), recipient: dev, envelope: vec![9; 120], ext: none() }
-            .into(),
+        PutEnvelope {
+            vault,
+            epoch: Epoch::new(3),
+            recipient: dev,
+            envelope: vec![9; 120],
+            ext: none(),
+        }
+        .into(),
         GetEnvelopes { vault, ext: none() }.into(),
-        Have { vault, chunks: vec![chunk; 5], ext: none() }.into(),
-        PutChunk { vault, chunk, len: 65_536, blake3: [0xbb; 32], ext: none() }.into(),
-        GetChunk { vault, chunk, ext: none() }.into(),
+        Have {
+            vault,
+            chunks: vec![chunk; 5],
+            ext: none(),
+        }
+        .into(),
+        PutChunk {
+            vault,
+            chunk,
+            len: 65_536,
+            blake3: [0xbb; 32],
+            ext: none(),
+        }
+        .into(),
+        GetChunk {
+            vault,
+            chunk,
+            ext: none(),
+        }
+        .into(),
         Commit {
             vault,
             entries: vec![
@@ -392,19 +579,59 @@ pub(crate) fn samples() -> Vec<Message> {
             ext: none(),
         }
         .into(),
-        Pull { vault, since: Seq::new(1_000_000), limit: 500, ext: none() }.into(),
-        History { vault, entry, limit: 10, before: Some(Seq::new(77)), ext: none() }.into(),
-        Subscribe { vaults: vec![vault, VaultId::from_bytes([0x12; 16])], ext: none() }.into(),
-        PairingOpen { slot, expires_in_secs: 900, ext: none() }.into(),
-        PairingPost { slot, payload: vec![3; 300], ext: none() }.into(),
+        Pull {
+            vault,
+            since: Seq::new(1_000_000),
+            limit: 500,
+            ext: none(),
+        }
+        .into(),
+        History {
+            vault,
+            entry,
+            limit: 10,
+            before: Some(Seq::new(77)),
+            ext: none(),
+        }
+        .into(),
+        Subscribe {
+            vaults: vec![vault, VaultId::from_bytes([0x12; 16])],
+            ext: none(),
+        }
+        .into(),
+        PairingOpen {
+            slot,
+            expires_in_secs: 900,
+            ext: none(),
+        }
+        .into(),
+        PairingPost {
+            slot,
+            payload: vec![3; 300],
+            ext: none(),
+        }
+        .into(),
         PairingTake { slot, ext: none() }.into(),
-        PairingReply { slot, payload: vec![4; 40], ext: none() }.into(),
+        PairingReply {
+            slot,
+            payload: vec![4; 40],
+            ext: none(),
+        }
+        .into(),
         PairingAwaitReply { slot, ext: none() }.into(),
     ];
     let responses: Vec<Response> = vec![
-        ErrorResponse::new(ErrorCode::Conflict { head: Some(v1) }, "entry changed meanwhile").into(),
         ErrorResponse::new(
-            ErrorCode::QuotaExceeded { resource: Resource::StorageBytes, limit: 1 << 30, used: 1 << 30 },
+            ErrorCode::Conflict { head: Some(v1) },
+            "entry changed meanwhile",
+        )
+        .into(),
+        ErrorResponse::new(
+            ErrorCode::QuotaExceeded {
+                resource: Resource::StorageBytes,
+                limit: 1 << 30,
+                used: 1 << 30,
+            },
             "storage quota reached",
         )
         .into(),
@@ -419,7 +646,11 @@ pub(crate) fn samples() -> Vec<Message> {
         .into(),
         VaultCreated { vault, ext: none() }.into(),
         Vaults {
-            vaults: vec![VaultInfo { vault, head_seq: Seq::new(300), latest_epoch: Epoch::new(2) }],
+            vaults: vec![VaultInfo {
+                vault,
+                head_seq: Seq::new(300),
+                latest_epoch: Epoch::new(2),
+            }],
             ext: none(),
         }
         .into(),
@@ -434,22 +665,58 @@ pub(crate) fn samples() -> Vec<Message> {
             ext: none(),
         }
         .into(),
-        Missing { chunks: vec![chunk], ext: none() }.into(),
+        Missing {
+            chunks: vec![chunk],
+            ext: none(),
+        }
+        .into(),
         ChunkStored { chunk, ext: none() }.into(),
-        ChunkData { len: 1_000_000, blake3: [0xcc; 32], ext: none() }.into(),
+        ChunkData {
+            len: 1_000_000,
+            blake3: [0xcc; 32],
+            ext: none(),
+        }
+        .into(),
         Committed {
             results: vec![
-                CommitResult::Applied { entry, seq: Seq::new(301), version: v1 },
-                CommitResult::Conflict { entry, head: Some(v2) },
+                CommitResult::Applied {
+                    entry,
+                    seq: Seq::new(301),
+                    version: v1,
+                },
+                CommitResult::Conflict {
+                    entry,
+                    head: Some(v2),
+                },
             ],
             ext: none(),
         }
         .into(),
-        Changes { changes: vec![change.clone()], next: Seq::new(300), more: true, ext: none() }.into(),
-        HistoryPage { versions: vec![change], next: None, ext: none() }.into(),
+        Changes {
+            changes: vec![change.clone()],
+            next: Seq::new(300),
+            more: true,
+            ext: none(),
+        }
+        .into(),
+        HistoryPage {
+            versions: vec![change],
+            next: None,
+            ext: none(),
+        }
+        .into(),
         Subscribed { ext: none() }.into(),
-        Changed { vault, seq: Seq::new(302), ext: none() }.into(),
-        PairingPayload { payload: vec![6; 500], ext: none() }.into(),
+        Changed {
+            vault,
+            seq: Seq::new(302),
+            ext: none(),
+        }
+        .into(),
+        PairingPayload {
+            payload: vec![6; 500],
+            ext: none(),
+        }
+        .into(),
     ];
     requests
         .into_iter()
