@@ -25,8 +25,11 @@ export RUSTFLAGS="-Cpasses=sancov-module \
  --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 # Target dir of its own: the flags differ from the main workspace's.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_FUZZ:-$PWD/target}"
-cargo build --release --locked --bins
-BIN="$CARGO_TARGET_DIR/release"
+# An explicit --target keeps RUSTFLAGS off build scripts and proc macros
+# (instrumented build scripts would fail to link), as cargo-fuzz does.
+HOST="$(rustc -vV | sed -n 's/^host: //p')"
+cargo build --release --locked --bins --target "$HOST"
+BIN="$CARGO_TARGET_DIR/$HOST/release"
 for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     if [ -d "seeds/$t" ]; then cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true; fi

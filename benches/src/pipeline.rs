@@ -24,7 +24,7 @@ use dooz_client::{ChunkList, ChunkListBuilder, ChunkListLimits, Chunker, Chunker
 use dooz_crypto::{ChunkId, Epoch, EpochKeys, Keyring, VaultId, VaultIdentityKeys, VaultKey};
 
 /// Chunks queued per seal worker.
-const QUEUE_DEPTH: usize = 4;
+const QUEUE_DEPTH: usize = 16;
 
 /// Keys and chunker of one benchmark vault (fixed keys, so runs are reproducible).
 #[derive(Debug)]
