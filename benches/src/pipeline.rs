@@ -2,19 +2,22 @@
 //!
 //! This is the shape the client's uploader is meant to take:
 //!
-//! - The calling thread owns the reader. It chunks ([`dooz_client::StreamChunker`]), names each
-//!   chunk (keyed BLAKE3, which the client needs first anyway: a chunk the server already has is
-//!   never sealed) and appends the id to the file's [`ChunkListBuilder`], so ids stay in file
-//!   order without any reordering.
-//! - Sealing, the most expensive step, goes to `threads - 1` workers, each fed through its own
-//!   bounded `sync_channel`. The chunk is copied into a recycled buffer (a free list returned by
-//!   the workers), so memory stays bounded by the queue depths.
-//! - When every worker queue is full the calling thread seals the chunk itself ("caller runs").
-//!   That balances the two stages on any number of cores without tuning: on 2 cores the caller
-//!   chunks, hashes and seals what the worker cannot take.
-//! - Sealed chunks go to `sink` from whichever thread sealed them, in no particular order (the
-//!   client's uploader does not need an order; the list has it).
+//! - The calling thread owns the reader and chunks it ([`dooz_client::StreamChunker`]): the one
+//!   step that is sequential within a file. Each chunk is copied into a recycled buffer and
+//!   handed, with its sequence number, to one of `threads - 1` workers through that worker's
+//!   bounded `sync_channel`.
+//! - A worker names the chunk (keyed BLAKE3; the client will look the id up in its index here and
+//!   skip a chunk the server already has, so re-scans parallelise too), seals it and passes it to
+//!   `sink`, then returns the id and the buffer. Buffers are reused, so memory is bounded by the
+//!   queue depths.
+//! - When every worker queue is full the calling thread processes the chunk itself ("caller
+//!   runs"). That balances chunking against hashing and sealing on any number of cores without
+//!   tuning.
+//! - Ids come back out of order; a small reorder window releases them to the file's
+//!   [`ChunkListBuilder`] in file order. Sealed chunks reach `sink` in no particular order (the
+//!   uploader does not need one; the list has it).
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread;
@@ -72,11 +75,18 @@ pub struct Uploaded {
 }
 
 struct Job {
+    seq: u64,
+    data: Vec<u8>,
+}
+
+/// A job done by a worker: its id, and the buffer to reuse.
+struct Done {
+    seq: u64,
     id: ChunkId,
     data: Vec<u8>,
 }
 
-/// Runs the pipeline over `reader` on `threads` threads (the caller's plus `threads - 1` seal
+/// Runs the pipeline over `reader` on `threads` threads (the caller's plus `threads - 1`
 /// workers; `0` and `1` both mean the caller alone).
 pub fn upload(
     vault: &BenchVault,
@@ -88,55 +98,98 @@ pub fn upload(
         return upload_single(vault, reader, sink);
     }
     thread::scope(|scope| {
-        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
         let mut queues = Vec::new();
         let mut handles = Vec::new();
         for _ in 1..threads {
             let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE_DEPTH);
-            let free_tx = free_tx.clone();
-            let epoch = &vault.epoch;
-            handles.push(scope.spawn(move || seal_worker(epoch, rx, free_tx, sink)));
+            let done_tx = done_tx.clone();
+            handles.push(scope.spawn(move || worker(vault, rx, done_tx, sink)));
             queues.push(tx);
         }
-        drop(free_tx);
-        let result = feed(vault, reader, &queues, &free_rx, sink);
-        drop(queues);
+        drop(done_tx);
+        let result = feed(vault, reader, queues, &done_rx, sink);
         // A worker's own error explains a failed hand-over better than "disconnected".
         for handle in handles {
             match handle.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
-                Err(_) => anyhow::bail!("a seal worker panicked"),
+                Err(_) => anyhow::bail!("a pipeline worker panicked"),
             }
         }
         result
     })
 }
 
-fn seal_worker(
-    epoch: &EpochKeys,
+/// Names and seals one chunk. (The client will look the id up in its index here and skip
+/// sealing and uploading a chunk the server already has.)
+fn process(
+    vault: &BenchVault,
+    data: &[u8],
+    sealed: &mut Vec<u8>,
+    sink: &Sink<'_>,
+) -> anyhow::Result<ChunkId> {
+    let id = vault.identity.chunk_id(data);
+    vault
+        .epoch
+        .seal_chunk_into(&id, data, sealed)
+        .context("sealing a chunk")?;
+    sink(&id, sealed)?;
+    Ok(id)
+}
+
+fn worker(
+    vault: &BenchVault,
     jobs: Receiver<Job>,
-    free: mpsc::Sender<Vec<u8>>,
+    done: mpsc::Sender<Done>,
     sink: &Sink<'_>,
 ) -> anyhow::Result<()> {
     let mut sealed = Vec::new();
     for job in jobs {
-        epoch
-            .seal_chunk_into(&job.id, &job.data, &mut sealed)
-            .context("sealing a chunk")?;
-        sink(&job.id, &sealed)?;
-        // The feeder may be gone already; then the buffer is simply dropped.
-        let _ = free.send(job.data);
+        let id = process(vault, &job.data, &mut sealed, sink)?;
+        done.send(Done {
+            seq: job.seq,
+            id,
+            data: job.data,
+        })
+        .context("the pipeline's feeder stopped")?;
     }
     Ok(())
 }
 
-/// The caller's side of the parallel pipeline.
+/// Chunk ids that arrive out of order, released to the list builder in order.
+struct Reorder {
+    /// Sequence number of `ids[0]`.
+    base: u64,
+    ids: VecDeque<Option<ChunkId>>,
+}
+
+impl Reorder {
+    fn insert(&mut self, seq: u64, id: ChunkId) -> anyhow::Result<()> {
+        let slot = seq
+            .checked_sub(self.base)
+            .and_then(|i| self.ids.get_mut(i as usize))
+            .context("a worker returned an unknown chunk")?;
+        *slot = Some(id);
+        Ok(())
+    }
+
+    /// Pops the ids that are now contiguous with what was already released.
+    fn pop_ready(&mut self) -> Option<ChunkId> {
+        let id = self.ids.front().copied().flatten()?;
+        self.ids.pop_front();
+        self.base += 1;
+        Some(id)
+    }
+}
+
+/// The caller's side of the parallel pipeline: reads and chunks, hands chunks to workers, seals
+/// itself when they are all busy, and builds the chunk list in file order.
 fn feed(
     vault: &BenchVault,
     reader: impl Read,
-    queues: &[SyncSender<Job>],
-    free: &Receiver<Vec<u8>>,
+    queues: Vec<SyncSender<Job>>,
+    done: &Receiver<Done>,
     sink: &Sink<'_>,
 ) -> anyhow::Result<Uploaded> {
     let max = vault.chunker.config().max() as usize;
@@ -145,46 +198,69 @@ fn feed(
     let mut list = ChunkListBuilder::new(ChunkListLimits::DEFAULT);
     let mut block_out = Vec::new();
     let mut store_block = |block: &[u8]| seal_list_block(vault, block, &mut block_out, sink);
+    let mut reorder = Reorder {
+        base: 0,
+        ids: VecDeque::new(),
+    };
+    let mut free: Vec<Vec<u8>> = Vec::new();
     let mut next_worker = 0;
-    let mut spare = None;
-    let mut chunks = 0u64;
+    let mut seq = 0u64;
+    let mut in_flight = 0usize;
     while let Some(chunk) = stream.next_chunk().context("reading the input")? {
-        let id = vault.identity.chunk_id(chunk.data);
-        let mut data = spare
-            .take()
-            .or_else(|| free.try_recv().ok())
-            .unwrap_or_else(|| Vec::with_capacity(max));
+        reorder.ids.push_back(None);
+        let mut data = free.pop().unwrap_or_else(|| Vec::with_capacity(max));
         data.clear();
         data.extend_from_slice(chunk.data);
-        let mut pending = Some(Job { id, data });
+        let mut pending = Some(Job { seq, data });
         for k in 0..queues.len() {
             let w = (next_worker + k) % queues.len();
             let (Some(queue), Some(job)) = (queues.get(w), pending.take()) else {
                 break;
             };
             match queue.try_send(job) {
-                Ok(()) => next_worker = w + 1,
+                Ok(()) => {
+                    next_worker = w + 1;
+                    in_flight += 1;
+                }
                 Err(TrySendError::Full(job)) => pending = Some(job),
-                Err(TrySendError::Disconnected(_)) => anyhow::bail!("a seal worker stopped"),
+                Err(TrySendError::Disconnected(_)) => anyhow::bail!("a pipeline worker stopped"),
             }
         }
         if let Some(job) = pending {
-            // Every worker is busy: seal it here.
-            vault
-                .epoch
-                .seal_chunk_into(&id, &job.data, &mut sealed)
-                .context("sealing a chunk")?;
-            sink(&id, &sealed)?;
-            spare = Some(job.data);
+            // Every worker is busy: do this one here.
+            let id = process(vault, &job.data, &mut sealed, sink)?;
+            reorder.insert(seq, id)?;
+            free.push(job.data);
         }
-        list.push(*id.as_bytes(), &mut store_block)?;
-        chunks += 1;
+        seq += 1;
+        while let Ok(d) = done.try_recv() {
+            in_flight -= 1;
+            free.push(d.data);
+            reorder.insert(d.seq, d.id)?;
+        }
+        while let Some(id) = reorder.pop_ready() {
+            list.push(*id.as_bytes(), &mut store_block)?;
+        }
     }
+    drop(queues);
+    while in_flight > 0 {
+        let d = done.recv().context("a pipeline worker stopped")?;
+        in_flight -= 1;
+        free.push(d.data);
+        reorder.insert(d.seq, d.id)?;
+    }
+    while let Some(id) = reorder.pop_ready() {
+        list.push(*id.as_bytes(), &mut store_block)?;
+    }
+    anyhow::ensure!(
+        reorder.ids.is_empty(),
+        "chunks went missing in the pipeline"
+    );
     let bytes = stream.offset();
     let list = list.finish(&mut store_block)?;
     Ok(Uploaded {
         list,
-        chunks,
+        chunks: seq,
         bytes,
     })
 }
@@ -245,9 +321,10 @@ mod tests {
 
     #[test]
     fn parallel_matches_single_and_opens() {
-        let config = ChunkerConfig::new(1024, 4096, 16384).unwrap();
+        // Small chunks, so that the list (> 4096 ids) spills into list blocks.
+        let config = ChunkerConfig::new(512, 1024, 4096).unwrap();
         let vault = BenchVault::new(config).unwrap();
-        let input = random_bytes(3 << 20, 9);
+        let input = random_bytes(6 << 20, 9);
         let mut results = Vec::new();
         for threads in [1, 2, 3] {
             let store = Mutex::new(HashMap::new());
@@ -279,6 +356,7 @@ mod tests {
             assert_eq!(up.bytes, input.len() as u64);
             results.push(up.list);
         }
+        assert!(matches!(results[0], ChunkList::Indirect { depth: 1, .. }));
         assert!(results.windows(2).all(|w| w[0] == w[1]));
     }
 }

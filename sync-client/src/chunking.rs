@@ -21,12 +21,12 @@
 //! ```
 //!
 //! Two vaults therefore cut the same file at unrelated offsets, and the sizes of one vault's
-//! chunks say nothing about another's. Chunk sizes still leak through padding granularity; see the
-//! security notes in the crate docs of `dooz-crypto`.
+//! chunks say nothing about another's table. Chunk sizes still show through sealed sizes (rounded
+//! up by PADME padding); the project's security document states that residual leakage.
 //!
 //! # Streaming
 //!
-//! [`StreamChunker`] reads from any [`Read`] into one buffer of `max(4 × max, 1 MiB)` bytes,
+//! [`StreamChunker`] reads from any [`Read`] into one buffer of `max(4 × max, 256 KiB)` bytes,
 //! allocated once, and lends each chunk out as a slice of that buffer. When fewer than `max` bytes
 //! are left unconsumed it moves them to the front of the buffer (at most `max` bytes, once per
 //! several chunks) and refills the rest with as few `read` calls as the reader allows. Memory is
@@ -58,7 +58,8 @@ pub const AVG_CHUNK_SIZE_MAX: u32 = 4 * 1024 * 1024;
 /// Largest allowed `max` (fastcdc's `MAXIMUM_MAX`).
 pub const MAX_CHUNK_SIZE_LIMIT: u32 = 16 * 1024 * 1024;
 
-/// Smallest stream buffer, so that small chunk sizes still read in large blocks.
+/// Smallest stream buffer, so that small chunk sizes still read in large blocks, yet small enough
+/// that the buffer, the chunk being sealed and its sealed copy fit a 1 MiB L2 cache together.
 const MIN_STREAM_BUFFER: usize = 256 * 1024;
 
 /// Minimum, average and maximum chunk sizes, validated.
@@ -72,25 +73,33 @@ pub struct ChunkerConfig {
 }
 
 impl ChunkerConfig {
-    /// The chunk sizes the client uses: min 16 KiB, avg 64 KiB, max 256 KiB.
+    /// The chunk sizes the client uses: min 8 KiB, avg 16 KiB, max 64 KiB.
     ///
-    /// Chosen with `benches/src/bin/chunk_study.rs` (figures and command in
-    /// `benches/RESULTS.md`, section "Chunk size"), on 64 MiB of random and of text-like data,
-    /// each candidate with `min = avg / 4` and `max = avg × 4`:
+    /// Chosen with `benches/src/bin/chunk_study.rs` on 64 MiB of random and of text-like data
+    /// (full figures and the command in `benches/RESULTS.md`, section "Chunk size"). Upload
+    /// amplification = bytes of new chunks / bytes changed, for 16 scattered edits (inserts,
+    /// overwrites, deletions) totalling 1% of the file, mean of 3 placements:
     ///
-    /// | avg    | chunks / 64 MiB | 1% edit (16 scattered edits): upload / changed | 1-byte insert: upload | chunking MB/s (random) |
-    /// |--------|-----------------|-----------------------------------------------|-----------------------|------------------------|
-    /// | 16 KiB | ~4400           | ~1.6×                                         | ~40 KiB               | ~1900                  |
-    /// | 32 KiB | ~2200           | ~2.1×                                         | ~70 KiB               | ~2000                  |
-    /// | 64 KiB | ~1100           | ~3.0×                                         | ~130 KiB              | ~2000                  |
-    /// | 128 KiB| ~550            | ~4.8×                                         | ~260 KiB              | ~2000                  |
-    /// | 1 MiB  | ~70             | ~25×                                          | ~2 MiB                | ~2000                  |
+    /// | min / avg / max     | mean chunk | 1% edit, random | 1% edit, text | chunking, random |
+    /// |---------------------|------------|-----------------|---------------|------------------|
+    /// | 2K / 8K / 32K       | 10 KB      | 1.00×           | 1.05×         | ≈ 2.1 GB/s       |
+    /// | 4K / 16K / 64K      | 20 KB      | 1.46×           | 1.31×         | ≈ 2.3 GB/s       |
+    /// | **8K / 16K / 64K**  | 22 KB      | **1.54×**       | **1.46×**     | **≈ 2.8 GB/s**   |
+    /// | 8K / 32K / 128K     | 41 KB      | 2.04×           | 2.51×         | ≈ 2.3 GB/s       |
+    /// | 16K / 64K / 256K    | 80 KB      | 4.00×           | 4.00×         | ≈ 2.4 GB/s       |
+    /// | 32K / 128K / 512K   | 159 KB     | 7.00×           | 6.47×         | ≈ 2.4 GB/s       |
+    /// | 256K / 1M / 4M      | 1.4 MB     | 43.8×           | 37.3×         | ≈ 2.3 GB/s       |
     ///
-    /// (Placeholder table, replaced by the measured one below once the study has run.)
+    /// The sync goal is an upload of at most 2× the changed bytes; only averages of 16 KiB and
+    /// below meet it for scattered edits. Between the two 16 KiB candidates, `min = avg / 2`
+    /// skips hashing more of each chunk: chunking is about 25% faster (it is a quarter of the
+    /// single-thread pipeline's time) for slightly more amplification, still well under 2×. A
+    /// contiguous 1% overwrite costs 1.05×, a 1-byte insert one new chunk (about 22 KiB). 64 MiB
+    /// is about 3,000 chunks; packing keeps the object count down.
     pub const DEFAULT: ChunkerConfig = ChunkerConfig {
-        min: 16 * 1024,
-        avg: 64 * 1024,
-        max: 256 * 1024,
+        min: 8 * 1024,
+        avg: 16 * 1024,
+        max: 64 * 1024,
     };
 
     /// Validates and builds a configuration.
@@ -135,7 +144,7 @@ impl ChunkerConfig {
     }
 
     /// Size of the buffer a [`StreamChunker`] allocates for this configuration:
-    /// `max(4 × max, 1 MiB)`.
+    /// `max(4 × max, 256 KiB)`.
     pub fn stream_buffer_len(&self) -> usize {
         (self.max as usize).saturating_mul(4).max(MIN_STREAM_BUFFER)
     }

@@ -12,7 +12,19 @@
 //!   files and a tree of list blocks (stored as chunks of their own) for huge ones, holding one
 //!   block per tree level whatever the file size.
 //!
-//! The local index, the sealing pipeline around these pieces, the sync engine and the `dooz` CLI
+//!
+//! The local state of a synced folder:
+//!
+//! - [`Index`]: the client's sled database. Per vault ([`VaultIndex`]) three trees as in Dropbox's
+//!   Nucleus — local state ([`LocalEntry`]), remote heads ([`RemoteEntry`]) and the synced base
+//!   ([`SyncedEntry`]) — keyed by [`RelPath`]; diffs between them ([`VaultIndex::local_changes`],
+//!   [`VaultIndex::remote_changes`], [`VaultIndex::conflicts`]); the pull cursor; an upload
+//!   journal that makes uploads resumable; the device's enrolment and vault keys.
+//! - [`Scanner`]: walks a folder and updates the local-state tree, hashing only files whose size,
+//!   mtime or inode changed ([`ScanReport`]).
+//! - [`IgnoreRules`]: `.doozignore` files (gitignore syntax) plus built-in rules.
+//!
+//! The sealing pipeline around these pieces, the sync engine and the `dooz` CLI
 //! come with the sync issue.
 //!
 //! ```
@@ -42,6 +54,9 @@
 
 mod chunk_list;
 mod chunking;
+mod ignore;
+mod index;
+mod scanner;
 
 pub use chunk_list::{
     CHUNK_ID_LEN, ChunkList, ChunkListBuilder, ChunkListLimits, ChunkListLimitsError,
@@ -52,4 +67,15 @@ pub use chunking::{
     AVG_CHUNK_SIZE_MAX, AVG_CHUNK_SIZE_MIN, Chunk, ChunkError, Chunker, ChunkerConfig,
     ChunkerConfigError, CutPoint, CutPoints, MAX_CHUNK_SIZE_LIMIT, MIN_CHUNK_SIZE_LIMIT,
     StreamChunker,
+};
+pub use crate::ignore::{
+    IGNORE_FILE_NAME, IgnoreError, IgnoreRules, MAX_IGNORE_FILE_LEN, TEMP_FILE_PREFIX,
+};
+pub use index::{
+    Change, ChunkLocation, ChunkRef, Conflict, ConflictKind, ContentHash, DEFAULT_CACHE_BYTES,
+    DeviceRecord, EntryKind, EntryState, Index, IndexError, IndexOptions, LocalEntry, PathError,
+    PendingUpload, RelPath, RemoteEntry, SyncedEntry, VaultBatch, VaultIndex, VaultMeta,
+};
+pub use scanner::{
+    RACY_WINDOW_NS, ScanError, ScanProgress, ScanReport, Scanner, SkipReason, Skipped,
 };

@@ -4,3 +4,9 @@
 //! (quinn + rustls, mutual TLS, one request per stream), the metadata store (sled by default,
 //! PostgreSQL for several instances), the axum control plane under `/v1`, and metering.
 //! It stores sealed chunks through `dooz-storage` and never holds a vault key.
+
+pub mod config;
+pub mod frame_io;
+pub mod service;
+pub mod tls;
+pub mod transport;

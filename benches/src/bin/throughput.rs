@@ -14,7 +14,7 @@
 //! - `chunk`: in-memory cut points over the whole input;
 //! - `stream_chunk`: the streaming chunker reading the input through `Read`;
 //! - `chunk_id_64kib`: keyed BLAKE3 over each 64 KiB piece of the input;
-//! - `seal_64kib`: `seal_chunk_into` for each 64 KiB piece;
+//! - `seal_64kib`, `seal_16kib`: `seal_chunk_into` for each 64 KiB (16 KiB) piece;
 //! - `open_64kib`: `open_chunk` for each sealed 64 KiB piece (includes the id check);
 //! - `pipeline` with `threads` 1 and 2: stream-chunk → chunk id → seal, see `dooz_benches::upload`.
 
@@ -28,6 +28,7 @@ use dooz_client::{ChunkerConfig, StreamChunker};
 use dooz_crypto::ChunkId;
 
 const PIECE: usize = 64 * 1024;
+const SMALL_PIECE: usize = 16 * 1024;
 
 struct Args {
     runs: usize,
@@ -248,6 +249,23 @@ fn main() -> anyhow::Result<()> {
             1,
             Box::new(move || {
                 for (piece, id) in data.chunks(PIECE).zip(ids) {
+                    epoch.seal_chunk_into(id, black_box(piece), &mut out)?;
+                    black_box(&out);
+                }
+                Ok(())
+            }),
+        );
+        // The same at the default average chunk size: shows the fixed cost per sealed chunk.
+        let mut out = Vec::new();
+        push(
+            &mut all,
+            &wanted,
+            f.name,
+            len,
+            "seal_16kib",
+            1,
+            Box::new(move || {
+                for (piece, id) in data.chunks(SMALL_PIECE).zip(ids.iter().cycle()) {
                     epoch.seal_chunk_into(id, black_box(piece), &mut out)?;
                     black_box(&out);
                 }

@@ -1,0 +1,421 @@
+//! Server configuration in two stages: [`ServerSettings`], a serde struct whose every field has a
+//! documented default (what the flags, the environment and a config file fill in), validated by
+//! [`ServerSettings::validate`] into the runtime [`ServerConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dooz_protocol::MAX_FRAME_LEN;
+use dooz_protocol::limits::MAX_CHUNK_LEN;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::transport::TransportTuning;
+
+/// Default listen address of the data plane.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7300";
+/// Default data dir (relative to the working directory).
+pub const DEFAULT_DATA_DIR: &str = "./dooz-data";
+
+/// Server settings as written by people: flags, `DOOZ_*` environment variables or a JSON file.
+/// Every field is optional; a missing one takes the default named in its docs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Directory holding the metadata store, the local blob store and the server's TLS
+    /// identity. Created if missing. Default `./dooz-data`.
+    pub data_dir: PathBuf,
+    /// UDP address the QUIC data plane listens on. Default `127.0.0.1:7300`; port 0 picks a
+    /// free port.
+    pub listen: SocketAddr,
+    /// `host:port` devices use to reach this server, written into enrolment codes. Default: the
+    /// listen address (which must then not be a wildcard like `0.0.0.0`).
+    pub advertise: Option<String>,
+    /// Blob store URL (`file:///abs/path`, a plain path, or `memory://` for tests). Default:
+    /// `<data_dir>/blobs`.
+    pub blobs: Option<String>,
+    /// Requests (bidirectional streams) one connection may have open at once. Default 256.
+    pub max_streams_per_connection: u32,
+    /// Chunk bytes the whole server holds in memory at once for uploads and downloads; requests
+    /// past it wait. At least 16 MiB (one maximal chunk). Default 256 MiB.
+    pub max_inflight_bytes: u64,
+    /// Largest frame body accepted, at most 8 MiB (the protocol limit). Default 8 MiB.
+    pub max_frame_len: u32,
+    /// `SO_SNDBUF`/`SO_RCVBUF` asked for on the UDP socket. Default 4 MiB.
+    pub socket_buffer_bytes: usize,
+    /// Per-stream QUIC receive window. Default 16 MiB.
+    pub stream_window_bytes: u32,
+    /// Per-connection QUIC receive and send window. Default 64 MiB.
+    pub connection_window_bytes: u64,
+    /// QUIC keep-alive interval in seconds. Default 5.
+    pub keep_alive_secs: u64,
+    /// QUIC idle timeout in seconds. Default 30.
+    pub idle_timeout_secs: u64,
+    /// On shutdown, how long to wait for connections to finish before dropping them, in
+    /// seconds. Default 10.
+    pub shutdown_grace_secs: u64,
+    /// Tenant created on first start, to which enrolment codes add devices. Default `default`.
+    pub default_tenant: String,
+    /// Account created on first start in the default tenant. Default `default`.
+    pub default_account: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        let tuning = TransportTuning::default();
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
+            advertise: None,
+            blobs: None,
+            max_streams_per_connection: tuning.max_concurrent_bidi_streams,
+            max_inflight_bytes: 256 * 1024 * 1024,
+            max_frame_len: MAX_FRAME_LEN,
+            socket_buffer_bytes: tuning.socket_buffer_bytes,
+            stream_window_bytes: tuning.stream_window_bytes,
+            connection_window_bytes: tuning.connection_window_bytes,
+            keep_alive_secs: tuning.keep_alive.as_secs(),
+            idle_timeout_secs: tuning.idle_timeout.as_secs(),
+            shutdown_grace_secs: 10,
+            default_tenant: "default".to_owned(),
+            default_account: "default".to_owned(),
+        }
+    }
+}
+
+/// A setting is out of range.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A value is out of range.
+    #[error("setting {name} = {value} is invalid: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Its value, as written.
+        value: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A config file could not be read or parsed.
+    #[error("could not read the config file {}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+fn invalid(name: &'static str, value: impl ToString, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Where blobs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobLocation {
+    /// A local directory ([`dooz_storage::LocalDir`]).
+    Dir(PathBuf),
+    /// A URL for [`dooz_storage::open_url`].
+    Url(String),
+}
+
+/// Validated runtime configuration of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// The data plane's listen address.
+    pub listen: SocketAddr,
+    /// Address for enrolment codes, if one was given.
+    pub advertise: Option<String>,
+    /// Where blobs go.
+    pub blobs: BlobLocation,
+    /// QUIC tuning.
+    pub tuning: TransportTuning,
+    /// Limits of the request service.
+    pub limits: ServiceLimits,
+    /// How long shutdown waits for connections.
+    pub shutdown_grace: Duration,
+    /// Tenant made on first start.
+    pub default_tenant: String,
+    /// Account made on first start.
+    pub default_account: String,
+}
+
+/// Limits of the request service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// Chunk bytes held in memory at once, server-wide.
+    pub max_inflight_bytes: u64,
+    /// Largest frame body accepted.
+    pub max_frame_len: u32,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        let s = ServerSettings::default();
+        Self {
+            max_inflight_bytes: s.max_inflight_bytes,
+            max_frame_len: s.max_frame_len,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Reads settings from a JSON file (fields as in this struct, all optional).
+    pub fn from_json_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let file_err = |reason: String| ConfigError::File {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| file_err(e.to_string()))
+    }
+
+    /// Checks every value and builds the runtime config.
+    pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "", "give a directory"));
+        }
+        if let Some(addr) = &self.advertise {
+            check_host_port("advertise", addr)?;
+        }
+        if self.max_streams_per_connection == 0 || self.max_streams_per_connection > 65_536 {
+            return Err(invalid(
+                "max_streams_per_connection",
+                self.max_streams_per_connection,
+                "must be between 1 and 65536",
+            ));
+        }
+        if self.max_inflight_bytes < u64::from(MAX_CHUNK_LEN) {
+            return Err(invalid(
+                "max_inflight_bytes",
+                self.max_inflight_bytes,
+                format!("must be at least {MAX_CHUNK_LEN} (one maximal chunk)"),
+            ));
+        }
+        if self.max_frame_len < 64 * 1024 || self.max_frame_len > MAX_FRAME_LEN {
+            return Err(invalid(
+                "max_frame_len",
+                self.max_frame_len,
+                format!("must be between 65536 and {MAX_FRAME_LEN}"),
+            ));
+        }
+        if self.stream_window_bytes < 64 * 1024 {
+            return Err(invalid(
+                "stream_window_bytes",
+                self.stream_window_bytes,
+                "must be at least 65536",
+            ));
+        }
+        if self.connection_window_bytes < u64::from(self.stream_window_bytes) {
+            return Err(invalid(
+                "connection_window_bytes",
+                self.connection_window_bytes,
+                "must be at least stream_window_bytes",
+            ));
+        }
+        if self.keep_alive_secs == 0 || self.keep_alive_secs >= self.idle_timeout_secs {
+            return Err(invalid(
+                "keep_alive_secs",
+                self.keep_alive_secs,
+                "must be at least 1 and below idle_timeout_secs",
+            ));
+        }
+        for (name, value) in [
+            ("default_tenant", &self.default_tenant),
+            ("default_account", &self.default_account),
+        ] {
+            check_name(name, value)?;
+        }
+        let tuning = TransportTuning {
+            socket_buffer_bytes: self.socket_buffer_bytes,
+            stream_window_bytes: self.stream_window_bytes,
+            connection_window_bytes: self.connection_window_bytes,
+            send_window_bytes: self.connection_window_bytes,
+            max_concurrent_bidi_streams: self.max_streams_per_connection,
+            keep_alive: Duration::from_secs(self.keep_alive_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+        };
+        // Let quinn's own checks speak too (varint ranges).
+        crate::transport::transport_config(&tuning, true)
+            .map_err(|e| invalid("transport", "", e.to_string()))?;
+        let blobs = match self.blobs {
+            None => BlobLocation::Dir(self.data_dir.join("blobs")),
+            Some(url) => BlobLocation::Url(url),
+        };
+        Ok(ServerConfig {
+            data_dir: self.data_dir,
+            listen: self.listen,
+            advertise: self.advertise,
+            blobs,
+            tuning,
+            limits: ServiceLimits {
+                max_inflight_bytes: self.max_inflight_bytes,
+                max_frame_len: self.max_frame_len,
+            },
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            default_tenant: self.default_tenant,
+            default_account: self.default_account,
+        })
+    }
+}
+
+impl ServerConfig {
+    /// The `host:port` written into enrolment codes: `advertise`, else the listen address
+    /// (`bound` when given: the address actually bound, for port 0).
+    pub fn enrol_address(&self, bound: Option<SocketAddr>) -> Result<String, ConfigError> {
+        if let Some(addr) = &self.advertise {
+            return Ok(addr.clone());
+        }
+        let addr = bound.unwrap_or(self.listen);
+        if addr.ip().is_unspecified() {
+            return Err(invalid(
+                "advertise",
+                "(none)",
+                format!(
+                    "the server listens on {addr}, which devices cannot dial; give the address \
+                     they should use with --advertise host:port"
+                ),
+            ));
+        }
+        Ok(addr.to_string())
+    }
+}
+
+/// Tenant and account ids: 1..=64 bytes of `[A-Za-z0-9._-]`, so that they are safe in blob
+/// keys and logs.
+fn check_name(name: &'static str, value: &str) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && value != "."
+        && value != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            name,
+            value,
+            "use 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'",
+        ))
+    }
+}
+
+fn check_host_port(name: &'static str, value: &str) -> Result<(), ConfigError> {
+    let port_ok = value
+        .rsplit_once(':')
+        .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+        .and_then(|port| port.parse::<u16>().ok())
+        .is_some_and(|p| p != 0);
+    if port_ok && value.len() <= 255 && !value.chars().any(char::is_whitespace) {
+        Ok(())
+    } else {
+        Err(invalid(
+            name,
+            value,
+            "write it as host:port, e.g. sync.example.com:7300 or 192.0.2.7:7300",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let config = ServerSettings::default().validate().unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.tuning, TransportTuning::default());
+        assert_eq!(config.limits, ServiceLimits::default());
+        assert_eq!(
+            config.blobs,
+            BlobLocation::Dir(PathBuf::from(DEFAULT_DATA_DIR).join("blobs"))
+        );
+        assert_eq!(config.enrol_address(None).unwrap(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn json_fills_missing_fields_with_defaults() {
+        let s: ServerSettings =
+            serde_json::from_str(r#"{"listen": "0.0.0.0:9000", "advertise": "h.example:9000"}"#)
+                .unwrap();
+        assert_eq!(s.max_frame_len, MAX_FRAME_LEN);
+        let config = s.validate().unwrap();
+        assert_eq!(config.enrol_address(None).unwrap(), "h.example:9000");
+        assert!(serde_json::from_str::<ServerSettings>(r#"{"lisen": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        let cases: Vec<(&str, ServerSettings)> = vec![
+            (
+                "max_inflight_bytes",
+                ServerSettings {
+                    max_inflight_bytes: 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_frame_len",
+                ServerSettings {
+                    max_frame_len: MAX_FRAME_LEN + 1,
+                    ..Default::default()
+                },
+            ),
+            (
+                "keep_alive_secs",
+                ServerSettings {
+                    keep_alive_secs: 30,
+                    ..Default::default()
+                },
+            ),
+            (
+                "default_tenant",
+                ServerSettings {
+                    default_tenant: "a/b".to_owned(),
+                    ..Default::default()
+                },
+            ),
+            (
+                "advertise",
+                ServerSettings {
+                    advertise: Some("nohost".to_owned()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "max_streams_per_connection",
+                ServerSettings {
+                    max_streams_per_connection: 0,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (name, settings) in cases {
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(err.contains(name), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn wildcard_listen_needs_advertise() {
+        let config = ServerSettings {
+            listen: "0.0.0.0:7300".parse().unwrap(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let err = config.enrol_address(None).unwrap_err().to_string();
+        assert!(err.contains("--advertise"), "{err}");
+    }
+}

@@ -1,0 +1,432 @@
+//! The [`MetaStore`] trait and the records it hands out.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use dooz_protocol::limits::MAX_FRAME_LEN;
+use dooz_protocol::{
+    Change, ChunkId, CommitEntry, CommitResult, DeviceId, EntryKey, EnvelopeInfo, Epoch, Seq,
+    VaultId, VaultInfo, VersionId,
+};
+
+use crate::store::error::StoreError;
+use crate::store::token::EnrolmentToken;
+
+/// Most bytes of changes one [`ChangePage`] or [`VersionPage`] holds (estimated from above), so
+/// that it fits a `Changes`/`HistoryPage` frame. A page always holds at least one change, and
+/// one change always fits a frame (the protocol's record and chunk-list limits see to that).
+pub const MAX_PAGE_BYTES: usize = MAX_FRAME_LEN as usize - 64 * 1024;
+
+/// Upper bound of the postcard size of a [`Change`]: its fixed fields and varints take at most
+/// 128 bytes besides the record and the chunk ids.
+pub(crate) fn change_size_bound(change: &Change) -> usize {
+    128 + change.record.len() + change.chunks.len() * ChunkId::LEN
+}
+
+/// A tenant's id: a customer of the service.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TenantId(u64);
+
+/// An account's id: an end user inside a tenant.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AccountId(u64);
+
+macro_rules! number_id {
+    ($name:ident) => {
+        impl $name {
+            /// Wraps an id number.
+            pub const fn new(n: u64) -> Self {
+                Self(n)
+            }
+
+            /// The id number.
+            pub const fn get(self) -> u64 {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.0)
+            }
+        }
+    };
+}
+
+number_id!(TenantId);
+number_id!(AccountId);
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    /// Its id.
+    pub id: TenantId,
+    /// Its name, unique on the server.
+    pub name: String,
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Its id.
+    pub id: AccountId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its name, unique in the tenant.
+    pub name: String,
+}
+
+/// What a device presents when it enrols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRegistration {
+    /// The device id: BLAKE3 of `identity_key` (checked).
+    pub device: DeviceId,
+    /// The Ed25519 public key of the device's TLS certificate.
+    pub identity_key: [u8; 32],
+    /// The X25519 public key vault keys are wrapped to.
+    pub exchange_key: [u8; 32],
+    /// A name people recognise the device by ("Ana's laptop"), 1 to 256 bytes.
+    pub name: String,
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device.
+    pub device: DeviceId,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its account.
+    pub account: AccountId,
+    /// The Ed25519 public key of its TLS certificate.
+    pub identity_key: [u8; 32],
+    /// Its X25519 public key.
+    pub exchange_key: [u8; 32],
+    /// Its name.
+    pub name: String,
+    /// When it was revoked (unix seconds), if it was.
+    pub revoked_at: Option<u64>,
+    /// When it enrolled (unix seconds).
+    pub created_at: u64,
+    /// When it last connected (unix seconds).
+    pub last_seen: u64,
+}
+
+impl DeviceRecord {
+    /// Whether the device was revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked_at.is_some()
+    }
+}
+
+/// A vault and its counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultRecord {
+    /// The vault.
+    pub vault: VaultId,
+    /// The tenant of the owning account (blobs live under it).
+    pub tenant: TenantId,
+    /// The owning account.
+    pub account: AccountId,
+    /// When it was created (unix seconds).
+    pub created_at: u64,
+    /// Its last committed seq (`Seq::ZERO` before the first commit).
+    pub head_seq: Seq,
+    /// The newest key epoch seen in its commits and envelopes.
+    pub latest_epoch: Epoch,
+}
+
+impl VaultRecord {
+    /// The vault as a `Vaults` answer lists it.
+    pub fn info(&self) -> VaultInfo {
+        VaultInfo {
+            vault: self.vault,
+            head_seq: self.head_seq,
+            latest_epoch: self.latest_epoch,
+        }
+    }
+}
+
+/// Where a stored chunk is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState {
+    /// Uploaded but not referenced by any commit yet; garbage after a grace period.
+    Pending {
+        /// When it was uploaded (unix seconds).
+        since: u64,
+    },
+    /// Referenced by at least one commit.
+    Committed {
+        /// When the first commit referencing it landed (unix seconds).
+        at: u64,
+    },
+}
+
+/// A chunk stored in a vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRecord {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// Length of its sealed bytes.
+    pub sealed_len: u64,
+    /// BLAKE3 of its sealed bytes.
+    pub blake3: [u8; 32],
+    /// Pending or committed.
+    pub state: ChunkState,
+}
+
+/// An entry's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryHead {
+    /// The head version.
+    pub version: VersionId,
+    /// The seq it was committed at.
+    pub seq: Seq,
+}
+
+/// A page of a vault's commit log, as `Pull` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangePage {
+    /// Changes in seq order, without gaps, starting right after the cursor.
+    pub changes: Vec<Change>,
+    /// The cursor for the next pull: the last seq in `changes`, or the cursor given if empty.
+    pub next: Seq,
+    /// Whether the log had more changes after `next` when the page was read.
+    pub more: bool,
+}
+
+/// A page of an entry's versions, newest first, as `History` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionPage {
+    /// The versions, newest first.
+    pub versions: Vec<Change>,
+    /// `before` for the next page; `None` when this page reached the entry's first version.
+    pub next: Option<Seq>,
+}
+
+/// The server's metadata: tenants, accounts, devices, vaults, chunk records, the commit log,
+/// entry heads and envelopes. Blobs live elsewhere (`dooz-storage`).
+///
+/// One trait, several engines: [`SledStore`](crate::store::SledStore) embedded, PostgreSQL
+/// later. Every engine passes the same conformance suite.
+///
+/// Conventions:
+/// - Times are unix seconds, passed in by the caller (`now`), so the store has no clock.
+/// - Every operation on a vault fails with [`StoreError::NotFound`] when the vault does not
+///   exist. The store does not check *who* asks: the service checks that the calling device's
+///   account owns the vault ([`vault`](Self::vault)) before calling.
+/// - Writes are atomic. When a write returns, it is durable, except
+///   [`record_chunk`](Self::record_chunk) and [`touch_device`](Self::touch_device), which become
+///   durable with the next durable write: after a crash a chunk record may be gone, and a commit
+///   naming that chunk fails with [`StoreError::MissingChunks`] until the device uploads it again.
+/// - Subscriptions are not the store's business: the service broadcasts `Changed{vault, seq}`
+///   after [`commit`](Self::commit) returns, and by then the changes are visible to
+///   [`pull`](Self::pull).
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    // --- tenants and accounts (minimal; the control plane grows them) -----------------------
+
+    /// Creates a tenant; `name` (1 to 256 bytes) must be unused.
+    async fn create_tenant(&self, name: &str) -> Result<TenantId, StoreError>;
+
+    /// The tenant with this id.
+    async fn tenant(&self, id: TenantId) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// The tenant with this name.
+    async fn tenant_by_name(&self, name: &str) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// Creates an account in `tenant`; `name` (1 to 256 bytes) must be unused in the tenant.
+    async fn create_account(&self, tenant: TenantId, name: &str)
+    -> Result<AccountId, StoreError>;
+
+    /// The account with this id.
+    async fn account(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError>;
+
+    /// The account of `tenant` with this name.
+    async fn account_by_name(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> Result<Option<AccountRecord>, StoreError>;
+
+    // --- enrolment ---------------------------------------------------------------------------
+
+    /// Mints an enrolment token for `account`, valid until `expires_at` (unix seconds). A
+    /// one-use token is burnt by its first successful redemption; a reusable one enrols any
+    /// number of devices until it expires. Only a hash of the token is stored.
+    async fn create_enrolment_token(
+        &self,
+        account: AccountId,
+        expires_at: u64,
+        reusable: bool,
+    ) -> Result<EnrolmentToken, StoreError>;
+
+    /// Registers a device with a token, atomically: either the device is registered (and a
+    /// one-use token burnt) or nothing changes. Fails with [`StoreError::TokenInvalid`],
+    /// [`StoreError::TokenExpired`] or [`StoreError::TokenUsed`] for a bad token,
+    /// [`StoreError::AlreadyExists`] when the device is registered already,
+    /// [`StoreError::DeviceRevoked`] when it was registered and revoked, and
+    /// [`StoreError::InvalidInput`] when the device id is not BLAKE3 of the identity key.
+    async fn redeem_enrolment(
+        &self,
+        token: &str,
+        registration: DeviceRegistration,
+        now: u64,
+    ) -> Result<DeviceRecord, StoreError>;
+
+    // --- devices -----------------------------------------------------------------------------
+
+    /// The device, revoked or not.
+    async fn device(&self, device: DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// Admits a connecting device: records `now` as its last contact and returns it. Fails with
+    /// [`StoreError::NotFound`] for an unknown device and [`StoreError::DeviceRevoked`] for a
+    /// revoked one.
+    async fn touch_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError>;
+
+    /// Revokes a device (idempotent: the first revocation time stays) and returns it.
+    async fn revoke_device(&self, device: DeviceId, now: u64)
+    -> Result<DeviceRecord, StoreError>;
+
+    /// The account's devices, revoked ones included, by device id.
+    async fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    // --- vaults ------------------------------------------------------------------------------
+
+    /// Creates a vault owned by `account`. Idempotent for the same account (returns the existing
+    /// vault); [`StoreError::AlreadyExists`] when another account owns the id.
+    async fn create_vault(
+        &self,
+        account: AccountId,
+        vault: VaultId,
+        now: u64,
+    ) -> Result<VaultRecord, StoreError>;
+
+    /// The vault, with its owner and counters.
+    async fn vault(&self, vault: VaultId) -> Result<Option<VaultRecord>, StoreError>;
+
+    /// The account that owns the vault.
+    async fn vault_account(&self, vault: VaultId) -> Result<Option<AccountId>, StoreError> {
+        Ok(self.vault(vault).await?.map(|v| v.account))
+    }
+
+    /// The account's vaults, by vault id.
+    async fn list_vaults(&self, account: AccountId) -> Result<Vec<VaultInfo>, StoreError>;
+
+    // --- chunks ------------------------------------------------------------------------------
+
+    /// The ids among `chunks` that the vault has no record of, in the order given, each once.
+    async fn missing_chunks(
+        &self,
+        vault: VaultId,
+        chunks: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, StoreError>;
+
+    /// Records an uploaded chunk (call it after the blob is stored) and returns the record now
+    /// held. A new chunk is [`ChunkState::Pending`] until a commit references it. Recording a
+    /// chunk again is a no-op, except that a *pending* chunk uploaded again with other sealed
+    /// bytes (sealing is randomised) takes the new length and hash, as the blob store now holds
+    /// the new bytes. A committed chunk's record never changes: do not overwrite its blob.
+    async fn record_chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        sealed_len: u64,
+        blake3: [u8; 32],
+        now: u64,
+    ) -> Result<ChunkRecord, StoreError>;
+
+    /// The vault's record of a chunk.
+    async fn chunk(&self, vault: VaultId, chunk: ChunkId)
+    -> Result<Option<ChunkRecord>, StoreError>;
+
+    // --- the commit log ----------------------------------------------------------------------
+
+    /// Commits new versions of entries, in one transaction.
+    ///
+    /// Every chunk named by any entry must be recorded in the vault, or the whole commit fails
+    /// with [`StoreError::MissingChunks`] and nothing is applied. Then each entry, in order, is
+    /// compare-and-swapped on its parent: `parent` must be the entry's head (`None`: the entry
+    /// must have none). An applied entry gets the next seq (the vault's head + 1, gap-free), its
+    /// chunks become [`ChunkState::Committed`], and the result is `Applied`. A stale parent
+    /// gives `Conflict{head}`, writes nothing and takes no seq. Entries are opaque: a deletion is
+    /// a version like any other. An entry may appear twice; the second sees the first's result.
+    async fn commit(
+        &self,
+        vault: VaultId,
+        device: DeviceId,
+        entries: Vec<CommitEntry>,
+        now: u64,
+    ) -> Result<Vec<CommitResult>, StoreError>;
+
+    /// The changes after `since`, oldest first, without gaps: at most `limit` of them (0 means
+    /// [`MAX_PULL_PAGE`](dooz_protocol::limits::MAX_PULL_PAGE), which also caps it) and at
+    /// most about [`MAX_PAGE_BYTES`].
+    async fn pull(&self, vault: VaultId, since: Seq, limit: u32) -> Result<ChangePage, StoreError>;
+
+    /// The versions of `entry` with a seq below `before` (all when `None`), newest first: at
+    /// most `limit` (0 means [`MAX_HISTORY_PAGE`](dooz_protocol::limits::MAX_HISTORY_PAGE),
+    /// which also caps it) and at most about [`MAX_PAGE_BYTES`]. An unknown entry has no versions.
+    async fn history(
+        &self,
+        vault: VaultId,
+        entry: EntryKey,
+        limit: u32,
+        before: Option<Seq>,
+    ) -> Result<VersionPage, StoreError>;
+
+    /// The vault's last committed seq.
+    async fn head(&self, vault: VaultId) -> Result<Seq, StoreError>;
+
+    /// The entry's current version, if it has one.
+    async fn entry_head(
+        &self,
+        vault: VaultId,
+        entry: EntryKey,
+    ) -> Result<Option<EntryHead>, StoreError>;
+
+    // --- envelopes ---------------------------------------------------------------------------
+
+    /// Stores the vault key of `epoch` wrapped by `sender` to `recipient` (at most
+    /// [`MAX_ENVELOPE_LEN`](dooz_protocol::limits::MAX_ENVELOPE_LEN) bytes). The same sender
+    /// storing the same recipient and epoch again replaces its envelope; envelopes from
+    /// different senders are all kept. Raises the vault's latest epoch if `epoch` is newer.
+    async fn put_envelope(
+        &self,
+        vault: VaultId,
+        epoch: Epoch,
+        recipient: DeviceId,
+        sender: DeviceId,
+        envelope: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// The vault's envelopes for `recipient`, oldest epoch first (the newest
+    /// [`MAX_ENVELOPES`](dooz_protocol::limits::MAX_ENVELOPES) if there are more).
+    async fn envelopes_for(
+        &self,
+        vault: VaultId,
+        recipient: DeviceId,
+    ) -> Result<Vec<EnvelopeInfo>, StoreError>;
+}
+
+/// Checks a tenant, account or device name: 1 to
+/// [`MAX_NAME_LEN`](dooz_protocol::limits::MAX_NAME_LEN) bytes, no control characters.
+pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {
+    let max = dooz_protocol::limits::MAX_NAME_LEN;
+    let reason = if name.is_empty() {
+        "it is empty".to_owned()
+    } else if name.len() > max {
+        format!("it is {} bytes long, the limit is {max}", name.len())
+    } else if name.chars().any(char::is_control) {
+        "it contains control characters".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::InvalidInput { what, reason })
+}

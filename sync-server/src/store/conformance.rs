@@ -1,0 +1,1051 @@
+//! The conformance suite every [`MetaStore`] engine runs.
+//!
+//! Each check is an `async fn(Arc<dyn MetaStore>)` that makes its own tenant, account, devices
+//! and vaults (names and ids derived from the check's name), so checks can share one store.
+//! An engine runs them all with [`conformance_tests!`]:
+//!
+//! ```ignore
+//! crate::store::conformance::conformance_tests!(SledStore::temporary().unwrap());
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dooz_protocol::limits::{MAX_HISTORY_PAGE, MAX_PULL_PAGE};
+use dooz_protocol::{
+    Change, ChunkId, CommitEntry, CommitResult, DeviceId, EntryKey, Epoch, ErrorCode, Seq,
+    VaultId, VersionId,
+};
+
+use crate::store::{
+    AccountId, ChunkState, DeviceRegistration, EntryHead, MetaStore, StoreError, TenantId,
+};
+
+/// A shared store handle, as the checks take it.
+pub(crate) type Store = Arc<dyn MetaStore>;
+
+const NOW: u64 = 1_700_000_000;
+
+/// Generates one `#[tokio::test]` per check, each on a fresh store made by `$make`.
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::store::conformance::conformance_tests!(@each $make;
+            tenants_and_accounts,
+            enrolment_one_use_token,
+            enrolment_reusable_and_expired_tokens,
+            enrolment_refuses_known_and_mismatched_devices,
+            devices_touch_and_revoke,
+            vault_ownership,
+            chunks_pending_then_committed,
+            commit_cas_conflict_takes_no_seq,
+            seqs_stay_gap_free_across_conflicts,
+            concurrent_commits_keep_log_and_chains,
+            missing_chunks_apply_nothing,
+            pull_pages,
+            history_pages,
+            envelopes,
+            unknown_vault_is_not_found,
+        );
+    };
+    (@each $make:expr; $($check:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let store: $crate::store::conformance::Store = ::std::sync::Arc::new($make);
+                $crate::store::conformance::$check(store).await;
+            }
+        )*
+    };
+}
+pub(crate) use conformance_tests;
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn id<const N: usize>(tag: &str, n: u64) -> [u8; N] {
+    let mut h = blake3::Hasher::new();
+    h.update(tag.as_bytes());
+    h.update(&n.to_be_bytes());
+    let mut out = [0u8; N];
+    h.finalize_xof().fill(&mut out);
+    out
+}
+
+fn vault_id(tag: &str, n: u64) -> VaultId {
+    VaultId::from_bytes(id(&format!("vault {tag}"), n))
+}
+
+fn entry(tag: &str, n: u64) -> EntryKey {
+    EntryKey::from_bytes(id(&format!("entry {tag}"), n))
+}
+
+fn version(tag: &str, n: u64) -> VersionId {
+    VersionId::from_bytes(id(&format!("version {tag}"), n))
+}
+
+fn chunk(tag: &str, n: u64) -> ChunkId {
+    ChunkId::from_bytes(id(&format!("chunk {tag}"), n))
+}
+
+fn registration(tag: &str, n: u64) -> DeviceRegistration {
+    let identity_key: [u8; 32] = id(&format!("identity {tag}"), n);
+    DeviceRegistration {
+        device: DeviceId::from_bytes(*blake3::hash(&identity_key).as_bytes()),
+        identity_key,
+        exchange_key: id(&format!("exchange {tag}"), n),
+        name: format!("device {n} of {tag}"),
+    }
+}
+
+fn commit_entry(
+    entry: EntryKey,
+    parent: Option<VersionId>,
+    version: VersionId,
+    chunks: Vec<ChunkId>,
+) -> CommitEntry {
+    CommitEntry {
+        entry,
+        parent,
+        version,
+        record: version.as_bytes().repeat(3),
+        chunks,
+        epoch: Epoch::new(1),
+    }
+}
+
+/// A tenant, an account with one enrolled device, and one vault.
+struct Fixture {
+    tenant: TenantId,
+    account: AccountId,
+    device: DeviceId,
+    vault: VaultId,
+}
+
+async fn fixture(store: &Store, tag: &str) -> Fixture {
+    let tenant = store.create_tenant(&format!("tenant {tag}")).await.unwrap();
+    let account = store
+        .create_account(tenant, &format!("account {tag}"))
+        .await
+        .unwrap();
+    let token = store
+        .create_enrolment_token(account, NOW + 3600, false)
+        .await
+        .unwrap();
+    let reg = registration(tag, 0);
+    let device = store
+        .redeem_enrolment(token.expose(), reg, NOW)
+        .await
+        .unwrap()
+        .device;
+    let vault = vault_id(tag, 0);
+    store.create_vault(account, vault, NOW).await.unwrap();
+    Fixture {
+        tenant,
+        account,
+        device,
+        vault,
+    }
+}
+
+fn applied_seq(r: &CommitResult) -> Seq {
+    match r {
+        CommitResult::Applied { seq, .. } => *seq,
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+/// Commits one entry and expects it applied.
+async fn commit_one(store: &Store, f: &Fixture, e: CommitEntry) -> Seq {
+    let results = store.commit(f.vault, f.device, vec![e], NOW).await.unwrap();
+    assert_eq!(results.len(), 1);
+    applied_seq(&results[0])
+}
+
+/// The whole log, paging with `limit`.
+async fn pull_all(store: &Store, vault: VaultId, limit: u32) -> Vec<Change> {
+    let mut all = Vec::new();
+    let mut since = Seq::ZERO;
+    loop {
+        let page = store.pull(vault, since, limit).await.unwrap();
+        assert!(page.changes.len() <= limit as usize || limit == 0);
+        all.extend(page.changes);
+        since = page.next;
+        if !page.more {
+            return all;
+        }
+    }
+}
+
+/// Seqs are exactly `1..=head` and every entry's versions chain through their parents.
+async fn assert_log_consistent(store: &Store, vault: VaultId) -> Vec<Change> {
+    let head = store.head(vault).await.unwrap();
+    let log = pull_all(store, vault, 7).await;
+    let seqs: Vec<u64> = log.iter().map(|c| c.seq.get()).collect();
+    let want: Vec<u64> = (1..=head.get()).collect();
+    assert_eq!(seqs, want, "the log must hold 1..=head without gaps");
+    let mut heads: HashMap<EntryKey, VersionId> = HashMap::new();
+    for c in &log {
+        assert_eq!(
+            c.parent,
+            heads.get(&c.entry).copied(),
+            "seq {} breaks the chain of {}",
+            c.seq,
+            c.entry
+        );
+        heads.insert(c.entry, c.version);
+    }
+    for (e, v) in heads {
+        assert_eq!(
+            store.entry_head(vault, e).await.unwrap().map(|h| h.version),
+            Some(v)
+        );
+    }
+    log
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+
+pub(crate) async fn tenants_and_accounts(store: Store) {
+    let t = store.create_tenant("acme").await.unwrap();
+    let t2 = store.create_tenant("globex").await.unwrap();
+    assert_ne!(t, t2);
+    assert!(matches!(
+        store.create_tenant("acme").await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    for bad in ["", "bad\nname", &"x".repeat(300)] {
+        let e = store.create_tenant(bad).await.unwrap_err();
+        assert!(matches!(e, StoreError::InvalidInput { .. }), "{bad:?}: {e}");
+        assert_eq!(e.to_error_code(), ErrorCode::BadRequest);
+    }
+    assert_eq!(store.tenant(t).await.unwrap().unwrap().name, "acme");
+    assert_eq!(store.tenant_by_name("globex").await.unwrap().unwrap().id, t2);
+    assert_eq!(store.tenant_by_name("initech").await.unwrap(), None);
+    assert_eq!(store.tenant(TenantId::new(999_999)).await.unwrap(), None);
+
+    let a = store.create_account(t, "ana").await.unwrap();
+    // The same account name is fine in another tenant, not twice in one.
+    let a2 = store.create_account(t2, "ana").await.unwrap();
+    assert_ne!(a, a2);
+    assert!(matches!(
+        store.create_account(t, "ana").await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        store.create_account(TenantId::new(999_999), "bob").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let rec = store.account(a).await.unwrap().unwrap();
+    assert_eq!((rec.tenant, rec.name.as_str()), (t, "ana"));
+    assert_eq!(store.account_by_name(t2, "ana").await.unwrap().unwrap().id, a2);
+    assert_eq!(store.account_by_name(t, "bob").await.unwrap(), None);
+    assert_eq!(store.account(AccountId::new(999_999)).await.unwrap(), None);
+}
+
+pub(crate) async fn enrolment_one_use_token(store: Store) {
+    let t = store.create_tenant("enrol-once").await.unwrap();
+    let a = store.create_account(t, "ana").await.unwrap();
+    let token = store
+        .create_enrolment_token(a, NOW + 60, false)
+        .await
+        .unwrap();
+    assert!(!format!("{token:?}").contains(token.expose()));
+
+    let reg = registration("enrol-once", 1);
+    let d = store
+        .redeem_enrolment(token.expose(), reg.clone(), NOW)
+        .await
+        .unwrap();
+    assert_eq!(d.device, reg.device);
+    assert_eq!((d.tenant, d.account), (t, a));
+    assert_eq!(d.identity_key, reg.identity_key);
+    assert_eq!(d.exchange_key, reg.exchange_key);
+    assert_eq!(d.name, reg.name);
+    assert_eq!((d.created_at, d.last_seen, d.revoked_at), (NOW, NOW, None));
+    assert_eq!(store.device(reg.device).await.unwrap(), Some(d));
+
+    // Burnt: another device cannot use it.
+    let e = store
+        .redeem_enrolment(token.expose(), registration("enrol-once", 2), NOW + 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::TokenUsed), "{e}");
+    assert_eq!(e.to_error_code(), ErrorCode::Unauthenticated);
+    assert_eq!(
+        store.device(registration("enrol-once", 2).device).await.unwrap(),
+        None
+    );
+
+    // Unknown and malformed tokens.
+    for bad in ["et1_aaaaaaaaaaaaaaaaaaaaaaaaaa", "", "   "] {
+        let e = store
+            .redeem_enrolment(bad, registration("enrol-once", 3), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::TokenInvalid), "{bad:?}: {e}");
+    }
+    // A token for an unknown account cannot be minted.
+    assert!(matches!(
+        store
+            .create_enrolment_token(AccountId::new(999_999), NOW + 60, false)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub(crate) async fn enrolment_reusable_and_expired_tokens(store: Store) {
+    let t = store.create_tenant("enrol-reuse").await.unwrap();
+    let a = store.create_account(t, "ana").await.unwrap();
+    let reusable = store
+        .create_enrolment_token(a, NOW + 60, true)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        store
+            .redeem_enrolment(reusable.expose(), registration("enrol-reuse", n), NOW)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.list_devices(a).await.unwrap().len(), 3);
+
+    // Expired at `expires_at` exactly, reusable or not.
+    let e = store
+        .redeem_enrolment(reusable.expose(), registration("enrol-reuse", 9), NOW + 60)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::TokenExpired), "{e}");
+    let once = store
+        .create_enrolment_token(a, NOW + 10, false)
+        .await
+        .unwrap();
+    let e = store
+        .redeem_enrolment(once.expose(), registration("enrol-reuse", 9), NOW + 11)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::TokenExpired), "{e}");
+    // Whitespace around a pasted token is fine.
+    store
+        .redeem_enrolment(
+            &format!(" {}\n", once.expose()),
+            registration("enrol-reuse", 9),
+            NOW + 9,
+        )
+        .await
+        .unwrap();
+}
+
+pub(crate) async fn enrolment_refuses_known_and_mismatched_devices(store: Store) {
+    let f = fixture(&store, "enrol-known").await;
+    let token = store
+        .create_enrolment_token(f.account, NOW + 60, false)
+        .await
+        .unwrap();
+    // Already registered: refused, and the one-use token is not burnt by the failure.
+    let e = store
+        .redeem_enrolment(token.expose(), registration("enrol-known", 0), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::AlreadyExists { .. }), "{e}");
+    // A device id that is not the hash of its identity key.
+    let mut forged = registration("enrol-known", 5);
+    forged.device = f.device;
+    let e = store
+        .redeem_enrolment(token.expose(), forged, NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::InvalidInput { .. }), "{e}");
+    let mut unnamed = registration("enrol-known", 5);
+    unnamed.name = String::new();
+    assert!(matches!(
+        store.redeem_enrolment(token.expose(), unnamed, NOW).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    // Still usable once.
+    store
+        .redeem_enrolment(token.expose(), registration("enrol-known", 5), NOW)
+        .await
+        .unwrap();
+}
+
+pub(crate) async fn devices_touch_and_revoke(store: Store) {
+    let f = fixture(&store, "devices").await;
+    let token = store
+        .create_enrolment_token(f.account, NOW + 60, true)
+        .await
+        .unwrap();
+    let other = store
+        .redeem_enrolment(token.expose(), registration("devices", 1), NOW)
+        .await
+        .unwrap()
+        .device;
+
+    let d = store.touch_device(f.device, NOW + 50).await.unwrap();
+    assert_eq!(d.last_seen, NOW + 50);
+    // last_seen never goes back.
+    let d = store.touch_device(f.device, NOW + 10).await.unwrap();
+    assert_eq!(d.last_seen, NOW + 50);
+
+    let r = store.revoke_device(f.device, NOW + 100).await.unwrap();
+    assert_eq!(r.revoked_at, Some(NOW + 100));
+    assert!(r.is_revoked());
+    // Idempotent: the first revocation time stays.
+    let r = store.revoke_device(f.device, NOW + 200).await.unwrap();
+    assert_eq!(r.revoked_at, Some(NOW + 100));
+
+    let e = store.touch_device(f.device, NOW + 300).await.unwrap_err();
+    assert!(matches!(e, StoreError::DeviceRevoked { device } if device == f.device), "{e}");
+    assert_eq!(e.to_error_code(), ErrorCode::Revoked);
+    // A revoked device cannot enrol again.
+    let e = store
+        .redeem_enrolment(token.expose(), registration("devices", 0), NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::DeviceRevoked { .. }), "{e}");
+    // The other device is unaffected.
+    store.touch_device(other, NOW + 300).await.unwrap();
+
+    let unknown = registration("devices", 99).device;
+    assert!(matches!(
+        store.touch_device(unknown, NOW).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.revoke_device(unknown, NOW).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.device(unknown).await.unwrap(), None);
+
+    let mut listed: Vec<(DeviceId, bool)> = store
+        .list_devices(f.account)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.device, d.is_revoked()))
+        .collect();
+    listed.sort();
+    let mut want = vec![(f.device, true), (other, false)];
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(matches!(
+        store.list_devices(AccountId::new(999_999)).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub(crate) async fn vault_ownership(store: Store) {
+    let f = fixture(&store, "ownership").await;
+    let other = store
+        .create_account(f.tenant, "someone else")
+        .await
+        .unwrap();
+
+    // Idempotent for the owner.
+    let again = store.create_vault(f.account, f.vault, NOW + 5).await.unwrap();
+    assert_eq!(again.created_at, NOW);
+    assert_eq!((again.account, again.tenant), (f.account, f.tenant));
+    // Refused for anyone else.
+    let e = store.create_vault(other, f.vault, NOW).await.unwrap_err();
+    assert!(matches!(e, StoreError::AlreadyExists { .. }), "{e}");
+    assert_eq!(e.to_error_code(), ErrorCode::AlreadyExists);
+    assert!(matches!(
+        store
+            .create_vault(AccountId::new(999_999), vault_id("ownership", 9), NOW)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    assert_eq!(
+        store.vault_account(f.vault).await.unwrap(),
+        Some(f.account)
+    );
+    assert_eq!(
+        store
+            .vault_account(vault_id("ownership", 404))
+            .await
+            .unwrap(),
+        None
+    );
+
+    let second = vault_id("ownership", 1);
+    store.create_vault(f.account, second, NOW).await.unwrap();
+    let theirs = vault_id("ownership", 2);
+    store.create_vault(other, theirs, NOW).await.unwrap();
+    commit_one(
+        &store,
+        &f,
+        CommitEntry {
+            epoch: Epoch::new(3),
+            ..commit_entry(entry("ownership", 0), None, version("ownership", 0), vec![])
+        },
+    )
+    .await;
+
+    let mut mine = store.list_vaults(f.account).await.unwrap();
+    mine.sort_by_key(|v| v.vault);
+    let mut want = vec![
+        dooz_protocol::VaultInfo {
+            vault: f.vault,
+            head_seq: Seq::new(1),
+            latest_epoch: Epoch::new(3),
+        },
+        dooz_protocol::VaultInfo {
+            vault: second,
+            head_seq: Seq::ZERO,
+            latest_epoch: Epoch::ZERO,
+        },
+    ];
+    want.sort_by_key(|v| v.vault);
+    assert_eq!(mine, want);
+    let theirs_listed: Vec<VaultId> = store
+        .list_vaults(other)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.vault)
+        .collect();
+    assert_eq!(theirs_listed, vec![theirs]);
+    let rec = store.vault(f.vault).await.unwrap().unwrap();
+    assert_eq!(rec.info(), want.iter().find(|v| v.vault == f.vault).unwrap().clone());
+}
+
+pub(crate) async fn chunks_pending_then_committed(store: Store) {
+    let f = fixture(&store, "chunks").await;
+    let [c0, c1, c2] = [0, 1, 2].map(|n| chunk("chunks", n));
+    store
+        .record_chunk(f.vault, c1, 100, [1; 32], NOW)
+        .await
+        .unwrap();
+    // Order kept, duplicates reported once.
+    assert_eq!(
+        store
+            .missing_chunks(f.vault, &[c2, c1, c0, c2])
+            .await
+            .unwrap(),
+        vec![c2, c0]
+    );
+    assert_eq!(store.missing_chunks(f.vault, &[]).await.unwrap(), vec![]);
+    let rec = store.chunk(f.vault, c1).await.unwrap().unwrap();
+    assert_eq!(rec.chunk, c1);
+    assert_eq!((rec.sealed_len, rec.blake3), (100, [1; 32]));
+    assert_eq!(rec.state, ChunkState::Pending { since: NOW });
+    // Chunks belong to one vault.
+    let other = vault_id("chunks", 1);
+    store.create_vault(f.account, other, NOW).await.unwrap();
+    assert_eq!(
+        store.missing_chunks(other, &[c1]).await.unwrap(),
+        vec![c1]
+    );
+    assert_eq!(store.chunk(other, c1).await.unwrap(), None);
+
+    // Same upload again: no-op. A pending chunk sealed again takes the new bytes' hash.
+    let again = store
+        .record_chunk(f.vault, c1, 100, [1; 32], NOW + 5)
+        .await
+        .unwrap();
+    assert_eq!(again.state, ChunkState::Pending { since: NOW });
+    let resealed = store
+        .record_chunk(f.vault, c1, 101, [2; 32], NOW + 6)
+        .await
+        .unwrap();
+    assert_eq!((resealed.sealed_len, resealed.blake3), (101, [2; 32]));
+
+    store
+        .record_chunk(f.vault, c0, 50, [3; 32], NOW)
+        .await
+        .unwrap();
+    commit_one(
+        &store,
+        &f,
+        commit_entry(entry("chunks", 0), None, version("chunks", 0), vec![c1, c1]),
+    )
+    .await;
+    let rec = store.chunk(f.vault, c1).await.unwrap().unwrap();
+    assert_eq!(rec.state, ChunkState::Committed { at: NOW });
+    assert_eq!(rec.blake3, [2; 32]);
+    // Not referenced: still pending.
+    assert!(matches!(
+        store.chunk(f.vault, c0).await.unwrap().unwrap().state,
+        ChunkState::Pending { .. }
+    ));
+    // A committed chunk's record never changes.
+    let kept = store
+        .record_chunk(f.vault, c1, 7, [9; 32], NOW + 9)
+        .await
+        .unwrap();
+    assert_eq!((kept.sealed_len, kept.blake3), (101, [2; 32]));
+    assert_eq!(kept.state, ChunkState::Committed { at: NOW });
+}
+
+pub(crate) async fn commit_cas_conflict_takes_no_seq(store: Store) {
+    let f = fixture(&store, "cas").await;
+    let (e0, e1) = (entry("cas", 0), entry("cas", 1));
+    let (v0, v1, v2, v3) = (
+        version("cas", 0),
+        version("cas", 1),
+        version("cas", 2),
+        version("cas", 3),
+    );
+    assert_eq!(store.head(f.vault).await.unwrap(), Seq::ZERO);
+    assert_eq!(store.entry_head(f.vault, e0).await.unwrap(), None);
+    assert_eq!(
+        commit_one(&store, &f, commit_entry(e0, None, v0, vec![])).await,
+        Seq::new(1)
+    );
+    assert_eq!(
+        store.entry_head(f.vault, e0).await.unwrap(),
+        Some(EntryHead {
+            version: v0,
+            seq: Seq::new(1)
+        })
+    );
+
+    // "Must not exist yet" on an existing entry, and a stale parent: both conflicts.
+    let results = store
+        .commit(
+            f.vault,
+            f.device,
+            vec![
+                commit_entry(e0, None, v1, vec![]),
+                commit_entry(e1, None, v2, vec![]),
+                commit_entry(e0, Some(v2), v1, vec![]),
+                commit_entry(e0, Some(v0), v3, vec![]),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![
+            CommitResult::Conflict {
+                entry: e0,
+                head: Some(v0)
+            },
+            CommitResult::Applied {
+                entry: e1,
+                seq: Seq::new(2),
+                version: v2
+            },
+            CommitResult::Conflict {
+                entry: e0,
+                head: Some(v0)
+            },
+            CommitResult::Applied {
+                entry: e0,
+                seq: Seq::new(3),
+                version: v3
+            },
+        ]
+    );
+    assert_eq!(store.head(f.vault).await.unwrap(), Seq::new(3));
+
+    // A commit whose only entry conflicts takes no seq; the next one gets 4.
+    let results = store
+        .commit(f.vault, f.device, vec![commit_entry(e1, Some(v0), v1, vec![])], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![CommitResult::Conflict {
+            entry: e1,
+            head: Some(v2)
+        }]
+    );
+    // A conflict on an entry that has no head reports `None`.
+    let results = store
+        .commit(
+            f.vault,
+            f.device,
+            vec![commit_entry(entry("cas", 7), Some(v0), v1, vec![])],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results,
+        vec![CommitResult::Conflict {
+            entry: entry("cas", 7),
+            head: None
+        }]
+    );
+    assert_eq!(store.head(f.vault).await.unwrap(), Seq::new(3));
+    assert_eq!(
+        commit_one(&store, &f, commit_entry(e1, Some(v2), v1, vec![])).await,
+        Seq::new(4)
+    );
+    // An empty commit does nothing.
+    assert_eq!(
+        store.commit(f.vault, f.device, vec![], NOW).await.unwrap(),
+        vec![]
+    );
+    assert_log_consistent(&store, f.vault).await;
+}
+
+pub(crate) async fn seqs_stay_gap_free_across_conflicts(store: Store) {
+    let f = fixture(&store, "gapfree").await;
+    let mut heads: Vec<Option<VersionId>> = vec![None; 5];
+    let mut next_version = 0u64;
+    let mut applied = 0u64;
+    // Deterministic mix of good and stale parents over 5 entries, 3 entries per commit.
+    for round in 0..40u64 {
+        let mut batch = Vec::new();
+        let mut expect_applied = Vec::new();
+        for k in 0..3u64 {
+            let i = usize::try_from((round * 3 + k) % 5).unwrap();
+            let stale = (round + k) % 4 == 0;
+            let parent = if stale {
+                Some(version("gapfree", 1_000_000 + round))
+            } else {
+                heads[i]
+            };
+            next_version += 1;
+            let v = version("gapfree", next_version);
+            batch.push(commit_entry(entry("gapfree", i as u64), parent, v, vec![]));
+            if !stale && !batch[..batch.len() - 1].iter().any(|e| e.entry == entry("gapfree", i as u64)) {
+                heads[i] = Some(v);
+                expect_applied.push(true);
+            } else {
+                expect_applied.push(false);
+            }
+        }
+        let results = store.commit(f.vault, f.device, batch, NOW).await.unwrap();
+        for (r, want) in results.iter().zip(&expect_applied) {
+            match r {
+                CommitResult::Applied { seq, .. } => {
+                    assert!(want, "round {round}: unexpected {r:?}");
+                    applied += 1;
+                    assert_eq!(seq.get(), applied);
+                }
+                CommitResult::Conflict { .. } => assert!(!want, "round {round}: {r:?}"),
+            }
+        }
+    }
+    assert!(applied > 40, "the mix should apply most entries, got {applied}");
+    assert_eq!(store.head(f.vault).await.unwrap(), Seq::new(applied));
+    let log = assert_log_consistent(&store, f.vault).await;
+    assert_eq!(log.len() as u64, applied);
+}
+
+pub(crate) async fn concurrent_commits_keep_log_and_chains(store: Store) {
+    const TASKS: u64 = 8;
+    const OWN: u64 = 12;
+    const SHARED: u64 = 4;
+    let f = Arc::new(fixture(&store, "concurrent").await);
+    let shared = entry("concurrent", 1_000);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let store = Arc::clone(&store);
+        let f = Arc::clone(&f);
+        tasks.spawn(async move {
+            let own = entry("concurrent", t);
+            let mut parent = None;
+            let mut conflicts = 0u32;
+            for k in 0..OWN + SHARED {
+                let v = version(&format!("concurrent {t}"), k);
+                if k % 4 == 3 {
+                    // Contend on the shared entry: retry on conflict with the head it reports.
+                    let mut head = store
+                        .entry_head(f.vault, shared)
+                        .await
+                        .unwrap()
+                        .map(|h| h.version);
+                    loop {
+                        let r = store
+                            .commit(f.vault, f.device, vec![commit_entry(shared, head, v, vec![])], NOW)
+                            .await
+                            .unwrap();
+                        match &r[0] {
+                            CommitResult::Applied { .. } => break,
+                            CommitResult::Conflict { head: h, .. } => {
+                                conflicts += 1;
+                                head = *h;
+                            }
+                        }
+                    }
+                } else {
+                    let r = store
+                        .commit(f.vault, f.device, vec![commit_entry(own, parent, v, vec![])], NOW)
+                        .await
+                        .unwrap();
+                    applied_seq(&r[0]);
+                    parent = Some(v);
+                }
+            }
+            conflicts
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let total = TASKS * (OWN + SHARED);
+    assert_eq!(store.head(f.vault).await.unwrap(), Seq::new(total));
+    let log = assert_log_consistent(&store, f.vault).await;
+    assert_eq!(log.len() as u64, total);
+    let shared_versions = log.iter().filter(|c| c.entry == shared).count() as u64;
+    assert_eq!(shared_versions, TASKS * SHARED);
+}
+
+pub(crate) async fn missing_chunks_apply_nothing(store: Store) {
+    let f = fixture(&store, "missing").await;
+    let (known, unknown, unknown2) = (
+        chunk("missing", 0),
+        chunk("missing", 1),
+        chunk("missing", 2),
+    );
+    store
+        .record_chunk(f.vault, known, 10, [0; 32], NOW)
+        .await
+        .unwrap();
+    let e0 = entry("missing", 0);
+    commit_one(&store, &f, commit_entry(e0, None, version("missing", 0), vec![])).await;
+
+    let e = store
+        .commit(
+            f.vault,
+            f.device,
+            vec![
+                commit_entry(e0, Some(version("missing", 0)), version("missing", 1), vec![known]),
+                commit_entry(
+                    entry("missing", 1),
+                    None,
+                    version("missing", 2),
+                    vec![unknown2, known, unknown, unknown2],
+                ),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    match &e {
+        StoreError::MissingChunks { vault, chunks } => {
+            assert_eq!(*vault, f.vault);
+            assert_eq!(chunks, &vec![unknown2, unknown]);
+        }
+        other => panic!("expected MissingChunks, got {other:?}"),
+    }
+    assert_eq!(e.to_error_code(), ErrorCode::NotFound);
+    assert!(!e.is_retryable());
+    // Nothing applied: head, entry heads and chunk states are as before.
+    assert_eq!(store.head(f.vault).await.unwrap(), Seq::new(1));
+    assert_eq!(
+        store.entry_head(f.vault, e0).await.unwrap().map(|h| h.version),
+        Some(version("missing", 0))
+    );
+    assert_eq!(store.entry_head(f.vault, entry("missing", 1)).await.unwrap(), None);
+    assert!(matches!(
+        store.chunk(f.vault, known).await.unwrap().unwrap().state,
+        ChunkState::Pending { .. }
+    ));
+    assert_eq!(pull_all(&store, f.vault, 0).await.len(), 1);
+    assert!(
+        store
+            .history(f.vault, entry("missing", 1), 0, None)
+            .await
+            .unwrap()
+            .versions
+            .is_empty()
+    );
+}
+
+pub(crate) async fn pull_pages(store: Store) {
+    let f = fixture(&store, "pull").await;
+    let c = chunk("pull", 0);
+    store
+        .record_chunk(f.vault, c, 10, [0; 32], NOW)
+        .await
+        .unwrap();
+    let mut parents: HashMap<EntryKey, VersionId> = HashMap::new();
+    for n in 0..25u64 {
+        let e = entry("pull", n % 3);
+        let v = version("pull", n);
+        let chunks = if n % 2 == 0 { vec![c] } else { vec![] };
+        let ce = CommitEntry {
+            epoch: Epoch::new(u32::try_from(n % 2).unwrap()),
+            ..commit_entry(e, parents.get(&e).copied(), v, chunks)
+        };
+        store.commit(f.vault, f.device, vec![ce], NOW + n).await.unwrap();
+        parents.insert(e, v);
+    }
+
+    let page = store.pull(f.vault, Seq::ZERO, 10).await.unwrap();
+    assert_eq!(page.changes.len(), 10);
+    assert_eq!((page.next, page.more), (Seq::new(10), true));
+    let first = &page.changes[0];
+    assert_eq!(first.seq, Seq::new(1));
+    assert_eq!(first.entry, entry("pull", 0));
+    assert_eq!(first.version, version("pull", 0));
+    assert_eq!(first.parent, None);
+    assert_eq!(first.record, version("pull", 0).as_bytes().repeat(3));
+    assert_eq!(first.chunks, vec![c]);
+    assert_eq!(first.epoch, Epoch::ZERO);
+    assert_eq!(first.device, f.device);
+    assert_eq!(page.changes[3].parent, Some(version("pull", 0)));
+
+    let page = store.pull(f.vault, Seq::new(10), 10).await.unwrap();
+    assert_eq!(page.changes.first().map(|c| c.seq), Some(Seq::new(11)));
+    assert_eq!((page.next, page.more), (Seq::new(20), true));
+    let page = store.pull(f.vault, Seq::new(20), 10).await.unwrap();
+    assert_eq!(page.changes.len(), 5);
+    assert_eq!((page.next, page.more), (Seq::new(25), false));
+    // At the head, and past it: empty, cursor kept.
+    for since in [25, 30] {
+        let page = store.pull(f.vault, Seq::new(since), 10).await.unwrap();
+        assert!(page.changes.is_empty());
+        assert_eq!((page.next, page.more), (Seq::new(since), false));
+    }
+    let page = store.pull(f.vault, Seq::new(u64::MAX), 10).await.unwrap();
+    assert!(page.changes.is_empty() && !page.more);
+    // 0 means the default page, which is capped.
+    let page = store.pull(f.vault, Seq::ZERO, 0).await.unwrap();
+    assert_eq!((page.changes.len(), page.more), (25, false));
+    assert!(MAX_PULL_PAGE >= 25);
+    let page = store.pull(f.vault, Seq::ZERO, u32::MAX).await.unwrap();
+    assert_eq!(page.changes.len(), 25);
+    assert_log_consistent(&store, f.vault).await;
+}
+
+pub(crate) async fn history_pages(store: Store) {
+    let f = fixture(&store, "history").await;
+    let (e, other) = (entry("history", 0), entry("history", 1));
+    let mut parent = None;
+    let mut seqs = Vec::new();
+    for n in 0..5u64 {
+        let v = version("history", n);
+        seqs.push(commit_one(&store, &f, commit_entry(e, parent, v, vec![])).await);
+        parent = Some(v);
+        // Interleave another entry.
+        commit_one(
+            &store,
+            &f,
+            commit_entry(
+                other,
+                (n > 0).then(|| version("history-other", n - 1)),
+                version("history-other", n),
+                vec![],
+            ),
+        )
+        .await;
+    }
+
+    let page = store.history(f.vault, e, 2, None).await.unwrap();
+    let got: Vec<(Seq, VersionId)> = page.versions.iter().map(|c| (c.seq, c.version)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (seqs[4], version("history", 4)),
+            (seqs[3], version("history", 3))
+        ]
+    );
+    assert_eq!(page.next, Some(seqs[3]));
+    let page = store.history(f.vault, e, 2, page.next).await.unwrap();
+    assert_eq!(page.versions.len(), 2);
+    assert_eq!(page.versions[0].version, version("history", 2));
+    assert_eq!(page.next, Some(seqs[1]));
+    let page = store.history(f.vault, e, 2, page.next).await.unwrap();
+    assert_eq!(page.versions.len(), 1);
+    assert_eq!(page.versions[0].version, version("history", 0));
+    assert_eq!(page.versions[0].parent, None);
+    assert_eq!(page.next, None);
+    // Exactly a full last page: no next.
+    let page = store.history(f.vault, e, 5, None).await.unwrap();
+    assert_eq!((page.versions.len(), page.next), (5, None));
+    assert!(page.versions.iter().all(|c| c.entry == e));
+    let page = store.history(f.vault, e, 0, None).await.unwrap();
+    assert_eq!(page.versions.len(), 5);
+    assert!(MAX_HISTORY_PAGE >= 5);
+    for before in [Seq::ZERO, seqs[0]] {
+        let page = store.history(f.vault, e, 0, Some(before)).await.unwrap();
+        assert!(page.versions.is_empty() && page.next.is_none());
+    }
+    let page = store
+        .history(f.vault, entry("history", 9), 10, None)
+        .await
+        .unwrap();
+    assert!(page.versions.is_empty() && page.next.is_none());
+}
+
+pub(crate) async fn envelopes(store: Store) {
+    let f = fixture(&store, "envelopes").await;
+    let (me, other, sender2) = (
+        f.device,
+        registration("envelopes", 7).device,
+        registration("envelopes", 8).device,
+    );
+    store
+        .put_envelope(f.vault, Epoch::new(2), me, me, vec![2; 80])
+        .await
+        .unwrap();
+    store
+        .put_envelope(f.vault, Epoch::new(1), me, me, vec![1; 80])
+        .await
+        .unwrap();
+    store
+        .put_envelope(f.vault, Epoch::new(1), me, sender2, vec![3; 80])
+        .await
+        .unwrap();
+    store
+        .put_envelope(f.vault, Epoch::new(5), other, me, vec![5; 80])
+        .await
+        .unwrap();
+    // The same sender replaces its envelope.
+    store
+        .put_envelope(f.vault, Epoch::new(2), me, me, vec![4; 80])
+        .await
+        .unwrap();
+
+    let mine = store.envelopes_for(f.vault, me).await.unwrap();
+    let got: Vec<(Epoch, DeviceId, u8)> = mine
+        .iter()
+        .map(|e| (e.epoch, e.sender, e.envelope[0]))
+        .collect();
+    let mut want_epoch1 = vec![(Epoch::new(1), me, 1), (Epoch::new(1), sender2, 3)];
+    want_epoch1.sort_by_key(|(_, s, _)| *s);
+    let mut want = want_epoch1;
+    want.push((Epoch::new(2), me, 4));
+    assert_eq!(got, want);
+    assert!(mine.iter().all(|e| e.recipient == me && e.envelope.len() == 80));
+    let theirs = store.envelopes_for(f.vault, other).await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(
+        store.envelopes_for(f.vault, sender2).await.unwrap(),
+        vec![]
+    );
+    // The newest epoch seen in envelopes shows in the vault.
+    assert_eq!(
+        store.vault(f.vault).await.unwrap().unwrap().latest_epoch,
+        Epoch::new(5)
+    );
+    let e = store
+        .put_envelope(f.vault, Epoch::new(1), me, me, vec![0; 5000])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::InvalidInput { .. }), "{e}");
+}
+
+pub(crate) async fn unknown_vault_is_not_found(store: Store) {
+    let f = fixture(&store, "unknown-vault").await;
+    let v = vault_id("unknown-vault", 404);
+    let c = chunk("unknown-vault", 0);
+    let nf = |r: Result<(), StoreError>| match r {
+        Err(e @ StoreError::NotFound { .. }) => assert_eq!(e.to_error_code(), ErrorCode::NotFound),
+        other => panic!("expected NotFound, got {other:?}"),
+    };
+    nf(store.head(v).await.map(drop));
+    nf(store.missing_chunks(v, &[c]).await.map(drop));
+    nf(store.record_chunk(v, c, 1, [0; 32], NOW).await.map(drop));
+    nf(store.chunk(v, c).await.map(drop));
+    nf(store
+        .commit(v, f.device, vec![commit_entry(entry("x", 0), None, version("x", 0), vec![])], NOW)
+        .await
+        .map(drop));
+    nf(store.commit(v, f.device, vec![], NOW).await.map(drop));
+    nf(store.pull(v, Seq::ZERO, 0).await.map(drop));
+    nf(store.history(v, entry("x", 0), 0, None).await.map(drop));
+    nf(store.entry_head(v, entry("x", 0)).await.map(drop));
+    nf(store
+        .put_envelope(v, Epoch::ZERO, f.device, f.device, vec![1])
+        .await);
+    nf(store.envelopes_for(v, f.device).await.map(drop));
+    assert_eq!(store.vault(v).await.unwrap(), None);
+}

@@ -1,0 +1,1092 @@
+//! [`SledStore`]: the embedded metadata store, sled underneath.
+//!
+//! Layout in [`codec`](super::codec). Writes that touch several trees run in one sled
+//! transaction (sled serialises transactions, so a commit's seqs are handed out under one lock
+//! and a crash recovers all of a transaction or none of it). Readers do not lock: a reader can
+//! see part of a transaction that is being applied, so [`pull`](MetaStore::pull) stops at the
+//! first gap in the log and [`history`](MetaStore::history) skips versions whose log record is
+//! not there yet; both see everything once `commit` has returned.
+//!
+//! sled calls block, so every call that scans or writes runs on tokio's blocking pool; point
+//! reads run inline.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dooz_protocol::limits::{
+    MAX_ENVELOPE_LEN, MAX_ENVELOPES, MAX_HISTORY_PAGE, MAX_PULL_PAGE,
+};
+use dooz_protocol::{
+    Change, ChunkId, CommitEntry, CommitResult, DeviceId, EntryKey, EnvelopeInfo, Epoch, Seq,
+    VaultId, VaultInfo,
+};
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree, Transactional,
+};
+use sled::{IVec, Tree};
+
+use crate::store::api::{
+    AccountId, AccountRecord, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
+    DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, TenantId, TenantRecord,
+    VaultRecord, VersionPage, change_size_bound, check_name,
+};
+use crate::store::codec::{
+    self, ACCOUNT_DEVICES, ACCOUNT_VAULTS, AccountV1, ChunkStateV1, ChunkV1, DeviceV1,
+    EnvelopeV1, HeadV1, LogV1, Stored, TenantV1, TokenV1, VaultV1, decode, encode,
+};
+use crate::store::error::StoreError;
+use crate::store::token::{self, EnrolmentToken};
+
+/// The embedded metadata store: a sled database in a directory of its own.
+///
+/// Cheap to clone (the handles are shared). Open a directory from one process at a time: sled
+/// locks it.
+#[derive(Clone)]
+pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    db: sled::Db,
+    meta: Tree,
+    tenants: Tree,
+    tenant_names: Tree,
+    accounts: Tree,
+    account_names: Tree,
+    tokens: Tree,
+    devices: Tree,
+    account_devices: Tree,
+    vaults: Tree,
+    account_vaults: Tree,
+    chunks: Tree,
+    log: Tree,
+    heads: Tree,
+    versions: Tree,
+    envelopes: Tree,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::from_config(sled::Config::new().path(path.as_ref()))
+    }
+
+    /// A store that lives in a temporary directory and disappears when dropped (tests).
+    pub fn temporary() -> Result<Self, StoreError> {
+        Self::from_config(sled::Config::new().temporary(true))
+    }
+
+    fn from_config(config: sled::Config) -> Result<Self, StoreError> {
+        let db = config.open()?;
+        let tree = |name: &str| db.open_tree(name);
+        let inner = Inner {
+            meta: tree(codec::META)?,
+            tenants: tree(codec::TENANTS)?,
+            tenant_names: tree(codec::TENANT_NAMES)?,
+            accounts: tree(codec::ACCOUNTS)?,
+            account_names: tree(codec::ACCOUNT_NAMES)?,
+            tokens: tree(codec::TOKENS)?,
+            devices: tree(codec::DEVICES)?,
+            account_devices: tree(codec::ACCOUNT_DEVICES)?,
+            vaults: tree(codec::VAULTS)?,
+            account_vaults: tree(codec::ACCOUNT_VAULTS)?,
+            chunks: tree(codec::CHUNKS)?,
+            log: tree(codec::LOG)?,
+            heads: tree(codec::HEADS)?,
+            versions: tree(codec::VERSIONS)?,
+            envelopes: tree(codec::ENVELOPES)?,
+            db,
+        };
+        match inner.meta.get(codec::FORMAT_KEY)? {
+            Some(v) => {
+                let found = codec::decode_u32(codec::META, &v)?;
+                if found != codec::FORMAT_VERSION {
+                    return Err(StoreError::IncompatibleFormat {
+                        found,
+                        supported: codec::FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                inner
+                    .meta
+                    .insert(codec::FORMAT_KEY, &codec::FORMAT_VERSION.to_be_bytes())?;
+                inner.db.flush()?;
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Runs `f` on tokio's blocking pool.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        match tokio::task::spawn_blocking(move || f(&inner)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Unavailable {
+                reason: format!("the store task did not finish: {e}"),
+            }),
+        }
+    }
+
+    /// A raw tree, for tests that damage stored bytes.
+    #[cfg(test)]
+    pub(crate) fn raw_tree(&self, name: &str) -> Tree {
+        self.inner.db.open_tree(name).unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Turns a [`StoreError`] inside a transaction closure into an abort.
+trait OrAbort<T> {
+    fn or_abort(self) -> ConflictableTransactionResult<T, StoreError>;
+}
+
+impl<T> OrAbort<T> for Result<T, StoreError> {
+    fn or_abort(self) -> ConflictableTransactionResult<T, StoreError> {
+        self.map_err(ConflictableTransactionError::Abort)
+    }
+}
+
+fn tx_result<T>(r: Result<T, TransactionError<StoreError>>) -> Result<T, StoreError> {
+    r.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => e.into(),
+    })
+}
+
+fn fail<T>(e: StoreError) -> ConflictableTransactionResult<T, StoreError> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn get_decoded<T: Stored>(tree: &Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+    tree.get(key)?.map(|v| decode(&v)).transpose()
+}
+
+fn tx_get_decoded<T: Stored>(
+    tree: &TransactionalTree,
+    key: &[u8],
+) -> ConflictableTransactionResult<Option<T>, StoreError> {
+    tree.get(key)?.map(|v| decode(&v)).transpose().or_abort()
+}
+
+fn tx_insert<T: Stored>(
+    tree: &TransactionalTree,
+    key: &[u8],
+    value: &T,
+) -> ConflictableTransactionResult<(), StoreError> {
+    tree.insert(key, encode(value).or_abort()?)?;
+    Ok(())
+}
+
+/// The next id of a `meta-v1` counter (ids start at 1).
+fn tx_next_id(meta: &TransactionalTree, key: &[u8]) -> ConflictableTransactionResult<u64, StoreError> {
+    let current = match meta.get(key)? {
+        Some(v) => codec::decode_u64(codec::META, &v).or_abort()?,
+        None => 0,
+    };
+    let Some(next) = current.checked_add(1) else {
+        return fail(StoreError::corrupt(codec::META, "an id counter is exhausted"));
+    };
+    meta.insert(key, &next.to_be_bytes())?;
+    Ok(next)
+}
+
+fn vault_not_found(vault: &VaultId) -> StoreError {
+    StoreError::not_found(format!("vault {vault}"))
+}
+
+fn device_record(device: DeviceId, d: DeviceV1) -> DeviceRecord {
+    DeviceRecord {
+        device,
+        tenant: TenantId::new(d.tenant),
+        account: AccountId::new(d.account),
+        identity_key: d.identity_key,
+        exchange_key: d.exchange_key,
+        name: d.name,
+        revoked_at: d.revoked_at,
+        created_at: d.created_at,
+        last_seen: d.last_seen,
+    }
+}
+
+fn vault_record(vault: VaultId, v: &VaultV1) -> VaultRecord {
+    VaultRecord {
+        vault,
+        tenant: TenantId::new(v.tenant),
+        account: AccountId::new(v.account),
+        created_at: v.created_at,
+        head_seq: Seq::new(v.head_seq),
+        latest_epoch: Epoch::new(v.latest_epoch),
+    }
+}
+
+fn chunk_record(chunk: ChunkId, c: &ChunkV1) -> ChunkRecord {
+    ChunkRecord {
+        chunk,
+        sealed_len: c.sealed_len,
+        blake3: c.blake3,
+        state: match c.state {
+            ChunkStateV1::Pending { since } => ChunkState::Pending { since },
+            ChunkStateV1::Committed { at } => ChunkState::Committed { at },
+        },
+    }
+}
+
+fn change(seq: Seq, l: LogV1) -> Change {
+    Change {
+        seq,
+        entry: l.entry,
+        version: l.version,
+        parent: l.parent,
+        record: l.record,
+        chunks: l.chunks,
+        epoch: Epoch::new(l.epoch),
+        device: l.device,
+    }
+}
+
+/// `limit` with 0 meaning `max`, capped at `max`.
+fn page_limit(limit: u32, max: u32) -> usize {
+    let limit = if limit == 0 { max } else { limit.min(max) };
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+impl Inner {
+    fn vault_v1(&self, vault: &VaultId) -> Result<VaultV1, StoreError> {
+        get_decoded::<VaultV1>(&self.vaults, vault.as_bytes())?
+            .ok_or_else(|| vault_not_found(vault))
+    }
+
+    fn device_v1(&self, device: &DeviceId) -> Result<Option<DeviceV1>, StoreError> {
+        get_decoded(&self.devices, device.as_bytes())
+    }
+
+    fn account_v1(&self, account: AccountId) -> Result<AccountV1, StoreError> {
+        get_decoded::<AccountV1>(&self.accounts, &account.get().to_be_bytes())?
+            .ok_or_else(|| StoreError::not_found(format!("account {account}")))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn create_tenant(&self, name: &str) -> Result<TenantId, StoreError> {
+        check_name("tenant name", name)?;
+        let id = tx_result(
+            (&self.meta, &self.tenants, &self.tenant_names).transaction(|(meta, tenants, names)| {
+                if names.get(name.as_bytes())?.is_some() {
+                    return fail(StoreError::already_exists(format!("tenant {name:?}")));
+                }
+                let id = tx_next_id(meta, codec::NEXT_TENANT_KEY)?;
+                tx_insert(
+                    tenants,
+                    &id.to_be_bytes(),
+                    &TenantV1 {
+                        name: name.to_owned(),
+                    },
+                )?;
+                names.insert(name.as_bytes(), &id.to_be_bytes())?;
+                Ok(id)
+            }),
+        )?;
+        self.flush()?;
+        Ok(TenantId::new(id))
+    }
+
+    fn create_account(&self, tenant: TenantId, name: &str) -> Result<AccountId, StoreError> {
+        check_name("account name", name)?;
+        let name_key = codec::account_name_key(tenant.get(), name);
+        let id = tx_result(
+            (&self.meta, &self.tenants, &self.accounts, &self.account_names).transaction(
+                |(meta, tenants, accounts, names)| {
+                    if tenants.get(tenant.get().to_be_bytes())?.is_none() {
+                        return fail(StoreError::not_found(format!("tenant {tenant}")));
+                    }
+                    if names.get(&name_key)?.is_some() {
+                        return fail(StoreError::already_exists(format!(
+                            "account {name:?} in tenant {tenant}"
+                        )));
+                    }
+                    let id = tx_next_id(meta, codec::NEXT_ACCOUNT_KEY)?;
+                    tx_insert(
+                        accounts,
+                        &id.to_be_bytes(),
+                        &AccountV1 {
+                            tenant: tenant.get(),
+                            name: name.to_owned(),
+                        },
+                    )?;
+                    names.insert(name_key.as_slice(), &id.to_be_bytes())?;
+                    Ok(id)
+                },
+            ),
+        )?;
+        self.flush()?;
+        Ok(AccountId::new(id))
+    }
+
+    fn create_enrolment_token(
+        &self,
+        account: AccountId,
+        expires_at: u64,
+        reusable: bool,
+    ) -> Result<EnrolmentToken, StoreError> {
+        let acc = self.account_v1(account)?;
+        let token = EnrolmentToken::generate()?;
+        let hash = token.hash();
+        let record = TokenV1 {
+            hash,
+            tenant: acc.tenant,
+            account: account.get(),
+            expires_at,
+            reusable,
+            used_at: None,
+            uses: 0,
+        };
+        let fresh = self
+            .tokens
+            .compare_and_swap(hash, None as Option<&[u8]>, Some(encode(&record)?))?;
+        if fresh.is_err() {
+            // 128 random bits collided: the random number generator is broken.
+            return Err(StoreError::Unavailable {
+                reason: "a freshly generated enrolment token already exists".to_owned(),
+            });
+        }
+        self.flush()?;
+        Ok(token)
+    }
+
+    fn redeem_enrolment(
+        &self,
+        token: &str,
+        reg: &DeviceRegistration,
+        now: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        let hash = token::presented_hash(token).ok_or(StoreError::TokenInvalid)?;
+        check_name("device name", &reg.name)?;
+        if *blake3::hash(&reg.identity_key).as_bytes() != *reg.device.as_bytes() {
+            return Err(StoreError::InvalidInput {
+                what: "device id",
+                reason: "it is not the BLAKE3 hash of the device's identity key".to_owned(),
+            });
+        }
+        let device = tx_result(
+            (&self.tokens, &self.accounts, &self.devices, &self.account_devices).transaction(
+                |(tokens, accounts, devices, account_devices)| {
+                    let Some(mut tok) = tx_get_decoded::<TokenV1>(tokens, &hash)? else {
+                        return fail(StoreError::TokenInvalid);
+                    };
+                    if !token::hashes_match(&tok.hash, &hash) {
+                        return fail(StoreError::TokenInvalid);
+                    }
+                    if now >= tok.expires_at {
+                        return fail(StoreError::TokenExpired);
+                    }
+                    if !tok.reusable && tok.used_at.is_some() {
+                        return fail(StoreError::TokenUsed);
+                    }
+                    if accounts.get(tok.account.to_be_bytes())?.is_none() {
+                        return fail(StoreError::not_found(format!("account {}", tok.account)));
+                    }
+                    if let Some(existing) =
+                        tx_get_decoded::<DeviceV1>(devices, reg.device.as_bytes())?
+                    {
+                        return fail(if existing.revoked_at.is_some() {
+                            StoreError::DeviceRevoked { device: reg.device }
+                        } else {
+                            StoreError::already_exists(format!("device {}", reg.device))
+                        });
+                    }
+                    let device = DeviceV1 {
+                        tenant: tok.tenant,
+                        account: tok.account,
+                        identity_key: reg.identity_key,
+                        exchange_key: reg.exchange_key,
+                        name: reg.name.clone(),
+                        revoked_at: None,
+                        created_at: now,
+                        last_seen: now,
+                    };
+                    tx_insert(devices, reg.device.as_bytes(), &device)?;
+                    account_devices.insert(
+                        codec::account_member_key(tok.account, reg.device.as_bytes()),
+                        &[],
+                    )?;
+                    tok.used_at = tok.used_at.or(Some(now));
+                    tok.uses = tok.uses.saturating_add(1);
+                    tx_insert(tokens, &hash, &tok)?;
+                    Ok(device)
+                },
+            ),
+        )?;
+        self.flush()?;
+        Ok(device_record(reg.device, device))
+    }
+
+    /// Updates a device record in a transaction; `f` sees the current record.
+    fn update_device(
+        &self,
+        device: DeviceId,
+        f: impl Fn(&mut DeviceV1) -> Result<(), StoreError>,
+    ) -> Result<DeviceV1, StoreError> {
+        tx_result(self.devices.transaction(|devices| {
+            let Some(mut d) = tx_get_decoded::<DeviceV1>(devices, device.as_bytes())? else {
+                return fail(StoreError::not_found(format!("device {device}")));
+            };
+            f(&mut d).or_abort()?;
+            tx_insert(devices, device.as_bytes(), &d)?;
+            Ok(d)
+        }))
+    }
+
+    fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.account_v1(account)?;
+        let mut out = Vec::new();
+        for item in self.account_devices.scan_prefix(account.get().to_be_bytes()) {
+            let (k, _) = item?;
+            let device = DeviceId::from_bytes(codec::account_member(ACCOUNT_DEVICES, &k)?);
+            // An index entry always has its device; a missing one is damage.
+            let d = self.device_v1(&device)?.ok_or_else(|| {
+                StoreError::corrupt(ACCOUNT_DEVICES, format!("device {device} is not stored"))
+            })?;
+            out.push(device_record(device, d));
+        }
+        Ok(out)
+    }
+
+    fn create_vault(
+        &self,
+        account: AccountId,
+        vault: VaultId,
+        now: u64,
+    ) -> Result<(VaultV1, bool), StoreError> {
+        let (record, created) = tx_result(
+            (&self.accounts, &self.vaults, &self.account_vaults).transaction(
+                |(accounts, vaults, account_vaults)| {
+                    let Some(acc) =
+                        tx_get_decoded::<AccountV1>(accounts, &account.get().to_be_bytes())?
+                    else {
+                        return fail(StoreError::not_found(format!("account {account}")));
+                    };
+                    if let Some(existing) = tx_get_decoded::<VaultV1>(vaults, vault.as_bytes())? {
+                        if existing.account == account.get() {
+                            return Ok((existing, false));
+                        }
+                        return fail(StoreError::already_exists(format!("vault {vault}")));
+                    }
+                    let record = VaultV1 {
+                        tenant: acc.tenant,
+                        account: account.get(),
+                        created_at: now,
+                        head_seq: 0,
+                        latest_epoch: 0,
+                    };
+                    tx_insert(vaults, vault.as_bytes(), &record)?;
+                    account_vaults.insert(
+                        codec::account_member_key(account.get(), vault.as_bytes()),
+                        &[],
+                    )?;
+                    Ok((record, true))
+                },
+            ),
+        )?;
+        if created {
+            self.flush()?;
+        }
+        Ok((record, created))
+    }
+
+    fn list_vaults(&self, account: AccountId) -> Result<Vec<VaultInfo>, StoreError> {
+        self.account_v1(account)?;
+        let mut out = Vec::new();
+        for item in self.account_vaults.scan_prefix(account.get().to_be_bytes()) {
+            let (k, _) = item?;
+            let vault = VaultId::from_bytes(codec::account_member(ACCOUNT_VAULTS, &k)?);
+            let v = get_decoded::<VaultV1>(&self.vaults, vault.as_bytes())?.ok_or_else(|| {
+                StoreError::corrupt(ACCOUNT_VAULTS, format!("vault {vault} is not stored"))
+            })?;
+            out.push(vault_record(vault, &v).info());
+        }
+        Ok(out)
+    }
+
+    fn missing_chunks(&self, vault: &VaultId, chunks: &[ChunkId]) -> Result<Vec<ChunkId>, StoreError> {
+        self.vault_v1(vault)?;
+        let mut seen = HashSet::with_capacity(chunks.len());
+        let mut missing = Vec::new();
+        for chunk in chunks {
+            if seen.insert(*chunk) && !self.chunks.contains_key(codec::chunk_key(vault, chunk))? {
+                missing.push(*chunk);
+            }
+        }
+        Ok(missing)
+    }
+
+    fn record_chunk(
+        &self,
+        vault: &VaultId,
+        chunk: &ChunkId,
+        sealed_len: u64,
+        blake3: [u8; 32],
+        now: u64,
+    ) -> Result<ChunkRecord, StoreError> {
+        self.vault_v1(vault)?;
+        let key = codec::chunk_key(vault, chunk);
+        let fresh = ChunkV1 {
+            sealed_len,
+            blake3,
+            state: ChunkStateV1::Pending { since: now },
+        };
+        let fresh_bytes = encode(&fresh)?;
+        // A compare-and-swap loop on the one key: no transaction (and no global lock) needed.
+        loop {
+            let current = self.chunks.get(key)?;
+            let new = match &current {
+                None => &fresh,
+                Some(bytes) => {
+                    let existing: ChunkV1 = decode(bytes)?;
+                    let same = existing.sealed_len == sealed_len && existing.blake3 == blake3;
+                    if same || matches!(existing.state, ChunkStateV1::Committed { .. }) {
+                        return Ok(chunk_record(*chunk, &existing));
+                    }
+                    &fresh
+                }
+            };
+            let swapped = self.chunks.compare_and_swap(
+                key,
+                current.as_ref(),
+                Some(IVec::from(fresh_bytes.as_slice())),
+            )?;
+            if swapped.is_ok() {
+                return Ok(chunk_record(*chunk, new));
+            }
+        }
+    }
+
+    fn commit(
+        &self,
+        vault: &VaultId,
+        device: &DeviceId,
+        entries: &[CommitEntry],
+        now: u64,
+    ) -> Result<Vec<CommitResult>, StoreError> {
+        // Every chunk named, each once, in order of first mention.
+        let mut seen = HashSet::new();
+        let referenced: Vec<ChunkId> = entries
+            .iter()
+            .flat_map(|e| e.chunks.iter().copied())
+            .filter(|c| seen.insert(*c))
+            .collect();
+
+        let (results, applied) = tx_result(
+            (&self.vaults, &self.chunks, &self.log, &self.heads, &self.versions).transaction(
+                |(vaults, chunks, log, heads, versions)| {
+                    let Some(mut v) = tx_get_decoded::<VaultV1>(vaults, vault.as_bytes())? else {
+                        return fail(vault_not_found(vault));
+                    };
+
+                    let mut known = Vec::with_capacity(referenced.len());
+                    let mut missing = Vec::new();
+                    for chunk in &referenced {
+                        match tx_get_decoded::<ChunkV1>(chunks, &codec::chunk_key(vault, chunk))? {
+                            Some(c) => known.push((*chunk, c)),
+                            None => missing.push(*chunk),
+                        }
+                    }
+                    if !missing.is_empty() {
+                        return fail(StoreError::MissingChunks {
+                            vault: *vault,
+                            chunks: missing,
+                        });
+                    }
+
+                    let mut results = Vec::with_capacity(entries.len());
+                    let mut used: HashSet<ChunkId> = HashSet::new();
+                    for e in entries {
+                        let head_key = codec::head_key(vault, &e.entry);
+                        let head = tx_get_decoded::<HeadV1>(heads, &head_key)?;
+                        let head_version = head.map(|h| h.version);
+                        if head_version != e.parent {
+                            results.push(CommitResult::Conflict {
+                                entry: e.entry,
+                                head: head_version,
+                            });
+                            continue;
+                        }
+                        let Some(next) = v.head_seq.checked_add(1) else {
+                            return fail(StoreError::corrupt(
+                                codec::VAULTS,
+                                format!("vault {vault} has exhausted its seq numbers"),
+                            ));
+                        };
+                        v.head_seq = next;
+                        let seq = Seq::new(next);
+                        let record = LogV1 {
+                            entry: e.entry,
+                            version: e.version,
+                            parent: e.parent,
+                            record: e.record.clone(),
+                            chunks: e.chunks.clone(),
+                            epoch: e.epoch.get(),
+                            device: *device,
+                            committed_at: now,
+                        };
+                        tx_insert(log, &codec::log_key(vault, seq), &record)?;
+                        tx_insert(
+                            heads,
+                            &head_key,
+                            &HeadV1 {
+                                version: e.version,
+                                seq: next,
+                            },
+                        )?;
+                        versions.insert(&codec::version_key(vault, &e.entry, seq)[..], &[])?;
+                        v.latest_epoch = v.latest_epoch.max(e.epoch.get());
+                        used.extend(e.chunks.iter().copied());
+                        results.push(CommitResult::Applied {
+                            entry: e.entry,
+                            seq,
+                            version: e.version,
+                        });
+                    }
+
+                    let applied = results
+                        .iter()
+                        .any(|r| matches!(r, CommitResult::Applied { .. }));
+                    for (chunk, mut c) in known {
+                        if used.contains(&chunk) && matches!(c.state, ChunkStateV1::Pending { .. })
+                        {
+                            c.state = ChunkStateV1::Committed { at: now };
+                            tx_insert(chunks, &codec::chunk_key(vault, &chunk), &c)?;
+                        }
+                    }
+                    if applied {
+                        tx_insert(vaults, vault.as_bytes(), &v)?;
+                    }
+                    Ok((results, applied))
+                },
+            ),
+        )?;
+        if applied {
+            self.flush()?;
+        }
+        Ok(results)
+    }
+
+    fn pull(&self, vault: &VaultId, since: Seq, limit: u32) -> Result<ChangePage, StoreError> {
+        let head = self.vault_v1(vault)?.head_seq;
+        let limit = page_limit(limit, MAX_PULL_PAGE);
+        let mut page = ChangePage {
+            changes: Vec::new(),
+            next: since,
+            more: false,
+        };
+        let Some(first) = since.get().checked_add(1) else {
+            return Ok(page);
+        };
+        let start = codec::log_key(vault, Seq::new(first));
+        let end = codec::log_key(vault, Seq::new(u64::MAX));
+        let mut bytes = 0usize;
+        let mut expected = first;
+        for item in self.log.range(start..=end) {
+            if page.changes.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let seq = codec::log_key_seq(&k)?;
+            if seq.get() != expected {
+                // A commit is being applied right now; its seqs show up all at once shortly.
+                break;
+            }
+            let c = change(seq, decode::<LogV1>(&v)?);
+            let size = change_size_bound(&c);
+            if !page.changes.is_empty() && bytes.saturating_add(size) > MAX_PAGE_BYTES {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            page.changes.push(c);
+            page.next = seq;
+            expected = expected.saturating_add(1);
+        }
+        page.more = page.next.get() < head;
+        Ok(page)
+    }
+
+    fn history(
+        &self,
+        vault: &VaultId,
+        entry: &EntryKey,
+        limit: u32,
+        before: Option<Seq>,
+    ) -> Result<VersionPage, StoreError> {
+        self.vault_v1(vault)?;
+        let limit = page_limit(limit, MAX_HISTORY_PAGE);
+        let start = codec::version_key(vault, entry, Seq::ZERO);
+        let mut page = VersionPage {
+            versions: Vec::new(),
+            next: None,
+        };
+        let range = match before {
+            Some(before) => self.versions.range(start..codec::version_key(vault, entry, before)),
+            None => self
+                .versions
+                .range(start..=codec::version_key(vault, entry, Seq::new(u64::MAX))),
+        };
+        let mut bytes = 0usize;
+        for item in range.rev() {
+            let (k, _) = item?;
+            let seq = codec::version_key_seq(&k)?;
+            if page.versions.len() >= limit {
+                // There is at least one more version: the next page starts below the last one
+                // returned.
+                page.next = page.versions.last().map(|c| c.seq);
+                break;
+            }
+            // The log record is written in the same transaction; until it shows, the version is
+            // still being committed and is not part of the history yet.
+            let Some(log) = get_decoded::<LogV1>(&self.log, &codec::log_key(vault, seq))? else {
+                continue;
+            };
+            let c = change(seq, log);
+            let size = change_size_bound(&c);
+            if !page.versions.is_empty() && bytes.saturating_add(size) > MAX_PAGE_BYTES {
+                page.next = page.versions.last().map(|c| c.seq);
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            page.versions.push(c);
+        }
+        Ok(page)
+    }
+
+    fn put_envelope(
+        &self,
+        vault: &VaultId,
+        epoch: Epoch,
+        recipient: &DeviceId,
+        sender: &DeviceId,
+        envelope: &[u8],
+    ) -> Result<(), StoreError> {
+        if envelope.len() > MAX_ENVELOPE_LEN {
+            return Err(StoreError::InvalidInput {
+                what: "envelope",
+                reason: format!(
+                    "it is {} bytes long, the limit is {MAX_ENVELOPE_LEN}",
+                    envelope.len()
+                ),
+            });
+        }
+        let value = encode(&EnvelopeV1 {
+            envelope: envelope.to_vec(),
+        })?;
+        let key = codec::envelope_key(vault, recipient, epoch, sender);
+        tx_result((&self.vaults, &self.envelopes).transaction(|(vaults, envelopes)| {
+            let Some(mut v) = tx_get_decoded::<VaultV1>(vaults, vault.as_bytes())? else {
+                return fail(vault_not_found(vault));
+            };
+            if epoch.get() > v.latest_epoch {
+                v.latest_epoch = epoch.get();
+                tx_insert(vaults, vault.as_bytes(), &v)?;
+            }
+            envelopes.insert(&key[..], value.as_slice())?;
+            Ok(())
+        }))?;
+        self.flush()
+    }
+
+    fn envelopes_for(
+        &self,
+        vault: &VaultId,
+        recipient: &DeviceId,
+    ) -> Result<Vec<EnvelopeInfo>, StoreError> {
+        self.vault_v1(vault)?;
+        let mut out = Vec::new();
+        // Newest first, so that a cap keeps the newest, then back to oldest first.
+        for item in self
+            .envelopes
+            .scan_prefix(codec::envelope_prefix(vault, recipient))
+            .rev()
+            .take(MAX_ENVELOPES)
+        {
+            let (k, v) = item?;
+            let (epoch, sender) = codec::envelope_key_parts(&k)?;
+            out.push(EnvelopeInfo {
+                epoch,
+                recipient: *recipient,
+                sender,
+                envelope: decode::<EnvelopeV1>(&v)?.envelope,
+            });
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl MetaStore for SledStore {
+    async fn create_tenant(&self, name: &str) -> Result<TenantId, StoreError> {
+        let name = name.to_owned();
+        self.blocking(move |s| s.create_tenant(&name)).await
+    }
+
+    async fn tenant(&self, id: TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        Ok(
+            get_decoded::<TenantV1>(&self.inner.tenants, &id.get().to_be_bytes())?
+                .map(|t| TenantRecord { id, name: t.name }),
+        )
+    }
+
+    async fn tenant_by_name(&self, name: &str) -> Result<Option<TenantRecord>, StoreError> {
+        let Some(id) = self.inner.tenant_names.get(name.as_bytes())? else {
+            return Ok(None);
+        };
+        let id = TenantId::new(codec::decode_u64(codec::TENANT_NAMES, &id)?);
+        self.tenant(id).await
+    }
+
+    async fn create_account(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> Result<AccountId, StoreError> {
+        let name = name.to_owned();
+        self.blocking(move |s| s.create_account(tenant, &name)).await
+    }
+
+    async fn account(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError> {
+        Ok(
+            get_decoded::<AccountV1>(&self.inner.accounts, &id.get().to_be_bytes())?.map(|a| {
+                AccountRecord {
+                    id,
+                    tenant: TenantId::new(a.tenant),
+                    name: a.name,
+                }
+            }),
+        )
+    }
+
+    async fn account_by_name(
+        &self,
+        tenant: TenantId,
+        name: &str,
+    ) -> Result<Option<AccountRecord>, StoreError> {
+        let key = codec::account_name_key(tenant.get(), name);
+        let Some(id) = self.inner.account_names.get(key)? else {
+            return Ok(None);
+        };
+        let id = AccountId::new(codec::decode_u64(codec::ACCOUNT_NAMES, &id)?);
+        self.account(id).await
+    }
+
+    async fn create_enrolment_token(
+        &self,
+        account: AccountId,
+        expires_at: u64,
+        reusable: bool,
+    ) -> Result<EnrolmentToken, StoreError> {
+        self.blocking(move |s| s.create_enrolment_token(account, expires_at, reusable))
+            .await
+    }
+
+    async fn redeem_enrolment(
+        &self,
+        token: &str,
+        registration: DeviceRegistration,
+        now: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        let token = zeroize::Zeroizing::new(token.to_owned());
+        self.blocking(move |s| s.redeem_enrolment(&token, &registration, now))
+            .await
+    }
+
+    async fn device(&self, device: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(self
+            .inner
+            .device_v1(&device)?
+            .map(|d| device_record(device, d)))
+    }
+
+    async fn touch_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError> {
+        let d = self
+            .blocking(move |s| {
+                s.update_device(device, |d| {
+                    if d.revoked_at.is_some() {
+                        return Err(StoreError::DeviceRevoked { device });
+                    }
+                    d.last_seen = d.last_seen.max(now);
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(device_record(device, d))
+    }
+
+    async fn revoke_device(
+        &self,
+        device: DeviceId,
+        now: u64,
+    ) -> Result<DeviceRecord, StoreError> {
+        let d = self
+            .blocking(move |s| {
+                let d = s.update_device(device, |d| {
+                    d.revoked_at = d.revoked_at.or(Some(now));
+                    Ok(())
+                })?;
+                s.flush()?;
+                Ok(d)
+            })
+            .await?;
+        Ok(device_record(device, d))
+    }
+
+    async fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.blocking(move |s| s.list_devices(account)).await
+    }
+
+    async fn create_vault(
+        &self,
+        account: AccountId,
+        vault: VaultId,
+        now: u64,
+    ) -> Result<VaultRecord, StoreError> {
+        let (v, _created) = self
+            .blocking(move |s| s.create_vault(account, vault, now))
+            .await?;
+        Ok(vault_record(vault, &v))
+    }
+
+    async fn vault(&self, vault: VaultId) -> Result<Option<VaultRecord>, StoreError> {
+        Ok(
+            get_decoded::<VaultV1>(&self.inner.vaults, vault.as_bytes())?
+                .map(|v| vault_record(vault, &v)),
+        )
+    }
+
+    async fn list_vaults(&self, account: AccountId) -> Result<Vec<VaultInfo>, StoreError> {
+        self.blocking(move |s| s.list_vaults(account)).await
+    }
+
+    async fn missing_chunks(
+        &self,
+        vault: VaultId,
+        chunks: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, StoreError> {
+        let chunks = chunks.to_vec();
+        self.blocking(move |s| s.missing_chunks(&vault, &chunks))
+            .await
+    }
+
+    async fn record_chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        sealed_len: u64,
+        blake3: [u8; 32],
+        now: u64,
+    ) -> Result<ChunkRecord, StoreError> {
+        self.blocking(move |s| s.record_chunk(&vault, &chunk, sealed_len, blake3, now))
+            .await
+    }
+
+    async fn chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+    ) -> Result<Option<ChunkRecord>, StoreError> {
+        self.inner.vault_v1(&vault)?;
+        Ok(
+            get_decoded::<ChunkV1>(&self.inner.chunks, &codec::chunk_key(&vault, &chunk))?
+                .map(|c| chunk_record(chunk, &c)),
+        )
+    }
+
+    async fn commit(
+        &self,
+        vault: VaultId,
+        device: DeviceId,
+        entries: Vec<CommitEntry>,
+        now: u64,
+    ) -> Result<Vec<CommitResult>, StoreError> {
+        if entries.is_empty() {
+            self.inner.vault_v1(&vault)?;
+            return Ok(Vec::new());
+        }
+        self.blocking(move |s| s.commit(&vault, &device, &entries, now))
+            .await
+    }
+
+    async fn pull(&self, vault: VaultId, since: Seq, limit: u32) -> Result<ChangePage, StoreError> {
+        self.blocking(move |s| s.pull(&vault, since, limit)).await
+    }
+
+    async fn history(
+        &self,
+        vault: VaultId,
+        entry: EntryKey,
+        limit: u32,
+        before: Option<Seq>,
+    ) -> Result<VersionPage, StoreError> {
+        self.blocking(move |s| s.history(&vault, &entry, limit, before))
+            .await
+    }
+
+    async fn head(&self, vault: VaultId) -> Result<Seq, StoreError> {
+        Ok(Seq::new(self.inner.vault_v1(&vault)?.head_seq))
+    }
+
+    async fn entry_head(
+        &self,
+        vault: VaultId,
+        entry: EntryKey,
+    ) -> Result<Option<EntryHead>, StoreError> {
+        self.inner.vault_v1(&vault)?;
+        Ok(
+            get_decoded::<HeadV1>(&self.inner.heads, &codec::head_key(&vault, &entry))?.map(|h| {
+                EntryHead {
+                    version: h.version,
+                    seq: Seq::new(h.seq),
+                }
+            }),
+        )
+    }
+
+    async fn put_envelope(
+        &self,
+        vault: VaultId,
+        epoch: Epoch,
+        recipient: DeviceId,
+        sender: DeviceId,
+        envelope: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |s| s.put_envelope(&vault, epoch, &recipient, &sender, &envelope))
+            .await
+    }
+
+    async fn envelopes_for(
+        &self,
+        vault: VaultId,
+        recipient: DeviceId,
+    ) -> Result<Vec<EnvelopeInfo>, StoreError> {
+        self.blocking(move |s| s.envelopes_for(&vault, &recipient))
+            .await
+    }
+}
