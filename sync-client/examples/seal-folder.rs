@@ -111,9 +111,12 @@ fn main() -> anyhow::Result<()> {
                 keys.seal_chunk_into(&id, chunk.data, &mut sealed)?;
                 rt.block_on(store.put(&blob_key(&id)?, Bytes::copy_from_slice(&sealed)))?;
             }
-            list.push(*id.as_bytes(), &mut |_block: &[u8]| -> anyhow::Result<[u8; 32]> {
-                bail!("file too large for an inline chunk list in this example")
-            })?;
+            list.push(
+                *id.as_bytes(),
+                &mut |_block: &[u8]| -> anyhow::Result<[u8; 32]> {
+                    bail!("file too large for an inline chunk list in this example")
+                },
+            )?;
             ids.push(id);
             done += chunk.data.len() as u64;
             progress.set(done);
@@ -231,11 +234,7 @@ impl Progress {
         if self.enabled && pct != self.shown {
             self.shown = pct;
             let bar = "#".repeat((pct / 4) as usize);
-            eprint!(
-                "\r{:>6} [{bar:<25}] {pct:>3}% {}",
-                self.label,
-                human(done)
-            );
+            eprint!("\r{:>6} [{bar:<25}] {pct:>3}% {}", self.label, human(done));
             let _ = std::io::stderr().flush();
         }
     }
@@ -260,4 +259,3 @@ fn human(bytes: u64) -> String {
         format!("{bytes} B")
     }
 }
-

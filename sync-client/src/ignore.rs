@@ -1,15 +1,4 @@
-//! `.doozignore`: which paths of a synced folder are left alone.
-//!
-//! A `.doozignore` file in the folder root, or in any directory below it, holds patterns in
-//! gitignore syntax, matched relative to the directory holding the file; a deeper file's
-//! patterns take precedence, and `!pattern` re-includes. `.doozignore` files themselves sync
-//! like any other file, so every device ignores the same paths.
-//!
-//! Always ignored, whatever the files say: the client's own temporary files (names starting with
-//! [`TEMP_FILE_PREFIX`]) and the index directory when it lives inside the folder.
-//!
-//! An ignored path is left alone in both directions: the scanner neither records nor deletes
-//! it, and a download should not write it.
+//! `.doozignore`: which paths of a synced folder are left alone; see [`IgnoreRules`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -74,6 +63,17 @@ pub enum IgnoreError {
 }
 
 /// The ignore rules of one synced folder: built-in rules plus the `.doozignore` files loaded.
+///
+/// A `.doozignore` file in the folder root, or in any directory below it, holds patterns in
+/// gitignore syntax, matched relative to the directory holding the file; a deeper file's
+/// patterns take precedence, and `!pattern` re-includes. `.doozignore` files themselves sync
+/// like any other file, so every device ignores the same paths.
+///
+/// Always ignored, whatever the files say: the client's own temporary files (names starting with
+/// [`TEMP_FILE_PREFIX`]) and the index directory when it lives inside the folder.
+///
+/// An ignored path is left alone in both directions: the scanner neither records nor deletes
+/// it, and a download should not write it.
 #[derive(Debug, Clone)]
 pub struct IgnoreRules {
     root: PathBuf,
@@ -256,8 +256,14 @@ mod tests {
         assert!(r.is_ignored(&p("sub/dir/b.log"), false));
         assert!(!r.is_ignored(&p("keep.log"), false));
         assert!(r.is_ignored(&p("build"), true));
-        assert!(!r.is_ignored(&p("build"), false), "build/ matches directories only");
-        assert!(r.is_ignored(&p("build/out.bin"), false), "inside an ignored dir");
+        assert!(
+            !r.is_ignored(&p("build"), false),
+            "build/ matches directories only"
+        );
+        assert!(
+            r.is_ignored(&p("build/out.bin"), false),
+            "inside an ignored dir"
+        );
         assert!(r.is_ignored(&p("top-only"), false));
         assert!(!r.is_ignored(&p("sub/top-only"), false));
         assert!(r.is_ignored(&p("deep/a/b/x"), false));
@@ -294,7 +300,10 @@ mod tests {
         assert!(r.is_ignored(&p("proj/out"), true));
         assert!(!r.is_ignored(&p("out"), true), "anchored to proj/");
         assert!(!r.is_ignored(&p("proj/sub/out"), true));
-        assert!(r.is_ignored(&p("proj/x.tmp"), false), "root rules still apply");
+        assert!(
+            r.is_ignored(&p("proj/x.tmp"), false),
+            "root rules still apply"
+        );
         assert!(!r.is_ignored(&p("proj/important.tmp"), false));
         assert!(r.is_ignored(&p("important.tmp"), false));
     }
@@ -302,7 +311,11 @@ mod tests {
     #[test]
     fn files_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(!IgnoreRules::load(dir.path()).unwrap().is_ignored(&p("x"), false));
+        assert!(
+            !IgnoreRules::load(dir.path())
+                .unwrap()
+                .is_ignored(&p("x"), false)
+        );
         fs::write(dir.path().join(IGNORE_FILE_NAME), "x\n").unwrap();
         let mut r = IgnoreRules::load(dir.path()).unwrap();
         assert!(r.is_ignored(&p("x"), false));
@@ -317,7 +330,7 @@ mod tests {
             IgnoreRules::load(dir.path()),
             Err(IgnoreError::NotUtf8 { .. })
         ));
-        fs::write(dir.path().join(IGNORE_FILE_NAME), "ok\nbad[\n").unwrap();
+        fs::write(dir.path().join(IGNORE_FILE_NAME), "ok\n{unclosed\n").unwrap();
         let err = IgnoreRules::load(dir.path()).unwrap_err();
         assert!(
             matches!(err, IgnoreError::BadPattern { line: 2, .. }),

@@ -58,6 +58,9 @@ mod ignore;
 mod index;
 mod scanner;
 
+pub use crate::ignore::{
+    IGNORE_FILE_NAME, IgnoreError, IgnoreRules, MAX_IGNORE_FILE_LEN, TEMP_FILE_PREFIX,
+};
 pub use chunk_list::{
     CHUNK_ID_LEN, ChunkList, ChunkListBuilder, ChunkListLimits, ChunkListLimitsError,
     LIST_BLOCK_HEADER_LEN, LIST_BLOCK_MAGIC, LIST_BLOCK_VERSION, ListBlock, ListBlockError,
@@ -67,9 +70,6 @@ pub use chunking::{
     AVG_CHUNK_SIZE_MAX, AVG_CHUNK_SIZE_MIN, Chunk, ChunkError, Chunker, ChunkerConfig,
     ChunkerConfigError, CutPoint, CutPoints, MAX_CHUNK_SIZE_LIMIT, MIN_CHUNK_SIZE_LIMIT,
     StreamChunker,
-};
-pub use crate::ignore::{
-    IGNORE_FILE_NAME, IgnoreError, IgnoreRules, MAX_IGNORE_FILE_LEN, TEMP_FILE_PREFIX,
 };
 pub use index::{
     Change, ChunkLocation, ChunkRef, Conflict, ConflictKind, ContentHash, DEFAULT_CACHE_BYTES,

@@ -1,22 +1,5 @@
-//! The scanner: walks a vault's folder and brings the local-state tree up to date.
-//!
-//! - **Cheap first.** A file whose size, mtime and inode match its local-state entry is not
-//!   read. Only new or changed files are chunked, their chunk ids computed and their content
-//!   hashed (BLAKE3), streaming through one reused buffer: memory does not grow with file size
-//!   (beyond the file's chunk list, 36 bytes per chunk).
-//! - **Racily clean files.** A file modified less than [`RACY_WINDOW_NS`] before the scan
-//!   started could be modified again within the same mtime tick without its size or mtime
-//!   changing; its entry is marked `racy` and the next scan rehashes it.
-//! - **Moving targets.** A file whose size, mtime or inode changed while it was read is left as
-//!   it was in the index and reported in [`ScanReport::unstable`]; the next scan picks it up.
-//!   A file or directory that vanishes mid-scan counts as deleted.
-//! - **Never a false deletion.** A directory that cannot be read keeps its entries; so do
-//!   unreadable files and ignored paths.
-//! - Symlinks are not followed and not synced yet: they are reported in
-//!   [`ScanReport::skipped`] with a warning. So are sockets, FIFOs and device files, and names
-//!   that are not UTF-8.
-//!
-//! Writes to the local-state tree are flushed once, at the end of the scan.
+//! The scanner: walks a vault's folder and brings the local-state tree up to date; see
+//! [`Scanner`].
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -47,7 +30,9 @@ const PROGRESS_EVERY_BYTES: u64 = 4 * 1024 * 1024;
 #[non_exhaustive]
 pub enum ScanError {
     /// The folder root cannot be read.
-    #[error("cannot read the synced folder {path:?}: {source}; check that it exists and is readable")]
+    #[error(
+        "cannot read the synced folder {path:?}: {source}; check that it exists and is readable"
+    )]
     Root {
         /// The folder.
         path: PathBuf,
@@ -138,7 +123,26 @@ pub struct ScanProgress {
     pub hashed_bytes: u64,
 }
 
-/// Scans a vault's folder into its local-state tree; see the [module docs](self).
+/// Scans a vault's folder into its local-state tree.
+///
+/// - **Cheap first.** A file whose size, mtime and inode match its local-state entry is not
+///   read. Only new or changed files are chunked, their chunk ids computed and their content
+///   hashed (BLAKE3), streaming through one reused buffer: memory does not grow with file size
+///   (beyond the file's chunk list, 36 bytes per chunk).
+/// - **Racily clean files.** A file modified less than [`RACY_WINDOW_NS`] before the scan
+///   started could be modified again within the same mtime tick without its size or mtime
+///   changing; its entry is marked `racy` and the next scan rehashes it.
+/// - **Moving targets.** A file whose size, mtime or inode changed while it was read is left as
+///   it was in the index and reported in [`ScanReport::unstable`]; the next scan picks it up.
+///   A file or directory that vanishes mid-scan counts as deleted.
+/// - **Never a false deletion.** A directory that cannot be read keeps its entries; so do
+///   unreadable files and ignored paths.
+/// - Symlinks are not followed and not synced yet: they are reported in
+///   [`ScanReport::skipped`] with a warning. So are sockets, FIFOs and device files, and names
+///   that are not UTF-8.
+///
+/// Writes to the local-state tree are flushed once, at the end of the scan.
+///
 ///
 /// `F` names a chunk's plaintext: the vault's keyed chunk id, usually
 /// `|data| keys.chunk_id(data)` with the vault's `dooz_crypto::VaultIdentityKeys`, and the
@@ -686,5 +690,423 @@ impl<F: Fn(&[u8]) -> ChunkId> Scanner<F> {
         let (_, buffer) = stream.into_parts();
         self.buffer = buffer;
         result.map(|()| (chunks, ContentHash(*hasher.finalize().as_bytes()), total))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::ChunkerConfig;
+    use crate::index::{Change, Index};
+    use dooz_crypto::VaultId;
+    use filetime::FileTime;
+    use std::collections::BTreeMap;
+
+    const PAST: i64 = 1_600_000_000;
+
+    struct Folder {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        vault: VaultIndex,
+    }
+
+    impl Folder {
+        /// A folder with its index outside it.
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("folder");
+            fs::create_dir(&root).unwrap();
+            let index = Index::open(dir.path().join("index")).unwrap();
+            let vault = index.add_vault(VaultId([1; 16]), &root).unwrap();
+            Self {
+                _dir: dir,
+                root,
+                vault,
+            }
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.root.join(rel)
+        }
+
+        /// Writes a file with an mtime far in the past (so it is not racily clean).
+        fn write(&self, rel: &str, content: &[u8]) {
+            let path = self.path(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, content).unwrap();
+            set_mtime(&path, PAST);
+        }
+
+        fn scan(&self) -> ScanReport {
+            scanner().scan(&self.vault).unwrap()
+        }
+
+        fn entries(&self) -> BTreeMap<String, LocalEntry> {
+            self.vault
+                .local_entries()
+                .map(|r| r.map(|(p, e)| (p.to_string(), e)).unwrap())
+                .collect()
+        }
+
+        fn entry(&self, rel: &str) -> LocalEntry {
+            self.vault
+                .local(&RelPath::new(rel).unwrap())
+                .unwrap()
+                .unwrap()
+        }
+    }
+
+    fn set_mtime(path: &Path, secs: i64) {
+        filetime::set_file_mtime(path, FileTime::from_unix_time(secs, 0)).unwrap();
+    }
+
+    fn chunk_id(data: &[u8]) -> ChunkId {
+        ChunkId::from_bytes(*blake3::keyed_hash(&[5; 32], data).as_bytes())
+    }
+
+    fn scanner() -> Scanner<fn(&[u8]) -> ChunkId> {
+        Scanner::new(
+            Chunker::new(ChunkerConfig::DEFAULT, &[7; 32]),
+            chunk_id as fn(&[u8]) -> ChunkId,
+        )
+    }
+
+    fn noise(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A mixed tree: returns the total file bytes.
+    fn populate(f: &Folder) -> u64 {
+        f.write("a.txt", b"hello");
+        f.write("big.bin", &noise(300_000, 1));
+        f.write("empty", b"");
+        f.write("dir/sub/nested.txt", b"nested");
+        fs::create_dir_all(f.path("dir/empty-dir")).unwrap();
+        5 + 300_000 + 6
+    }
+
+    #[test]
+    fn first_scan_hashes_everything_second_nothing() {
+        let f = Folder::new();
+        let bytes = populate(&f);
+        let r = f.scan();
+        assert_eq!(r.hashed_files, 4);
+        assert_eq!(r.hashed_bytes, bytes);
+        // 4 files + dir, dir/sub, dir/empty-dir.
+        assert_eq!((r.scanned, r.added, r.modified, r.deleted), (7, 7, 0, 0));
+        assert!(r.skipped.is_empty() && r.unstable.is_empty());
+        let entries = f.entries();
+        let names: Vec<_> = entries.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "a.txt",
+                "big.bin",
+                "dir",
+                "dir/empty-dir",
+                "dir/sub",
+                "dir/sub/nested.txt",
+                "empty"
+            ]
+        );
+
+        // Chunks tile the content, ids and hash are of the content.
+        let big = noise(300_000, 1);
+        let e = &entries["big.bin"];
+        assert_eq!(e.state.kind, EntryKind::File);
+        assert_eq!(e.state.size, 300_000);
+        assert_eq!(e.state.content_hash, ContentHash::of(&big));
+        assert_eq!(e.state.mtime_ns, PAST * 1_000_000_000);
+        assert!(e.chunks.len() > 2, "{} chunks", e.chunks.len());
+        let mut offset = 0usize;
+        for c in &e.chunks {
+            let end = offset + c.len as usize;
+            assert_eq!(c.id, chunk_id(&big[offset..end]));
+            offset = end;
+        }
+        assert_eq!(offset, big.len());
+        assert!(!e.racy);
+        assert_ne!(e.inode, 0);
+        let empty = &entries["empty"];
+        assert_eq!((empty.state.size, empty.chunks.len()), (0, 0));
+        assert_eq!(empty.state.content_hash, ContentHash::empty());
+        assert_eq!(entries["dir/empty-dir"].state.kind, EntryKind::Dir);
+
+        // Everything is a local change against an empty base.
+        let changes = f.vault.local_changes().unwrap();
+        assert_eq!(changes.len(), 7);
+        assert!(changes.iter().all(|c| matches!(c, Change::Added { .. })));
+
+        let again = f.scan();
+        assert_eq!(again.hashed_bytes, 0);
+        assert_eq!(again.hashed_files, 0);
+        assert_eq!(again.scanned, 7);
+        assert!(!again.changed(), "{again:?}");
+        assert_eq!(f.entries(), entries);
+    }
+
+    #[test]
+    fn touching_one_file_rehashes_only_it() {
+        let f = Folder::new();
+        populate(&f);
+        f.scan();
+        set_mtime(&f.path("dir/sub/nested.txt"), PAST + 10);
+        let r = f.scan();
+        assert_eq!((r.hashed_files, r.hashed_bytes), (1, 6));
+        assert_eq!((r.added, r.modified, r.deleted), (0, 1, 0));
+        let e = f.entry("dir/sub/nested.txt");
+        assert_eq!(e.state.mtime_ns, (PAST + 10) * 1_000_000_000);
+
+        // Same size, new content: found through the mtime, content hash changes.
+        let before = f.entry("a.txt");
+        f.write("a.txt", b"HELLO");
+        set_mtime(&f.path("a.txt"), PAST + 20);
+        let r = f.scan();
+        assert_eq!((r.hashed_files, r.hashed_bytes, r.modified), (1, 5, 1));
+        let after = f.entry("a.txt");
+        assert_ne!(after.state.content_hash, before.state.content_hash);
+        assert_eq!(after.state.content_hash, ContentHash::of(b"HELLO"));
+
+        // Replaced by a new file (new inode), same size and mtime: rehashed too.
+        let tmp = f.path("replacement");
+        fs::write(&tmp, b"HELLO").unwrap();
+        set_mtime(&tmp, PAST + 20);
+        fs::rename(&tmp, f.path("a.txt")).unwrap();
+        let r = f.scan();
+        assert_eq!((r.hashed_files, r.modified), (1, 0), "{r:?}");
+        assert_ne!(f.entry("a.txt").inode, after.inode);
+    }
+
+    #[test]
+    fn deletions_and_new_directories() {
+        let f = Folder::new();
+        populate(&f);
+        f.scan();
+        fs::remove_file(f.path("a.txt")).unwrap();
+        fs::remove_dir_all(f.path("dir")).unwrap();
+        f.write("new/deeper/file", b"new");
+        let r = f.scan();
+        // a.txt, dir, dir/sub, dir/sub/nested.txt, dir/empty-dir.
+        assert_eq!(r.deleted, 5);
+        // new, new/deeper, new/deeper/file.
+        assert_eq!(r.added, 3);
+        assert_eq!((r.hashed_files, r.hashed_bytes), (1, 3));
+        let names: Vec<_> = f.entries().into_keys().collect();
+        assert_eq!(
+            names,
+            ["big.bin", "empty", "new", "new/deeper", "new/deeper/file"]
+        );
+    }
+
+    #[test]
+    fn kind_changes_replace_subtrees() {
+        let f = Folder::new();
+        f.write("x/inner/file", b"1");
+        f.write("y", b"2");
+        f.scan();
+        fs::remove_dir_all(f.path("x")).unwrap();
+        f.write("x", b"now a file");
+        fs::remove_file(f.path("y")).unwrap();
+        f.write("y/child", b"3");
+        let r = f.scan();
+        let entries = f.entries();
+        let names: Vec<_> = entries.keys().map(String::as_str).collect();
+        assert_eq!(names, ["x", "y", "y/child"]);
+        assert_eq!(entries["x"].state.kind, EntryKind::File);
+        assert_eq!(entries["y"].state.kind, EntryKind::Dir);
+        // x/inner and x/inner/file deleted; x and y changed kind; y/child added.
+        assert_eq!((r.deleted, r.modified, r.added), (2, 2, 1), "{r:?}");
+    }
+
+    #[test]
+    fn doozignore_is_respected() {
+        let f = Folder::new();
+        f.write(".doozignore", b"*.log\nbuild/\n");
+        f.write("a.log", b"log");
+        f.write("build/out.bin", b"out");
+        f.write("keep.txt", b"keep");
+        f.write("sub/.doozignore", b"secret.txt\n");
+        f.write("sub/secret.txt", b"s");
+        f.write("sub/ok.txt", b"ok");
+        f.write("secret.txt", b"not ignored at the root");
+        f.write(".dooz-tmp-123", b"partial download");
+        let r = f.scan();
+        let names: Vec<_> = f.entries().into_keys().collect();
+        assert_eq!(
+            names,
+            [
+                ".doozignore",
+                "keep.txt",
+                "secret.txt",
+                "sub",
+                "sub/.doozignore",
+                "sub/ok.txt"
+            ]
+        );
+        // a.log, build, .dooz-tmp-123, sub/secret.txt.
+        assert_eq!(r.ignored, 4);
+        assert!(f.scanner_rules_ignore("sub/secret.txt"));
+
+        // Ignoring a path already synced freezes it: no deletion, even once it is gone.
+        f.write(".doozignore", b"*.log\nbuild/\nkeep.txt\n");
+        set_mtime(&f.path(".doozignore"), PAST + 1);
+        fs::remove_file(f.path("keep.txt")).unwrap();
+        let r = f.scan();
+        assert_eq!(r.deleted, 0, "{r:?}");
+        assert!(f.entries().contains_key("keep.txt"));
+    }
+
+    impl Folder {
+        fn scanner_rules_ignore(&self, rel: &str) -> bool {
+            let mut s = scanner();
+            s.scan(&self.vault).unwrap();
+            s.ignore_rules()
+                .unwrap()
+                .is_ignored(&RelPath::new(rel).unwrap(), false)
+        }
+    }
+
+    #[test]
+    fn index_inside_the_folder_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path().join(".dooz")).unwrap();
+        let vault = index.add_vault(VaultId([2; 16]), dir.path()).unwrap();
+        fs::write(dir.path().join("file"), b"x").unwrap();
+        let r = scanner().scan(&vault).unwrap();
+        assert_eq!((r.added, r.ignored), (1, 1));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn mode_bits_are_recorded_without_rehashing() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = Folder::new();
+        f.write("run.sh", b"#!/bin/sh\n");
+        fs::create_dir(f.path("private")).unwrap();
+        fs::set_permissions(f.path("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::set_permissions(f.path("private"), fs::Permissions::from_mode(0o700)).unwrap();
+        f.scan();
+        assert_eq!(f.entry("run.sh").state.mode, 0o750);
+        assert_eq!(f.entry("private").state.mode, 0o700);
+
+        fs::set_permissions(f.path("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(f.path("private"), fs::Permissions::from_mode(0o711)).unwrap();
+        let r = f.scan();
+        assert_eq!((r.hashed_bytes, r.modified), (0, 2), "{r:?}");
+        assert_eq!(f.entry("run.sh").state.mode, 0o755);
+        assert_eq!(f.entry("private").state.mode, 0o711);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_and_bad_names_are_skipped() {
+        use std::os::unix::ffi::OsStrExt;
+        let f = Folder::new();
+        f.write("target", b"t");
+        std::os::unix::fs::symlink("target", f.path("link")).unwrap();
+        let bad = f.root.join(std::ffi::OsStr::from_bytes(b"bad\xffname"));
+        fs::write(bad, b"x").unwrap();
+        let r = f.scan();
+        let names: Vec<_> = f.entries().into_keys().collect();
+        assert_eq!(names, ["target"]);
+        assert_eq!(r.skipped.len(), 2, "{r:?}");
+        let link = r.skipped.iter().find(|s| s.path == "link").unwrap();
+        assert_eq!(link.reason, SkipReason::Symlink);
+        assert!(
+            r.skipped
+                .iter()
+                .any(|s| matches!(s.reason, SkipReason::BadName(PathError::NotUtf8 { .. }))),
+            "{r:?}"
+        );
+
+        // A synced file replaced by a symlink is gone from the local state.
+        fs::remove_file(f.path("target")).unwrap();
+        std::os::unix::fs::symlink("link", f.path("target")).unwrap();
+        assert_eq!(f.scan().deleted, 1);
+    }
+
+    #[test]
+    fn recently_modified_files_are_rehashed_next_time() {
+        let f = Folder::new();
+        fs::write(f.path("fresh"), b"just written").unwrap();
+        f.scan();
+        assert!(f.entry("fresh").racy);
+        let r = f.scan();
+        assert_eq!((r.hashed_files, r.modified), (1, 0), "{r:?}");
+        // Once old enough it is trusted again.
+        set_mtime(&f.path("fresh"), PAST);
+        f.scan();
+        assert!(!f.entry("fresh").racy);
+        assert_eq!(f.scan().hashed_files, 0);
+    }
+
+    #[test]
+    fn files_changing_while_read_are_left_for_later() {
+        let f = Folder::new();
+        f.write("growing", &noise(100_000, 2));
+        let path = f.path("growing");
+        let appended = std::cell::Cell::new(false);
+        let chunk_id_and_append = |data: &[u8]| {
+            if !appended.replace(true) {
+                let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+                io::Write::write_all(&mut file, b"more").unwrap();
+            }
+            chunk_id(data)
+        };
+        let mut s = Scanner::new(
+            Chunker::new(ChunkerConfig::DEFAULT, &[7; 32]),
+            chunk_id_and_append,
+        );
+        let r = s.scan(&f.vault).unwrap();
+        assert_eq!(r.unstable, vec![RelPath::new("growing").unwrap()]);
+        assert_eq!(r.added, 0);
+        assert!(f.entries().is_empty());
+        // Next scan (file now still): recorded.
+        let r = f.scan();
+        assert_eq!((r.added, r.hashed_bytes), (1, 100_004));
+        assert!(r.unstable.is_empty());
+    }
+
+    #[test]
+    fn progress_is_reported() {
+        let f = Folder::new();
+        populate(&f);
+        let mut last = ScanProgress::default();
+        let mut calls = 0;
+        let r = scanner()
+            .scan_with_progress(&f.vault, &mut |p| {
+                calls += 1;
+                assert!(p.hashed_bytes >= last.hashed_bytes);
+                last = *p;
+            })
+            .unwrap();
+        assert!(calls >= 7);
+        assert_eq!(last.hashed_bytes, r.hashed_bytes);
+        assert_eq!(last.scanned, r.scanned);
+    }
+
+    #[test]
+    fn a_missing_root_is_an_error() {
+        let f = Folder::new();
+        fs::remove_dir(&f.root).unwrap();
+        let err = scanner().scan(&f.vault).unwrap_err();
+        assert!(matches!(err, ScanError::Root { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_bad_ignore_file_stops_the_scan_with_its_line() {
+        let f = Folder::new();
+        f.write("x", b"x");
+        f.write(".doozignore", b"ok\n{unclosed\n");
+        let err = scanner().scan(&f.vault).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
     }
 }

@@ -4,9 +4,62 @@
 //! (quinn + rustls, mutual TLS, one request per stream), the metadata store (sled by default,
 //! PostgreSQL for several instances), the axum control plane under `/v1`, and metering.
 //! It stores sealed chunks through `dooz-storage` and never holds a vault key.
+//!
+//! ## Metadata store
+//!
+//! [`MetaStore`] is the one trait the service keeps its metadata behind: tenants, accounts,
+//! enrolment tokens (hashed), devices, vaults, chunk records, each vault's gap-free commit log
+//! with per-entry compare-and-swap, entry heads and envelopes. [`SledStore`] is the embedded
+//! engine; errors are [`StoreError`]s, which map to wire codes with `to_error_code()`.
+//!
+//! ```
+//! use dooz_protocol::{CommitEntry, CommitResult, DeviceId, EntryKey, Epoch, Seq, VaultId, VersionId};
+//! use dooz_server::{DeviceRegistration, MetaStore, SledStore};
+//!
+//! let now = 1_700_000_000;
+//! let rt = tokio::runtime::Builder::new_current_thread().build()?;
+//! rt.block_on(async {
+//!     let store = SledStore::temporary()?;
+//!     let tenant = store.create_tenant("acme").await?;
+//!     let account = store.create_account(tenant, "ana").await?;
+//!     let token = store.create_enrolment_token(account, now + 900, false).await?;
+//!     let identity_key = [1; 32];
+//!     let registration = DeviceRegistration {
+//!         device: DeviceId::from_bytes(*blake3::hash(&identity_key).as_bytes()),
+//!         identity_key,
+//!         exchange_key: [2; 32],
+//!         name: "laptop".into(),
+//!     };
+//!     let device = store.redeem_enrolment(token.expose(), registration, now).await?.device;
+//!
+//!     let vault = VaultId::from_bytes([7; 16]);
+//!     store.create_vault(account, vault, now).await?;
+//!     let entry = CommitEntry {
+//!         entry: EntryKey::from_bytes([3; 32]),
+//!         parent: None,
+//!         version: VersionId::from_bytes([4; 16]),
+//!         record: b"sealed record".to_vec(),
+//!         chunks: vec![],
+//!         epoch: Epoch::ZERO,
+//!     };
+//!     let results = store.commit(vault, device, vec![entry], now).await?;
+//!     assert!(matches!(results[0], CommitResult::Applied { seq, .. } if seq == Seq::new(1)));
+//!     assert_eq!(store.pull(vault, Seq::ZERO, 0).await?.changes.len(), 1);
+//!     Ok::<_, dooz_server::StoreError>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod config;
 pub mod frame_io;
 pub mod service;
 pub mod tls;
 pub mod transport;
+
+mod store;
+
+pub use store::{
+    AccountId, AccountRecord, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
+    DeviceRegistration, EnrolmentToken, EntryHead, MAX_PAGE_BYTES, MetaStore, SledStore,
+    StoreError, TenantId, TenantRecord, VaultRecord, VersionPage,
+};

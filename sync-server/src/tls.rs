@@ -48,6 +48,11 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// ALPN id of enrolment connections: a device that is not enrolled yet connects with it to
+/// redeem an enrolment token (see `docs/PROTOCOL.md`, "Enrolment"). The server serves both this
+/// and [`ALPN`] on one endpoint.
+pub const ENROL_ALPN: &[u8] = b"dooz-enrol/1";
+
 /// File name of the server's private key (PKCS#8 DER) in the data dir.
 pub const SERVER_KEY_FILE: &str = "server-key.pk8";
 /// File name of the server's certificate (DER) in the data dir.
@@ -136,20 +141,43 @@ fn cert_spki(cert_der: &CertificateDer<'_>) -> Result<SubjectPublicKeyInfoDer<'s
         .map_err(|e| TlsError::BadCertificate(e.to_string()))
 }
 
-/// The device id of a device certificate: BLAKE3 of its raw Ed25519 public key.
-pub fn device_id_from_cert(cert_der: &CertificateDer<'_>) -> Result<DeviceId, TlsError> {
-    let key = ed25519_public_key(&cert_spki(cert_der)?)?;
-    Ok(DeviceId::from_bytes(*blake3::hash(&key).as_bytes()))
+/// The raw Ed25519 public key of a device certificate.
+pub fn identity_key_from_cert(cert_der: &CertificateDer<'_>) -> Result<[u8; 32], TlsError> {
+    ed25519_public_key(&cert_spki(cert_der)?)
 }
 
-/// The device id of the peer of a quinn connection, from the client certificate it presented.
+/// The device id of an identity key: BLAKE3 of the raw 32-byte Ed25519 public key (the same
+/// as `dooz_crypto::DeviceId::from_identity_key`).
+pub fn device_id_from_key(identity_key: &[u8; 32]) -> DeviceId {
+    DeviceId::from_bytes(*blake3::hash(identity_key).as_bytes())
+}
+
+/// The device id of a device certificate: BLAKE3 of its raw Ed25519 public key.
+pub fn device_id_from_cert(cert_der: &CertificateDer<'_>) -> Result<DeviceId, TlsError> {
+    Ok(device_id_from_key(&identity_key_from_cert(cert_der)?))
+}
+
+/// The raw Ed25519 key of the certificate the peer of a quinn connection presented.
 ///
 /// `None` when the peer presented no certificate or it has no Ed25519 key (the server's
 /// verifier refuses both, so on a server connection this is always `Some`).
-pub fn peer_device_id(conn: &quinn::Connection) -> Option<DeviceId> {
+pub fn peer_identity_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
     let identity = conn.peer_identity()?;
     let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    device_id_from_cert(certs.first()?).ok()
+    identity_key_from_cert(certs.first()?).ok()
+}
+
+/// The device id of the peer of a quinn connection ([`peer_identity_key`] hashed).
+pub fn peer_device_id(conn: &quinn::Connection) -> Option<DeviceId> {
+    peer_identity_key(conn).map(|key| device_id_from_key(&key))
+}
+
+/// The ALPN protocol id the handshake of `conn` settled on.
+pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
 }
 
 /// The server's TLS identity: an Ed25519 key and its self-signed certificate.
@@ -384,15 +412,16 @@ impl ClientCertVerifier for DeviceCertVerifier {
     }
 }
 
-/// The rustls server config of the data plane: TLS 1.3 only, ALPN `dooz/1`, the server's
-/// identity, and [`DeviceCertVerifier`] for mandatory client certificates.
+/// The rustls server config of the data plane: TLS 1.3 only, ALPN `dooz/1` (and
+/// [`ENROL_ALPN`]), the server's identity, and [`DeviceCertVerifier`] for mandatory client
+/// certificates.
 pub fn server_tls_config(identity: &ServerIdentity) -> Result<rustls::ServerConfig, TlsError> {
     let provider = crypto_provider();
     let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(DeviceCertVerifier::new(provider)))
         .with_single_cert(vec![identity.cert.clone()], identity.private_key())?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![ALPN.to_vec(), ENROL_ALPN.to_vec()];
     Ok(config)
 }
 
@@ -526,12 +555,13 @@ impl DeviceCert {
     }
 }
 
-/// The rustls client config of a device: TLS 1.3 only, ALPN `dooz/1`, the server pinned by
-/// `server_fingerprint` (as printed by [`server_fingerprint`]), and `device` as client
-/// certificate.
+/// The rustls client config of a device: TLS 1.3 only, ALPN `alpn` ([`ALPN`] to sync,
+/// [`ENROL_ALPN`] to enrol), the server pinned by `server_fingerprint` (as printed by
+/// [`server_fingerprint`]), and `device` as client certificate.
 pub fn client_tls_config(
     device: &DeviceCert,
     server_fingerprint: &str,
+    alpn: &[u8],
 ) -> Result<rustls::ClientConfig, TlsError> {
     let provider = crypto_provider();
     let pin = parse_fingerprint(server_fingerprint)?;
@@ -540,7 +570,7 @@ pub fn client_tls_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(pin, provider)))
         .with_client_auth_cert(vec![device.cert.clone()], device.private_key())?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(config)
 }
 
@@ -656,6 +686,6 @@ mod tests {
         let id = ServerIdentity::generate().unwrap();
         server_tls_config(&id).unwrap();
         let dev = DeviceCert::generate().unwrap();
-        client_tls_config(&dev, id.fingerprint()).unwrap();
+        client_tls_config(&dev, id.fingerprint(), ALPN).unwrap();
     }
 }

@@ -217,13 +217,14 @@ pub fn server_endpoint(
 }
 
 /// The quinn client config of a device: [`client_tls_config`] (server pinned by
-/// `server_fingerprint`) plus [`transport_config`].
+/// `server_fingerprint`, ALPN `alpn`) plus [`transport_config`].
 pub fn client_config(
     device: &DeviceCert,
     server_fingerprint: &str,
+    alpn: &[u8],
     tuning: &TransportTuning,
 ) -> Result<quinn::ClientConfig, TransportError> {
-    let tls = client_tls_config(device, server_fingerprint)?;
+    let tls = client_tls_config(device, server_fingerprint, alpn)?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config(tuning, false)?));

@@ -472,10 +472,7 @@ mod tests {
         expected.extend_from_slice(&[0; 32]);
         expected.extend_from_slice(&[7, 0, 0]);
         assert_eq!(encode_local(&e), expected);
-        assert_eq!(
-            encode_cursor(Seq::new(258)),
-            [1, 0, 0, 0, 0, 0, 0, 1, 2]
-        );
+        assert_eq!(encode_cursor(Seq::new(258)), [1, 0, 0, 0, 0, 0, 0, 1, 2]);
     }
 
     #[test]
@@ -487,7 +484,10 @@ mod tests {
             racy: true,
         });
         bytes.push(0);
-        assert!(matches!(decode_local(&bytes), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode_local(&bytes),
+            Err(CodecError::Malformed(_))
+        ));
         bytes.pop();
         bytes[0] = 2;
         assert_eq!(decode_local(&bytes), Err(CodecError::UnsupportedVersion(2)));
@@ -500,7 +500,10 @@ mod tests {
             racy: false,
         });
         bytes[1] = 9;
-        assert!(matches!(decode_local(&bytes), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode_local(&bytes),
+            Err(CodecError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -405,9 +405,7 @@ mod tests {
     fn synced(paths: &[(&str, EntryState)]) -> (tempfile::TempDir, VaultIndex) {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path().join("index")).unwrap();
-        let vault = index
-            .add_vault(VaultId([1; 16]), dir.path())
-            .unwrap();
+        let vault = index.add_vault(VaultId([1; 16]), dir.path()).unwrap();
         let mut batch = VaultBatch::new();
         for (path, state) in paths {
             let r = remote(Some(*state), 1);

@@ -41,7 +41,10 @@ impl ContentHash {
 impl fmt::Debug for ContentHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ContentHash(")?;
-        self.0.iter().take(8).try_for_each(|b| write!(f, "{b:02x}"))?;
+        self.0
+            .iter()
+            .take(8)
+            .try_for_each(|b| write!(f, "{b:02x}"))?;
         f.write_str("..)")
     }
 }

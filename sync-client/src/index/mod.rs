@@ -1,54 +1,4 @@
-//! The client's local index: an embedded sled database holding, per vault, three trees in the
-//! manner of Dropbox's Nucleus, plus what the device needs to resume any interrupted work.
-//!
-//! # Trees
-//!
-//! Tree names carry a format version (`-v1`); per-vault trees end in the vault id as 32
-//! lowercase hex digits. Every value is one version byte (`1`) then a postcard body (see
-//! `codec.rs`), except where noted.
-//!
-//! | tree | key | value |
-//! |---|---|---|
-//! | `device-v1` | `b"enrolment"` | [`DeviceRecord`]: server address, pinned certificate fingerprint, device name, device secret keys (64 bytes) |
-//! | `vaults-v1` | vault id (16 bytes) | folder root (UTF-8) |
-//! | `cursors-v1` | vault id (16 bytes) | `1` then the pulled-up-to [`Seq`] as u64 big-endian |
-//! | `vault-keys-v1` | vault id (16) ‖ epoch (u32 big-endian) | `1` then the 32 key bytes |
-//! | `local-v1/<vault>` | [`RelPath`] UTF-8 bytes | [`LocalEntry`]: what the scanner last saw on disk |
-//! | `remote-v1/<vault>` | path | [`RemoteEntry`]: head version pulled from (or committed to) the server |
-//! | `base-v1/<vault>` | path | [`SyncedEntry`]: the last state both sides agreed on |
-//! | `pending-v1/<vault>` | path | [`PendingUpload`]: an upload in progress |
-//! | `acked-v1/<vault>` | chunk id (32 bytes) | when the server acknowledged the chunk (unix seconds) |
-//!
-//! Local vs base gives the local changes, remote vs base the remote changes, both changed with
-//! different content a conflict (see [`VaultIndex::local_changes`],
-//! [`VaultIndex::remote_changes`], [`VaultIndex::conflicts`]).
-//!
-//! # Durability
-//!
-//! An operation documented as **durable** has been written and fsynced (sled `flush`) when it
-//! returns, so neither a killed process nor a power cut loses it: [`Index::set_device`],
-//! [`Index::add_vault`], [`Index::remove_vault`], [`Index::put_vault_key`],
-//! [`VaultIndex::commit`] (and everything built on it: [`VaultIndex::apply_pull`],
-//! [`VaultIndex::begin_upload`], [`VaultIndex::finish_upload`], [`VaultIndex::abort_upload`]),
-//! [`VaultIndex::record_acked`] and [`Index::flush`].
-//!
-//! [`VaultIndex::put_local`] and [`VaultIndex::remove_local`] are **not** flushed: the
-//! local-state tree is a cache of the disk, and losing its newest writes costs a rehash, never
-//! data. The scanner flushes once at the end of a scan. sled also flushes in the background
-//! every 500 ms. sled keeps writes in order, so a crash loses at most a suffix of the
-//! unflushed ones.
-//!
-//! # Upload journal
-//!
-//! An upload of one path goes: [`VaultIndex::begin_upload`] (durable: fixes the new version id
-//! and its parent) → `Have` → seal + `PutChunk` → [`VaultIndex::record_acked`] for each batch
-//! of acknowledged chunks (durable) → `Commit` → [`VaultIndex::finish_upload`] (durable, atomic:
-//! drops the pending record, records the committed head as remote and base, forgets the acks of
-//! its chunks). After a kill at any point, [`VaultIndex::pending_uploads`] says what to resume
-//! and [`VaultIndex::is_acked`] which chunks need not be sent again. Acks are flushed per call,
-//! so batch them (for example all `PutChunk`s that finished since the last call): a chunk
-//! acknowledged by the server but not yet recorded is sent again after a crash, which costs
-//! bytes but is always correct.
+//! The client's local index: per-vault local, remote and base trees in sled; see [`Index`].
 
 mod codec;
 mod diff;
@@ -215,7 +165,11 @@ fn now_secs() -> u64 {
 }
 
 fn vault_hex(vault: VaultId) -> String {
-    vault.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    vault
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// How to open an [`Index`].
@@ -234,7 +188,64 @@ impl Default for IndexOptions {
 }
 
 /// The client's local index (one sled database in a directory). Cheap to clone; clones share
-/// the database. See the [module docs](self) for trees and durability.
+/// the database.
+///
+/// It holds, per vault, three trees in the manner of Dropbox's Nucleus, plus what the device
+/// needs to resume any interrupted work.
+///
+/// # Trees
+///
+/// Tree names carry a format version (`-v1`); per-vault trees end in the vault id as 32
+/// lowercase hex digits. Every value is one version byte (`1`) then a postcard body, except
+/// where noted: integers are varints (zigzag for signed), fixed-size ids raw, `Option` a 0/1
+/// tag, lists a varint count then the items; the field order is that of the `*V1` structs in
+/// `sync-client/src/index/codec.rs`. Values with another version byte, malformed bodies and
+/// trailing bytes are refused with [`IndexError::UnsupportedVersion`] or
+/// [`IndexError::Corrupt`].
+///
+/// | tree | key | value |
+/// |---|---|---|
+/// | `device-v1` | `b"enrolment"` | [`DeviceRecord`]: server address, pinned certificate fingerprint, device name, device secret keys (64 bytes) |
+/// | `vaults-v1` | vault id (16 bytes) | folder root (UTF-8) |
+/// | `cursors-v1` | vault id (16 bytes) | `1` then the pulled-up-to [`Seq`] as u64 big-endian |
+/// | `vault-keys-v1` | vault id (16) ‖ epoch (u32 big-endian) | `1` then the 32 key bytes |
+/// | `local-v1/<vault>` | [`RelPath`] UTF-8 bytes | [`LocalEntry`]: what the scanner last saw on disk |
+/// | `remote-v1/<vault>` | path | [`RemoteEntry`]: head version pulled from (or committed to) the server |
+/// | `base-v1/<vault>` | path | [`SyncedEntry`]: the last state both sides agreed on |
+/// | `pending-v1/<vault>` | path | [`PendingUpload`]: an upload in progress |
+/// | `acked-v1/<vault>` | chunk id (32 bytes) | when the server acknowledged the chunk (unix seconds) |
+///
+/// Local vs base gives the local changes, remote vs base the remote changes, both changed with
+/// different content a conflict (see [`VaultIndex::local_changes`],
+/// [`VaultIndex::remote_changes`], [`VaultIndex::conflicts`]).
+///
+/// # Durability
+///
+/// An operation documented as **durable** has been written and fsynced (sled `flush`) when it
+/// returns, so neither a killed process nor a power cut loses it: [`Index::set_device`],
+/// [`Index::add_vault`], [`Index::remove_vault`], [`Index::put_vault_key`],
+/// [`VaultIndex::commit`] (and everything built on it: [`VaultIndex::apply_pull`],
+/// [`VaultIndex::begin_upload`], [`VaultIndex::finish_upload`], [`VaultIndex::abort_upload`]),
+/// [`VaultIndex::record_acked`] and [`Index::flush`].
+///
+/// [`VaultIndex::put_local`] and [`VaultIndex::remove_local`] are **not** flushed: the
+/// local-state tree is a cache of the disk, and losing its newest writes costs a rehash, never
+/// data. The scanner flushes once at the end of a scan. sled also flushes in the background
+/// every 500 ms. sled keeps writes in order, so a crash loses at most a suffix of the
+/// unflushed ones.
+///
+/// # Upload journal
+///
+/// An upload of one path goes: [`VaultIndex::begin_upload`] (durable: fixes the new version id
+/// and its parent) → `Have` → seal + `PutChunk` → [`VaultIndex::record_acked`] for each batch
+/// of acknowledged chunks (durable) → `Commit` → [`VaultIndex::finish_upload`] (durable, atomic:
+/// drops the pending record, records the committed head as remote and base, forgets the acks of
+/// its chunks). After a kill at any point, [`VaultIndex::pending_uploads`] says what to resume
+/// and [`VaultIndex::is_acked`] which chunks need not be sent again (`Have` may say the same
+/// for chunks the server keeps pending; the journal does not depend on it). Acks are flushed per call,
+/// so batch them (for example all `PutChunk`s that finished since the last call): a chunk
+/// acknowledged by the server but not yet recorded is sent again after a crash, which costs
+/// bytes but is always correct.
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
@@ -701,10 +712,15 @@ impl VaultIndex {
 
     /// The local-state entry of `path`.
     pub fn local(&self, path: &RelPath) -> Result<Option<LocalEntry>, IndexError> {
-        get(&self.trees.local, path, codec::decode_local, "reading local state")
+        get(
+            &self.trees.local,
+            path,
+            codec::decode_local,
+            "reading local state",
+        )
     }
 
-    /// Sets the local-state entry of `path`. Not flushed (see the [module docs](self)).
+    /// Sets the local-state entry of `path`. Not flushed (see [`Index`], "Durability").
     pub fn put_local(&self, path: &RelPath, entry: &LocalEntry) -> Result<(), IndexError> {
         self.trees
             .local
@@ -972,3 +988,332 @@ fn iter<T>(
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dooz_crypto::{DeviceSecretKeys, EntryKey, VersionId};
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s).unwrap()
+    }
+
+    fn cid(n: u8) -> ChunkId {
+        ChunkId::from_bytes([n; 32])
+    }
+
+    fn file_state(n: u8, size: u64) -> EntryState {
+        EntryState {
+            kind: EntryKind::File,
+            size,
+            mode: 0o640,
+            mtime_ns: -5,
+            content_hash: ContentHash([n; 32]),
+        }
+    }
+
+    fn local_entry(n: u8) -> LocalEntry {
+        LocalEntry {
+            state: file_state(n, 30),
+            inode: u64::from(n),
+            chunks: vec![
+                ChunkRef {
+                    id: cid(n),
+                    len: 10,
+                },
+                ChunkRef {
+                    id: cid(n + 1),
+                    len: 20,
+                },
+            ],
+            racy: false,
+        }
+    }
+
+    fn remote_entry(n: u8, state: Option<EntryState>) -> RemoteEntry {
+        RemoteEntry {
+            entry_key: EntryKey::from_bytes([n; 32]),
+            version: VersionId([n; 16]),
+            parent: Some(VersionId([n - 1; 16])),
+            seq: Seq::new(u64::from(n)),
+            state,
+            chunks: vec![ChunkRef {
+                id: cid(n),
+                len: 30,
+            }],
+        }
+    }
+
+    const VAULT: VaultId = VaultId([3; 16]);
+
+    #[test]
+    fn trees_round_trip_and_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("folder");
+        let remote = remote_entry(5, Some(file_state(5, 30)));
+        let tomb = remote_entry(6, None);
+        let base = SyncedEntry::from_remote(&remote).unwrap();
+        {
+            let index = Index::open(dir.path().join("index")).unwrap();
+            let vault = index.add_vault(VAULT, &folder).unwrap();
+            assert_eq!(vault.cursor().unwrap(), Seq::ZERO);
+            vault.put_local(&p("a/b"), &local_entry(1)).unwrap();
+            vault.put_local(&p("gone"), &local_entry(2)).unwrap();
+            vault.remove_local(&p("gone")).unwrap();
+            vault
+                .apply_pull([(&p("a/b"), &remote), (&p("t"), &tomb)], Seq::new(9))
+                .unwrap();
+            let mut batch = VaultBatch::new();
+            batch.put_base(&p("a/b"), &base);
+            vault.commit(batch).unwrap();
+            assert!(tomb.is_deleted() && SyncedEntry::from_remote(&tomb).is_none());
+        }
+        let index = Index::open(dir.path().join("index")).unwrap();
+        assert_eq!(
+            index.vaults().unwrap(),
+            vec![VaultMeta {
+                vault: VAULT,
+                root: folder.clone(),
+                cursor: Seq::new(9),
+            }]
+        );
+        let vault = index.vault(VAULT).unwrap();
+        assert_eq!(vault.meta().unwrap().root, folder);
+        assert_eq!(vault.local(&p("a/b")).unwrap(), Some(local_entry(1)));
+        assert_eq!(vault.local(&p("gone")).unwrap(), None);
+        assert_eq!(vault.remote(&p("a/b")).unwrap(), Some(remote.clone()));
+        assert_eq!(vault.remote(&p("t")).unwrap(), Some(tomb));
+        assert_eq!(vault.base(&p("a/b")).unwrap(), Some(base));
+        let locals: Vec<_> = vault.local_entries().map(Result::unwrap).collect();
+        assert_eq!(locals, vec![(p("a/b"), local_entry(1))]);
+        assert_eq!(vault.remote_entries().count(), 2);
+        assert_eq!(vault.base_entries().count(), 1);
+    }
+
+    #[test]
+    fn vault_binding_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        assert!(matches!(
+            index.vault(VAULT),
+            Err(IndexError::UnknownVault { vault }) if vault == VAULT
+        ));
+        let vault = index.add_vault(VAULT, Path::new("/x")).unwrap();
+        vault.put_local(&p("f"), &local_entry(1)).unwrap();
+        let err = index.add_vault(VAULT, Path::new("/y")).unwrap_err();
+        assert!(matches!(err, IndexError::VaultExists { .. }), "{err}");
+        assert!(err.to_string().contains("/x"), "{err}");
+
+        // Removing a vault drops its trees: binding it again starts empty.
+        index
+            .put_vault_key(VAULT, Epoch(0), &VaultKey::from_bytes([1; 32]))
+            .unwrap();
+        assert!(index.remove_vault(VAULT).unwrap());
+        assert!(!index.remove_vault(VAULT).unwrap());
+        assert!(index.vault_keys(VAULT).unwrap().is_empty());
+        let vault = index.add_vault(VAULT, Path::new("/y")).unwrap();
+        assert_eq!(vault.local(&p("f")).unwrap(), None);
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let bad = Path::new(std::ffi::OsStr::from_bytes(b"/bad\xff"));
+            assert!(matches!(
+                index.add_vault(VaultId([4; 16]), bad),
+                Err(IndexError::RootNotUtf8 { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_second_open_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Index::open(dir.path()).unwrap();
+        let err = Index::open(dir.path()).unwrap_err();
+        assert!(matches!(err, IndexError::Locked { .. }), "{err:?}");
+        assert!(err.to_string().contains("another process"), "{err}");
+    }
+
+    #[test]
+    fn device_and_vault_keys_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = DeviceSecretKeys::generate().unwrap();
+        let id = keys.device_id();
+        {
+            let index = Index::open(dir.path()).unwrap();
+            assert!(index.device().unwrap().is_none());
+            index
+                .set_device(&DeviceRecord {
+                    server_addr: "[::1]:4433".into(),
+                    server_fingerprint: [7; 32],
+                    device_name: "desk".into(),
+                    keys,
+                })
+                .unwrap();
+            for epoch in [2, 0, 1] {
+                index
+                    .put_vault_key(
+                        VAULT,
+                        Epoch(epoch),
+                        &VaultKey::from_bytes([epoch as u8; 32]),
+                    )
+                    .unwrap();
+            }
+            index
+                .put_vault_key(VaultId([9; 16]), Epoch(0), &VaultKey::from_bytes([9; 32]))
+                .unwrap();
+        }
+        let index = Index::open(dir.path()).unwrap();
+        let device = index.device().unwrap().unwrap();
+        assert_eq!(device.server_addr, "[::1]:4433");
+        assert_eq!(device.server_fingerprint, [7; 32]);
+        assert_eq!(device.device_name, "desk");
+        assert_eq!(device.keys.device_id(), id);
+        let keys = index.vault_keys(VAULT).unwrap();
+        let epochs: Vec<_> = keys.iter().map(|(e, _)| e.0).collect();
+        assert_eq!(epochs, [0, 1, 2]);
+        assert_eq!(keys[2].1.expose_secret(), &[2; 32]);
+    }
+
+    #[test]
+    fn upload_journal_resumes_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = p("big.bin");
+        let pending = PendingUpload {
+            version: VersionId([8; 16]),
+            parent: Some(VersionId([7; 16])),
+            state: Some(file_state(8, 30)),
+            started_at: 1_700_000_000,
+        };
+        {
+            let index = Index::open(dir.path()).unwrap();
+            let vault = index.add_vault(VAULT, Path::new("/f")).unwrap();
+            vault.begin_upload(&path, &pending).unwrap();
+            vault.record_acked(&[cid(1), cid(2)]).unwrap();
+            vault.record_acked(&[]).unwrap();
+            // Killed here: no flush, no close beyond what the calls did.
+            std::mem::forget(vault);
+            std::mem::forget(index);
+        }
+        // sled holds its lock until the process exits; copy the files to "restart".
+        let restarted = dir.path().join("restarted");
+        copy_dir(dir.path(), &restarted);
+        let index = Index::open(&restarted).unwrap();
+        let vault = index.vault(VAULT).unwrap();
+        assert_eq!(
+            vault.pending_uploads().unwrap(),
+            vec![(path.clone(), pending)]
+        );
+        assert_eq!(vault.pending_upload(&path).unwrap(), Some(pending));
+        assert!(vault.is_acked(&cid(1)).unwrap());
+        assert!(vault.is_acked(&cid(2)).unwrap());
+        assert!(!vault.is_acked(&cid(3)).unwrap());
+        assert!(vault.acked_at(&cid(1)).unwrap().unwrap() > 1_600_000_000);
+
+        // Commit done: the head is recorded as remote and base, the journal is cleared for
+        // its chunks only.
+        let committed = RemoteEntry {
+            entry_key: EntryKey::from_bytes([1; 32]),
+            version: pending.version,
+            parent: pending.parent,
+            seq: Seq::new(12),
+            state: pending.state,
+            chunks: vec![ChunkRef {
+                id: cid(1),
+                len: 30,
+            }],
+        };
+        vault.finish_upload(&path, &committed).unwrap();
+        assert_eq!(vault.pending_uploads().unwrap(), vec![]);
+        assert_eq!(vault.remote(&path).unwrap(), Some(committed.clone()));
+        assert_eq!(
+            vault.base(&path).unwrap(),
+            SyncedEntry::from_remote(&committed)
+        );
+        assert!(!vault.is_acked(&cid(1)).unwrap());
+        assert!(vault.is_acked(&cid(2)).unwrap());
+        assert_eq!(vault.prune_acked(u64::MAX).unwrap(), 1);
+        assert!(!vault.is_acked(&cid(2)).unwrap());
+
+        // A committed deletion removes the base.
+        let tomb = RemoteEntry {
+            state: None,
+            chunks: vec![],
+            version: VersionId([9; 16]),
+            ..committed
+        };
+        vault.begin_upload(&path, &pending).unwrap();
+        vault.finish_upload(&path, &tomb).unwrap();
+        assert_eq!(vault.base(&path).unwrap(), None);
+        assert!(vault.remote(&path).unwrap().unwrap().is_deleted());
+        vault.begin_upload(&path, &pending).unwrap();
+        vault.abort_upload(&path).unwrap();
+        assert_eq!(vault.pending_upload(&path).unwrap(), None);
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.path() == to {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_values_are_reported_not_panicked() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let vault = index.add_vault(VAULT, Path::new("/f")).unwrap();
+        vault.local_tree().insert("bad", &[1, 0xff][..]).unwrap();
+        vault.local_tree().insert("newer", &[2, 0][..]).unwrap();
+        let err = vault.local(&p("bad")).unwrap_err();
+        assert!(matches!(err, IndexError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("\"bad\""), "{err}");
+        let err = vault.local(&p("newer")).unwrap_err();
+        assert!(
+            matches!(err, IndexError::UnsupportedVersion { found: 2, .. }),
+            "{err}"
+        );
+        assert!(vault.local_entries().any(|r| r.is_err()));
+        // A key that is not a valid path.
+        vault.local_tree().insert("a//b", encode_ok()).unwrap();
+        assert!(
+            vault
+                .local_entries()
+                .any(|r| matches!(r, Err(IndexError::Corrupt { .. })))
+        );
+    }
+
+    fn encode_ok() -> Vec<u8> {
+        codec::encode_local(&local_entry(1))
+    }
+
+    #[test]
+    fn local_chunks_are_found_with_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let vault = index.add_vault(VAULT, Path::new("/f")).unwrap();
+        vault.put_local(&p("x"), &local_entry(1)).unwrap(); // chunks 1 (0..10), 2 (10..30)
+        vault.put_local(&p("y"), &local_entry(4)).unwrap(); // chunks 4, 5
+        let wanted: HashSet<_> = [cid(2), cid(5), cid(99)].into_iter().collect();
+        let found = vault.find_local_chunks(&wanted).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(
+            found[&cid(2)],
+            ChunkLocation {
+                path: p("x"),
+                offset: 10,
+                len: 20
+            }
+        );
+        assert_eq!(found[&cid(5)].offset, 10);
+        assert!(vault.find_local_chunks(&HashSet::new()).unwrap().is_empty());
+    }
+}

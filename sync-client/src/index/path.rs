@@ -155,14 +155,15 @@ impl RelPath {
 
     /// The containing directory, or `None` for a top-level entry.
     pub fn parent(&self) -> Option<RelPath> {
-        self.0.rsplit_once('/').map(|(dir, _)| Self(dir.to_string()))
+        self.0
+            .rsplit_once('/')
+            .map(|(dir, _)| Self(dir.to_string()))
     }
 
     /// Whether `self` is `other` or inside it.
     pub fn starts_with(&self, other: &RelPath) -> bool {
         self.0 == other.0
-            || (self.0.starts_with(&other.0)
-                && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
     }
 
     /// The components, outermost first.
@@ -239,7 +240,15 @@ mod tests {
 
     #[test]
     fn accepts_plain_paths() {
-        for ok in ["a", "a/b", "dir/sub/file.txt", ".hidden", "a b/ c", "..x", "é/ü"] {
+        for ok in [
+            "a",
+            "a/b",
+            "dir/sub/file.txt",
+            ".hidden",
+            "a b/ c",
+            "..x",
+            "é/ü",
+        ] {
             let p = RelPath::new(ok).unwrap();
             assert_eq!(p.as_str(), ok);
             assert_eq!(RelPath::from_key(p.as_bytes()).unwrap(), p);
@@ -255,10 +264,7 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(matches!(
-            RelPath::new("a\0b"),
-            Err(PathError::Nul { .. })
-        ));
+        assert!(matches!(RelPath::new("a\0b"), Err(PathError::Nul { .. })));
         assert!(RelPath::new("a").unwrap().join("b/c").is_err());
         assert!(RelPath::new("a").unwrap().join("..").is_err());
         assert!(RelPath::from_key(&[0xff, b'a']).is_err());
@@ -273,7 +279,11 @@ mod tests {
         assert_eq!(p.components().collect::<Vec<_>>(), ["a", "b", "c.txt"]);
         assert!(p.starts_with(&RelPath::new("a/b").unwrap()));
         assert!(p.starts_with(&p));
-        assert!(!RelPath::new("a/bc").unwrap().starts_with(&RelPath::new("a/b").unwrap()));
+        assert!(
+            !RelPath::new("a/bc")
+                .unwrap()
+                .starts_with(&RelPath::new("a/b").unwrap())
+        );
         assert_eq!(
             RelPath::child(None, "x").unwrap(),
             RelPath::new("x").unwrap()

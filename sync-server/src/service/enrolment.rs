@@ -10,6 +10,15 @@
 //!         | check:[u8; 4]                 first 4 bytes of BLAKE3(everything before it)
 //! ```
 //!
+//! A device redeems the token over an enrolment connection (ALPN `dooz-enrol/1`): its first
+//! stream carries `Hello` with an [`EnrolRequest`] in extension [`ENROL_EXTENSION_TAG`]:
+//!
+//! ```text
+//! value = token_len:u8 | token            UTF-8, 1..=255 bytes
+//!       | exchange_key:[u8; 32]           the device's X25519 public key
+//!       | name_len:u16 BE | name          UTF-8, 1..=256 bytes ("Ana's laptop")
+//! ```
+//!
 //! Parsing ignores case, surrounding whitespace and any `-`, space or newline inside the
 //! base32 part (so a code broken over lines still reads), and refuses a wrong check value:
 //! a mistyped code is reported as such rather than as a failed connection.
@@ -17,6 +26,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use dooz_protocol::limits::MAX_NAME_LEN;
+use dooz_protocol::{Extension, Hello};
 use thiserror::Error;
 
 /// Prefix of every enrolment code; the `1` is the format version.
@@ -74,6 +85,96 @@ pub enum EnrolmentCodeError {
     /// A field is empty, too long or not UTF-8.
     #[error("the enrolment code's {0} is invalid: {1}")]
     BadField(&'static str, &'static str),
+}
+
+/// Extension tag (non-critical) on `Hello` carrying an [`EnrolRequest`], on enrolment
+/// connections only.
+pub const ENROL_EXTENSION_TAG: u32 = 0x0001;
+
+/// What a device sends to enrol: the token from the enrolment code and the keys and name the
+/// server registers (its identity key is the one in its client certificate).
+///
+/// `Debug` redacts the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnrolRequest {
+    /// The enrolment token.
+    pub token: String,
+    /// The device's X25519 public key, to which vault keys are wrapped.
+    pub exchange_key: [u8; 32],
+    /// A name people recognise the device by, 1 to 256 bytes.
+    pub device_name: String,
+}
+
+impl fmt::Debug for EnrolRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrolRequest")
+            .field("token", &"..")
+            .field("exchange_key", &blake3::Hash::from(self.exchange_key).to_hex().as_str())
+            .field("device_name", &self.device_name)
+            .finish()
+    }
+}
+
+impl EnrolRequest {
+    /// The extension value.
+    pub fn encode(&self) -> Result<Vec<u8>, EnrolmentCodeError> {
+        let token = field_len("token", &self.token)?;
+        if self.device_name.is_empty() || self.device_name.len() > MAX_NAME_LEN {
+            return Err(EnrolmentCodeError::BadField(
+                "device name",
+                "it must be 1 to 256 bytes",
+            ));
+        }
+        let name_len = u16::try_from(self.device_name.len())
+            .map_err(|_| EnrolmentCodeError::BadField("device name", "it is too long"))?;
+        let mut out = Vec::with_capacity(1 + self.token.len() + 32 + 2 + self.device_name.len());
+        out.push(token);
+        out.extend_from_slice(self.token.as_bytes());
+        out.extend_from_slice(&self.exchange_key);
+        out.extend_from_slice(&name_len.to_be_bytes());
+        out.extend_from_slice(self.device_name.as_bytes());
+        Ok(out)
+    }
+
+    /// Reads an extension value written by [`encode`](Self::encode).
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnrolmentCodeError> {
+        let mut rest = bytes;
+        let token = take_str(&mut rest, "token")?;
+        let (exchange_key, tail) = rest
+            .split_first_chunk::<32>()
+            .ok_or(EnrolmentCodeError::BadLength)?;
+        let (name_len, tail) = tail
+            .split_first_chunk::<2>()
+            .ok_or(EnrolmentCodeError::BadLength)?;
+        let name_len = usize::from(u16::from_be_bytes(*name_len));
+        if name_len == 0 || name_len > MAX_NAME_LEN || tail.len() != name_len {
+            return Err(EnrolmentCodeError::BadField(
+                "device name",
+                "it must be 1 to 256 bytes and end the request",
+            ));
+        }
+        let device_name = String::from_utf8(tail.to_vec())
+            .map_err(|_| EnrolmentCodeError::BadField("device name", "it is not UTF-8"))?;
+        Ok(Self {
+            token,
+            exchange_key: *exchange_key,
+            device_name,
+        })
+    }
+
+    /// The extension to put on `Hello`.
+    pub fn to_extension(&self) -> Result<Extension, EnrolmentCodeError> {
+        Ok(Extension::optional(ENROL_EXTENSION_TAG, self.encode()?))
+    }
+
+    /// The request carried by `hello`, `Ok(None)` if it carries none.
+    pub fn from_hello(hello: &Hello) -> Result<Option<Self>, EnrolmentCodeError> {
+        hello
+            .ext
+            .get(ENROL_EXTENSION_TAG)
+            .map(|e| Self::decode(&e.value))
+            .transpose()
+    }
 }
 
 impl EnrolmentCode {
@@ -238,7 +339,6 @@ mod tests {
         let messy = format!(
             "  {}\n",
             text.to_uppercase()
-                .replacen("DOOZ1-", "DOOZ1-", 1)
                 .chars()
                 .enumerate()
                 .flat_map(|(i, c)| if i > 6 && i % 10 == 0 {
@@ -290,6 +390,30 @@ mod tests {
             format!("{text}1").parse::<EnrolmentCode>(),
             Err(EnrolmentCodeError::BadCharacter('1'))
         );
+    }
+
+    #[test]
+    fn enrol_requests_round_trip() {
+        let req = EnrolRequest {
+            token: "et1_abc".to_owned(),
+            exchange_key: [9; 32],
+            device_name: "Ana's laptop".to_owned(),
+        };
+        let hello = Hello {
+            protocol_version: 1,
+            client_name: "t".to_owned(),
+            client_version: "0".to_owned(),
+            ext: dooz_protocol::Extensions::new().with(req.to_extension().unwrap()),
+        };
+        assert_eq!(EnrolRequest::from_hello(&hello).unwrap(), Some(req.clone()));
+        let bytes = req.encode().unwrap();
+        for cut in 0..bytes.len() {
+            assert!(EnrolRequest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(EnrolRequest::decode(&long).is_err());
+        assert!(!format!("{req:?}").contains("et1_"));
     }
 
     #[test]

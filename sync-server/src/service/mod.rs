@@ -1,5 +1,429 @@
-//! The data-plane service (in progress).
+//! The data-plane service: the QUIC accept loop, connection admission, and one request per
+//! bidirectional stream.
+//!
+//! # Goals
+//!
+//! - Refuse unknown and revoked devices before any request, with a [`CloseCode`] and a reason
+//!   that says what to do; close a device's connections at once when it is revoked
+//!   ([`Server::revoke_device`]).
+//! - Serve requests on parallel streams, bounded per connection (QUIC stream limit) and
+//!   server-wide in chunk bytes held in memory (a semaphore of bytes).
+//! - Never store a chunk whose BLAKE3 does not match its header; never overwrite a committed
+//!   chunk's blob.
+//! - Answer every malformed, oversized or unknown frame with an `Error` and close only that
+//!   stream: the connection and other clients go on.
+//! - Push `Changed{vault, seq}` to subscribed connections as commits land.
+//! - Shut down gracefully: stop accepting, let requests in flight finish (within a grace
+//!   period), close connections with [`CloseCode::ShuttingDown`].
+//!
+//! # Non-goals
+//!
+//! - Pairing slots (answered `Unsupported` for now), quotas and metering: later issues.
+//! - Several server instances sharing one store: commits are broadcast in-process only.
 
+mod admin;
+mod codes;
+mod connection;
 mod enrolment;
+mod handlers;
 
-pub use enrolment::{ENROLMENT_CODE_PREFIX, EnrolmentCode, EnrolmentCodeError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dooz_protocol::{DeviceId, Seq, VaultId};
+use dooz_storage::{BlobStore, LocalDir, StorageError, open_url};
+use quinn::Endpoint;
+use thiserror::Error;
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::{JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::config::{BlobLocation, ServerConfig, ServiceLimits};
+use crate::store::{AccountRecord, DeviceRecord, MetaStore, SledStore, StoreError, TenantRecord};
+use crate::tls::{ServerIdentity, TlsError};
+use crate::transport::{TransportError, TransportTuning, server_endpoint};
+
+pub use admin::{AdminError, AdminRequest, AdminResponse, ensure_account, mint_enrolment_code};
+#[cfg(unix)]
+pub use admin::{ADMIN_SOCKET_FILE, admin_call, serve_admin_socket};
+pub use codes::{CloseCode, SHUTTING_DOWN_REASON};
+pub use enrolment::{
+    ENROL_EXTENSION_TAG, ENROLMENT_CODE_PREFIX, EnrolRequest, EnrolmentCode, EnrolmentCodeError,
+};
+
+/// Directory of the metadata store inside the data dir.
+pub const STORE_DIR: &str = "meta";
+
+/// Commits remembered for subscribers that fall behind; past it they get the current heads.
+const CHANGES_CAPACITY: usize = 1024;
+
+/// Upload locks: a chunk's blob is written and recorded under one of these, picked by the
+/// chunk id, so that two uploads of the same pending chunk cannot leave the record and the
+/// blob disagreeing.
+const UPLOAD_LOCKS: usize = 64;
+
+/// Starting or running the server failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The metadata store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blob store could not be opened.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The TLS identity could not be loaded or made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The QUIC endpoint could not start.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A file or directory could not be used.
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the server is made of: stores, identity and settings. [`open`](Self::open) builds it
+/// from a [`ServerConfig`]; tests may assemble one by hand.
+pub struct ServerParts {
+    /// The metadata store.
+    pub store: Arc<dyn MetaStore>,
+    /// The blob store for sealed chunks.
+    pub blobs: Arc<dyn BlobStore>,
+    /// The server's TLS identity.
+    pub identity: ServerIdentity,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// QUIC tuning.
+    pub tuning: TransportTuning,
+    /// Service limits.
+    pub limits: ServiceLimits,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for ServerParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerParts")
+            .field("blobs", &self.blobs)
+            .field("identity", &self.identity)
+            .field("listen", &self.listen)
+            .field("tuning", &self.tuning)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default tenant and account, made on first start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    /// The default tenant.
+    pub tenant: TenantRecord,
+    /// The default account, to which enrolment codes add devices.
+    pub account: AccountRecord,
+    /// Whether they were made just now (first start).
+    pub first_start: bool,
+}
+
+impl ServerParts {
+    /// Opens everything under the config's data dir, making what is missing: the directory,
+    /// the sled store (`meta/`), the blob store (`blobs/` by default), the TLS identity, and
+    /// the default tenant and account.
+    pub async fn open(config: &ServerConfig) -> Result<(Self, Bootstrap), ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+            action: "create the data dir",
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let identity = ServerIdentity::load_or_create(&config.data_dir)?;
+        let store: Arc<dyn MetaStore> =
+            Arc::new(SledStore::open(config.data_dir.join(STORE_DIR))?);
+        let blobs: Arc<dyn BlobStore> = match &config.blobs {
+            BlobLocation::Dir(dir) => Arc::new(LocalDir::open(dir)?),
+            BlobLocation::Url(url) => open_url(url)?,
+        };
+        let bootstrap =
+            ensure_account(store.as_ref(), &config.default_tenant, &config.default_account)
+                .await?;
+        Ok((
+            Self {
+                store,
+                blobs,
+                identity,
+                listen: config.listen,
+                tuning: config.tuning.clone(),
+                limits: config.limits,
+                shutdown_grace: config.shutdown_grace,
+            },
+            bootstrap,
+        ))
+    }
+}
+
+/// State shared by the accept loop, connections and requests.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn MetaStore>,
+    pub(crate) blobs: Arc<dyn BlobStore>,
+    /// `(vault, seq)` of every commit that applied something.
+    pub(crate) changes: broadcast::Sender<(VaultId, Seq)>,
+    /// Chunk bytes that may be held in memory at once; one permit per byte.
+    pub(crate) inflight: Arc<Semaphore>,
+    pub(crate) limits: ServiceLimits,
+    pub(crate) grace: Duration,
+    /// Cancelled when shutdown begins.
+    pub(crate) cancel: CancellationToken,
+    /// Open connections of admitted devices, by device and connection id.
+    connections: Mutex<HashMap<DeviceId, HashMap<usize, quinn::Connection>>>,
+    upload_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Shared {
+    /// Remembers `conn` as a connection of `device` until the guard drops.
+    pub(crate) fn register(self: &Arc<Self>, device: DeviceId, conn: &quinn::Connection) -> Registration {
+        let id = conn.stable_id();
+        self.connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(device)
+            .or_default()
+            .insert(id, conn.clone());
+        Registration {
+            shared: Arc::clone(self),
+            device,
+            id,
+        }
+    }
+
+    fn disconnect(&self, device: DeviceId, code: CloseCode, reason: &str) -> usize {
+        let conns = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&device)
+            .unwrap_or_default();
+        for conn in conns.values() {
+            code.close(conn, reason);
+        }
+        conns.len()
+    }
+
+    /// The upload lock of a chunk.
+    pub(crate) fn upload_lock(&self, chunk: &dooz_protocol::ChunkId) -> &tokio::sync::Mutex<()> {
+        let i = usize::from(chunk.as_bytes()[0]) % UPLOAD_LOCKS;
+        // `i` is below UPLOAD_LOCKS, the length of the vector.
+        &self.upload_locks[i]
+    }
+}
+
+/// Unregisters a connection when dropped.
+pub(crate) struct Registration {
+    shared: Arc<Shared>,
+    device: DeviceId,
+    id: usize,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut conns = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(of_device) = conns.get_mut(&self.device) {
+            of_device.remove(&self.id);
+            if of_device.is_empty() {
+                conns.remove(&self.device);
+            }
+        }
+    }
+}
+
+/// A running data-plane server.
+///
+/// Dropping it does not stop it: call [`shutdown`](Self::shutdown).
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    fingerprint: String,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Binds the endpoint and starts accepting connections. Must be called inside a Tokio
+    /// runtime.
+    pub fn start(parts: ServerParts) -> Result<Self, ServerError> {
+        let endpoint = server_endpoint(parts.listen, &parts.identity, &parts.tuning)?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|e| ServerError::Transport(TransportError::Endpoint(e)))?;
+        let permits = usize::try_from(parts.limits.max_inflight_bytes)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        let shared = Arc::new(Shared {
+            store: parts.store,
+            blobs: parts.blobs,
+            changes: broadcast::channel(CHANGES_CAPACITY).0,
+            inflight: Arc::new(Semaphore::new(permits)),
+            limits: parts.limits,
+            grace: parts.shutdown_grace,
+            cancel: CancellationToken::new(),
+            connections: Mutex::new(HashMap::new()),
+            upload_locks: (0..UPLOAD_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        });
+        let span = tracing::info_span!("server", addr = %local_addr);
+        let accept = tokio::spawn(accept_loop(Arc::clone(&shared), endpoint).instrument(span));
+        tracing::info!(addr = %local_addr, fingerprint = parts.identity.fingerprint(), "listening");
+        Ok(Self {
+            shared,
+            local_addr,
+            fingerprint: parts.identity.fingerprint().to_owned(),
+            accept,
+        })
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The fingerprint of the server certificate, which devices pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The metadata store.
+    pub fn store(&self) -> &Arc<dyn MetaStore> {
+        &self.shared.store
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.shared.blobs
+    }
+
+    /// How many devices have a connection open now.
+    pub fn connected_devices(&self) -> usize {
+        self.shared
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Revokes a device in the store and closes its open connections at once
+    /// ([`CloseCode::Revoked`]).
+    pub async fn revoke_device(&self, device: DeviceId) -> Result<DeviceRecord, StoreError> {
+        let record = self.shared.store.revoke_device(device, unix_now()).await?;
+        let closed = self.shared.disconnect(
+            device,
+            CloseCode::Revoked,
+            &connection::revoked_reason(device),
+        );
+        tracing::info!(%device, closed, "device revoked");
+        Ok(record)
+    }
+
+    /// Closes every open connection of `device` with `code` and `reason`; returns how many.
+    pub fn disconnect_device(&self, device: DeviceId, code: CloseCode, reason: &str) -> usize {
+        self.shared.disconnect(device, code, reason)
+    }
+
+    /// A token that starts the shutdown when cancelled (for signal handlers).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shared.cancel.clone()
+    }
+
+    /// Shuts down gracefully: stops accepting connections, lets requests in flight finish
+    /// (within the grace period), closes every connection with [`CloseCode::ShuttingDown`],
+    /// and returns when all connection tasks have ended.
+    pub async fn shutdown(self) {
+        self.shared.cancel.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the server has stopped (after [`shutdown_token`](Self::shutdown_token) was
+    /// cancelled).
+    pub async fn wait(self) {
+        if let Err(e) = self.accept.await {
+            tracing::error!(error = %e, "the accept loop failed");
+        }
+    }
+}
+
+fn log_join(joined: Result<(), JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a task panicked");
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.cancel.cancelled() => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let span = tracing::info_span!(
+                    "conn",
+                    remote = %incoming.remote_address(),
+                    device = tracing::field::Empty,
+                );
+                conns.spawn(connection::handle(Arc::clone(&shared), incoming).instrument(span));
+            }
+            Some(joined) = conns.join_next(), if !conns.is_empty() => log_join(joined),
+        }
+    }
+    tracing::info!(connections = conns.len(), "shutting down");
+    // New handshakes are refused from now on; connection tasks see the cancellation, let their
+    // requests finish and close.
+    endpoint.set_server_config(None);
+    let drain = async {
+        while let Some(joined) = conns.join_next().await {
+            log_join(joined);
+        }
+    };
+    if tokio::time::timeout(shared.grace + Duration::from_secs(1), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not finish within the grace period; dropping them");
+        conns.shutdown().await;
+    }
+    endpoint.close(CloseCode::ShuttingDown.varint(), SHUTTING_DOWN_REASON.as_bytes());
+    // Give the close frames a moment to leave.
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    tracing::info!("stopped");
+}

@@ -242,8 +242,7 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn tenant_by_name(&self, name: &str) -> Result<Option<TenantRecord>, StoreError>;
 
     /// Creates an account in `tenant`; `name` (1 to 256 bytes) must be unused in the tenant.
-    async fn create_account(&self, tenant: TenantId, name: &str)
-    -> Result<AccountId, StoreError>;
+    async fn create_account(&self, tenant: TenantId, name: &str) -> Result<AccountId, StoreError>;
 
     /// The account with this id.
     async fn account(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError>;
@@ -291,8 +290,7 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn touch_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError>;
 
     /// Revokes a device (idempotent: the first revocation time stays) and returns it.
-    async fn revoke_device(&self, device: DeviceId, now: u64)
-    -> Result<DeviceRecord, StoreError>;
+    async fn revoke_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError>;
 
     /// The account's devices, revoked ones included, by device id.
     async fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError>;
@@ -343,8 +341,11 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<ChunkRecord, StoreError>;
 
     /// The vault's record of a chunk.
-    async fn chunk(&self, vault: VaultId, chunk: ChunkId)
-    -> Result<Option<ChunkRecord>, StoreError>;
+    async fn chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+    ) -> Result<Option<ChunkRecord>, StoreError>;
 
     // --- the commit log ----------------------------------------------------------------------
 

@@ -201,7 +201,10 @@ pub(crate) trait Stored: Serialize + DeserializeOwned {
 pub(crate) fn encode<T: Stored>(value: &T) -> Result<Vec<u8>, StoreError> {
     // Serializing these plain structs into a Vec does not fail; map it anyway, never panic.
     postcard::to_extend(value, vec![T::VERSION]).map_err(|e| {
-        StoreError::corrupt(T::TREE, format!("could not encode a {} record: {e}", T::NAME))
+        StoreError::corrupt(
+            T::TREE,
+            format!("could not encode a {} record: {e}", T::NAME),
+        )
     })
 }
 

@@ -133,9 +133,7 @@ impl StoreError {
             Self::NotFound { .. } | Self::MissingChunks { .. } => ErrorCode::NotFound,
             Self::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             Self::InvalidInput { .. } => ErrorCode::BadRequest,
-            Self::TokenInvalid | Self::TokenExpired | Self::TokenUsed => {
-                ErrorCode::Unauthenticated
-            }
+            Self::TokenInvalid | Self::TokenExpired | Self::TokenUsed => ErrorCode::Unauthenticated,
             Self::DeviceRevoked { .. } => ErrorCode::Revoked,
             Self::IncompatibleFormat { .. }
             | Self::Corrupt { .. }

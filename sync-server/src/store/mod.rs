@@ -23,8 +23,8 @@ mod token;
 
 pub use api::{
     AccountId, AccountRecord, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
-    DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, TenantId, TenantRecord,
-    VaultRecord, VersionPage,
+    DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, TenantId, TenantRecord, VaultRecord,
+    VersionPage,
 };
 pub use error::StoreError;
 pub use sled_store::SledStore;

@@ -15,27 +15,25 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use dooz_protocol::limits::{
-    MAX_ENVELOPE_LEN, MAX_ENVELOPES, MAX_HISTORY_PAGE, MAX_PULL_PAGE,
-};
+use dooz_protocol::limits::{MAX_ENVELOPE_LEN, MAX_ENVELOPES, MAX_HISTORY_PAGE, MAX_PULL_PAGE};
 use dooz_protocol::{
     Change, ChunkId, CommitEntry, CommitResult, DeviceId, EntryKey, EnvelopeInfo, Epoch, Seq,
     VaultId, VaultInfo,
 };
 use sled::transaction::{
-    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
-    TransactionalTree, Transactional,
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError, Transactional,
+    TransactionalTree,
 };
 use sled::{IVec, Tree};
 
 use crate::store::api::{
     AccountId, AccountRecord, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
-    DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, TenantId, TenantRecord,
-    VaultRecord, VersionPage, change_size_bound, check_name,
+    DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, TenantId, TenantRecord, VaultRecord,
+    VersionPage, change_size_bound, check_name,
 };
 use crate::store::codec::{
-    self, ACCOUNT_DEVICES, ACCOUNT_VAULTS, AccountV1, ChunkStateV1, ChunkV1, DeviceV1,
-    EnvelopeV1, HeadV1, LogV1, Stored, TenantV1, TokenV1, VaultV1, decode, encode,
+    self, ACCOUNT_DEVICES, ACCOUNT_VAULTS, AccountV1, ChunkStateV1, ChunkV1, DeviceV1, EnvelopeV1,
+    HeadV1, LogV1, Stored, TenantV1, TokenV1, VaultV1, decode, encode,
 };
 use crate::store::error::StoreError;
 use crate::store::token::{self, EnrolmentToken};
@@ -197,13 +195,19 @@ fn tx_insert<T: Stored>(
 }
 
 /// The next id of a `meta-v1` counter (ids start at 1).
-fn tx_next_id(meta: &TransactionalTree, key: &[u8]) -> ConflictableTransactionResult<u64, StoreError> {
+fn tx_next_id(
+    meta: &TransactionalTree,
+    key: &[u8],
+) -> ConflictableTransactionResult<u64, StoreError> {
     let current = match meta.get(key)? {
         Some(v) => codec::decode_u64(codec::META, &v).or_abort()?,
         None => 0,
     };
     let Some(next) = current.checked_add(1) else {
-        return fail(StoreError::corrupt(codec::META, "an id counter is exhausted"));
+        return fail(StoreError::corrupt(
+            codec::META,
+            "an id counter is exhausted",
+        ));
     };
     meta.insert(key, &next.to_be_bytes())?;
     Ok(next)
@@ -291,8 +295,8 @@ impl Inner {
 
     fn create_tenant(&self, name: &str) -> Result<TenantId, StoreError> {
         check_name("tenant name", name)?;
-        let id = tx_result(
-            (&self.meta, &self.tenants, &self.tenant_names).transaction(|(meta, tenants, names)| {
+        let id = tx_result((&self.meta, &self.tenants, &self.tenant_names).transaction(
+            |(meta, tenants, names)| {
                 if names.get(name.as_bytes())?.is_some() {
                     return fail(StoreError::already_exists(format!("tenant {name:?}")));
                 }
@@ -306,8 +310,8 @@ impl Inner {
                 )?;
                 names.insert(name.as_bytes(), &id.to_be_bytes())?;
                 Ok(id)
-            }),
-        )?;
+            },
+        ))?;
         self.flush()?;
         Ok(TenantId::new(id))
     }
@@ -316,8 +320,13 @@ impl Inner {
         check_name("account name", name)?;
         let name_key = codec::account_name_key(tenant.get(), name);
         let id = tx_result(
-            (&self.meta, &self.tenants, &self.accounts, &self.account_names).transaction(
-                |(meta, tenants, accounts, names)| {
+            (
+                &self.meta,
+                &self.tenants,
+                &self.accounts,
+                &self.account_names,
+            )
+                .transaction(|(meta, tenants, accounts, names)| {
                     if tenants.get(tenant.get().to_be_bytes())?.is_none() {
                         return fail(StoreError::not_found(format!("tenant {tenant}")));
                     }
@@ -337,8 +346,7 @@ impl Inner {
                     )?;
                     names.insert(name_key.as_slice(), &id.to_be_bytes())?;
                     Ok(id)
-                },
-            ),
+                }),
         )?;
         self.flush()?;
         Ok(AccountId::new(id))
@@ -362,9 +370,9 @@ impl Inner {
             used_at: None,
             uses: 0,
         };
-        let fresh = self
-            .tokens
-            .compare_and_swap(hash, None as Option<&[u8]>, Some(encode(&record)?))?;
+        let fresh =
+            self.tokens
+                .compare_and_swap(hash, None as Option<&[u8]>, Some(encode(&record)?))?;
         if fresh.is_err() {
             // 128 random bits collided: the random number generator is broken.
             return Err(StoreError::Unavailable {
@@ -390,8 +398,13 @@ impl Inner {
             });
         }
         let device = tx_result(
-            (&self.tokens, &self.accounts, &self.devices, &self.account_devices).transaction(
-                |(tokens, accounts, devices, account_devices)| {
+            (
+                &self.tokens,
+                &self.accounts,
+                &self.devices,
+                &self.account_devices,
+            )
+                .transaction(|(tokens, accounts, devices, account_devices)| {
                     let Some(mut tok) = tx_get_decoded::<TokenV1>(tokens, &hash)? else {
                         return fail(StoreError::TokenInvalid);
                     };
@@ -435,8 +448,7 @@ impl Inner {
                     tok.uses = tok.uses.saturating_add(1);
                     tx_insert(tokens, &hash, &tok)?;
                     Ok(device)
-                },
-            ),
+                }),
         )?;
         self.flush()?;
         Ok(device_record(reg.device, device))
@@ -461,7 +473,10 @@ impl Inner {
     fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
         self.account_v1(account)?;
         let mut out = Vec::new();
-        for item in self.account_devices.scan_prefix(account.get().to_be_bytes()) {
+        for item in self
+            .account_devices
+            .scan_prefix(account.get().to_be_bytes())
+        {
             let (k, _) = item?;
             let device = DeviceId::from_bytes(codec::account_member(ACCOUNT_DEVICES, &k)?);
             // An index entry always has its device; a missing one is damage.
@@ -529,7 +544,11 @@ impl Inner {
         Ok(out)
     }
 
-    fn missing_chunks(&self, vault: &VaultId, chunks: &[ChunkId]) -> Result<Vec<ChunkId>, StoreError> {
+    fn missing_chunks(
+        &self,
+        vault: &VaultId,
+        chunks: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, StoreError> {
         self.vault_v1(vault)?;
         let mut seen = HashSet::with_capacity(chunks.len());
         let mut missing = Vec::new();
@@ -598,8 +617,14 @@ impl Inner {
             .collect();
 
         let (results, applied) = tx_result(
-            (&self.vaults, &self.chunks, &self.log, &self.heads, &self.versions).transaction(
-                |(vaults, chunks, log, heads, versions)| {
+            (
+                &self.vaults,
+                &self.chunks,
+                &self.log,
+                &self.heads,
+                &self.versions,
+            )
+                .transaction(|(vaults, chunks, log, heads, versions)| {
                     let Some(mut v) = tx_get_decoded::<VaultV1>(vaults, vault.as_bytes())? else {
                         return fail(vault_not_found(vault));
                     };
@@ -683,8 +708,7 @@ impl Inner {
                         tx_insert(vaults, vault.as_bytes(), &v)?;
                     }
                     Ok((results, applied))
-                },
-            ),
+                }),
         )?;
         if applied {
             self.flush()?;
@@ -746,7 +770,9 @@ impl Inner {
             next: None,
         };
         let range = match before {
-            Some(before) => self.versions.range(start..codec::version_key(vault, entry, before)),
+            Some(before) => self
+                .versions
+                .range(start..codec::version_key(vault, entry, before)),
             None => self
                 .versions
                 .range(start..=codec::version_key(vault, entry, Seq::new(u64::MAX))),
@@ -799,17 +825,19 @@ impl Inner {
             envelope: envelope.to_vec(),
         })?;
         let key = codec::envelope_key(vault, recipient, epoch, sender);
-        tx_result((&self.vaults, &self.envelopes).transaction(|(vaults, envelopes)| {
-            let Some(mut v) = tx_get_decoded::<VaultV1>(vaults, vault.as_bytes())? else {
-                return fail(vault_not_found(vault));
-            };
-            if epoch.get() > v.latest_epoch {
-                v.latest_epoch = epoch.get();
-                tx_insert(vaults, vault.as_bytes(), &v)?;
-            }
-            envelopes.insert(&key[..], value.as_slice())?;
-            Ok(())
-        }))?;
+        tx_result(
+            (&self.vaults, &self.envelopes).transaction(|(vaults, envelopes)| {
+                let Some(mut v) = tx_get_decoded::<VaultV1>(vaults, vault.as_bytes())? else {
+                    return fail(vault_not_found(vault));
+                };
+                if epoch.get() > v.latest_epoch {
+                    v.latest_epoch = epoch.get();
+                    tx_insert(vaults, vault.as_bytes(), &v)?;
+                }
+                envelopes.insert(&key[..], value.as_slice())?;
+                Ok(())
+            }),
+        )?;
         self.flush()
     }
 
@@ -863,13 +891,10 @@ impl MetaStore for SledStore {
         self.tenant(id).await
     }
 
-    async fn create_account(
-        &self,
-        tenant: TenantId,
-        name: &str,
-    ) -> Result<AccountId, StoreError> {
+    async fn create_account(&self, tenant: TenantId, name: &str) -> Result<AccountId, StoreError> {
         let name = name.to_owned();
-        self.blocking(move |s| s.create_account(tenant, &name)).await
+        self.blocking(move |s| s.create_account(tenant, &name))
+            .await
     }
 
     async fn account(&self, id: AccountId) -> Result<Option<AccountRecord>, StoreError> {
@@ -940,11 +965,7 @@ impl MetaStore for SledStore {
         Ok(device_record(device, d))
     }
 
-    async fn revoke_device(
-        &self,
-        device: DeviceId,
-        now: u64,
-    ) -> Result<DeviceRecord, StoreError> {
+    async fn revoke_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError> {
         let d = self
             .blocking(move |s| {
                 let d = s.update_device(device, |d| {
@@ -1088,5 +1109,339 @@ impl MetaStore for SledStore {
     ) -> Result<Vec<EnvelopeInfo>, StoreError> {
         self.blocking(move |s| s.envelopes_for(&vault, &recipient))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::conformance_tests;
+    use dooz_protocol::VersionId;
+
+    conformance_tests!(SledStore::temporary().unwrap());
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn registration(n: u8) -> DeviceRegistration {
+        let identity_key = [n; 32];
+        DeviceRegistration {
+            device: DeviceId::from_bytes(*blake3::hash(&identity_key).as_bytes()),
+            identity_key,
+            exchange_key: [n.wrapping_add(100); 32],
+            name: format!("device {n}"),
+        }
+    }
+
+    fn entry(n: u8, parent: Option<VersionId>, version: u8, chunks: Vec<ChunkId>) -> CommitEntry {
+        CommitEntry {
+            entry: EntryKey::from_bytes([n; 32]),
+            parent,
+            version: VersionId::from_bytes([version; 16]),
+            record: vec![version; 40],
+            chunks,
+            epoch: Epoch::new(2),
+        }
+    }
+
+    /// A store with one device that committed three versions (seqs 1..=3) to `vault`.
+    async fn populated(store: &SledStore) -> (AccountId, DeviceId, VaultId) {
+        let t = store.create_tenant("t").await.unwrap();
+        let a = store.create_account(t, "a").await.unwrap();
+        let token = store
+            .create_enrolment_token(a, NOW + 60, false)
+            .await
+            .unwrap();
+        let device = store
+            .redeem_enrolment(token.expose(), registration(1), NOW)
+            .await
+            .unwrap()
+            .device;
+        let vault = VaultId::from_bytes([9; 16]);
+        store.create_vault(a, vault, NOW).await.unwrap();
+        let c = ChunkId::from_bytes([5; 32]);
+        store
+            .record_chunk(vault, c, 64, [6; 32], NOW)
+            .await
+            .unwrap();
+        let v1 = VersionId::from_bytes([1; 16]);
+        let r = store
+            .commit(
+                vault,
+                device,
+                vec![
+                    entry(1, None, 1, vec![c]),
+                    entry(2, None, 2, vec![]),
+                    entry(1, Some(v1), 3, vec![c]),
+                ],
+                NOW,
+            )
+            .await
+            .unwrap();
+        assert!(r.iter().all(|r| matches!(r, CommitResult::Applied { .. })));
+        (a, device, vault)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        let store = SledStore::open(&path).unwrap();
+        let (account, device, vault) = populated(&store).await;
+        let used = store
+            .create_enrolment_token(account, NOW + 60, false)
+            .await
+            .unwrap();
+        store
+            .redeem_enrolment(used.expose(), registration(2), NOW)
+            .await
+            .unwrap();
+        let reusable = store
+            .create_enrolment_token(account, NOW + 60, true)
+            .await
+            .unwrap();
+        store
+            .revoke_device(registration(2).device, NOW + 1)
+            .await
+            .unwrap();
+        store
+            .put_envelope(vault, Epoch::new(4), device, device, vec![7; 90])
+            .await
+            .unwrap();
+        let before = store.pull(vault, Seq::ZERO, 0).await.unwrap();
+        drop(store);
+
+        let store = SledStore::open(&path).unwrap();
+        let t = store.tenant_by_name("t").await.unwrap().unwrap();
+        let a = store.account_by_name(t.id, "a").await.unwrap().unwrap();
+        assert_eq!(a.id, account);
+        // Counters go on: new ids are new.
+        assert_ne!(store.create_tenant("t2").await.unwrap(), t.id);
+        assert_ne!(store.create_account(t.id, "b").await.unwrap(), account);
+
+        let d = store.device(device).await.unwrap().unwrap();
+        assert_eq!((d.account, d.revoked_at), (account, None));
+        assert!(
+            store
+                .device(registration(2).device)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_revoked()
+        );
+        // Token state survives: the used one stays used, the reusable one still works.
+        assert!(matches!(
+            store
+                .redeem_enrolment(used.expose(), registration(3), NOW)
+                .await,
+            Err(StoreError::TokenUsed)
+        ));
+        store
+            .redeem_enrolment(reusable.expose(), registration(3), NOW)
+            .await
+            .unwrap();
+
+        let v = store.vault(vault).await.unwrap().unwrap();
+        assert_eq!(
+            (v.account, v.head_seq, v.latest_epoch),
+            (account, Seq::new(3), Epoch::new(4))
+        );
+        assert_eq!(store.list_vaults(account).await.unwrap(), vec![v.info()]);
+        assert_eq!(store.pull(vault, Seq::ZERO, 0).await.unwrap(), before);
+        let c = store
+            .chunk(vault, ChunkId::from_bytes([5; 32]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.state, ChunkState::Committed { at: NOW });
+        assert_eq!(
+            store
+                .entry_head(vault, EntryKey::from_bytes([1; 32]))
+                .await
+                .unwrap(),
+            Some(EntryHead {
+                version: VersionId::from_bytes([3; 16]),
+                seq: Seq::new(3)
+            })
+        );
+        assert_eq!(store.envelopes_for(vault, device).await.unwrap().len(), 1);
+        // The log continues gap-free.
+        let r = store
+            .commit(vault, device, vec![entry(3, None, 4, vec![])], NOW)
+            .await
+            .unwrap();
+        assert!(matches!(r[0], CommitResult::Applied { seq, .. } if seq == Seq::new(4)));
+    }
+
+    #[tokio::test]
+    async fn corrupt_bytes_are_errors_not_panics() {
+        let store = SledStore::temporary().unwrap();
+        let (account, device, vault) = populated(&store).await;
+        let corrupt = |r: Result<(), StoreError>, tree: &str| match r {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                assert!(e.to_string().contains(tree), "{e}");
+                assert_eq!(e.to_error_code(), dooz_protocol::ErrorCode::Internal);
+                assert!(!e.is_retryable());
+            }
+            other => panic!("expected Corrupt in {tree}, got {other:?}"),
+        };
+
+        store
+            .raw_tree(codec::LOG)
+            .insert(codec::log_key(&vault, Seq::new(2)), &[1, 0xff, 0xff][..])
+            .unwrap();
+        corrupt(store.pull(vault, Seq::ZERO, 0).await.map(drop), codec::LOG);
+        corrupt(
+            store
+                .history(vault, EntryKey::from_bytes([2; 32]), 0, None)
+                .await
+                .map(drop),
+            codec::LOG,
+        );
+        // Pages that do not reach the damage still read.
+        assert_eq!(
+            store
+                .pull(vault, Seq::new(2), 0)
+                .await
+                .unwrap()
+                .changes
+                .len(),
+            1
+        );
+
+        store
+            .raw_tree(codec::DEVICES)
+            .insert(device.as_bytes(), &[7u8][..])
+            .unwrap();
+        corrupt(store.device(device).await.map(drop), codec::DEVICES);
+        corrupt(
+            store.touch_device(device, NOW).await.map(drop),
+            codec::DEVICES,
+        );
+
+        let heads = store.raw_tree(codec::HEADS);
+        heads
+            .insert(
+                codec::head_key(&vault, &EntryKey::from_bytes([2; 32])),
+                &[][..],
+            )
+            .unwrap();
+        corrupt(
+            store
+                .commit(vault, device, vec![entry(2, None, 8, vec![])], NOW)
+                .await
+                .map(drop),
+            codec::HEADS,
+        );
+
+        store
+            .raw_tree(codec::VAULTS)
+            .insert(vault.as_bytes(), &[1, 1][..])
+            .unwrap();
+        corrupt(store.head(vault).await.map(drop), codec::VAULTS);
+        corrupt(
+            store
+                .commit(vault, device, vec![entry(9, None, 9, vec![])], NOW)
+                .await
+                .map(drop),
+            codec::VAULTS,
+        );
+        corrupt(store.list_vaults(account).await.map(drop), codec::VAULTS);
+    }
+
+    #[tokio::test]
+    async fn corrupt_envelopes_and_chunks_are_errors() {
+        let store = SledStore::temporary().unwrap();
+        let (_account, device, vault) = populated(&store).await;
+        store
+            .raw_tree(codec::ENVELOPES)
+            .insert(&codec::envelope_prefix(&vault, &device)[..], &[1][..])
+            .unwrap();
+        assert!(matches!(
+            store.envelopes_for(vault, device).await,
+            Err(StoreError::Corrupt {
+                tree: codec::ENVELOPES,
+                ..
+            })
+        ));
+        let c = ChunkId::from_bytes([5; 32]);
+        store
+            .raw_tree(codec::CHUNKS)
+            .insert(codec::chunk_key(&vault, &c), &[1, 2][..])
+            .unwrap();
+        assert!(matches!(
+            store.chunk(vault, c).await,
+            Err(StoreError::Corrupt {
+                tree: codec::CHUNKS,
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.record_chunk(vault, c, 1, [0; 32], NOW).await,
+            Err(StoreError::Corrupt {
+                tree: codec::CHUNKS,
+                ..
+            })
+        ));
+        assert!(matches!(
+            store
+                .commit(vault, device, vec![entry(7, None, 7, vec![c])], NOW)
+                .await,
+            Err(StoreError::Corrupt {
+                tree: codec::CHUNKS,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn pull_stops_at_a_gap_of_a_commit_in_flight() {
+        let store = SledStore::temporary().unwrap();
+        let (_account, _device, vault) = populated(&store).await;
+        // What a reader can see while seq 2 of a commit is not applied yet.
+        let log = store.raw_tree(codec::LOG);
+        let two = log
+            .remove(codec::log_key(&vault, Seq::new(2)))
+            .unwrap()
+            .unwrap();
+        let page = store.pull(vault, Seq::ZERO, 0).await.unwrap();
+        assert_eq!(page.changes.len(), 1);
+        assert_eq!((page.next, page.more), (Seq::new(1), true));
+        log.insert(codec::log_key(&vault, Seq::new(2)), two)
+            .unwrap();
+        let page = store.pull(vault, Seq::ZERO, 0).await.unwrap();
+        assert_eq!((page.changes.len(), page.more), (3, false));
+    }
+
+    #[test]
+    fn damaged_or_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        drop(SledStore::open(&path).unwrap());
+        {
+            let db = sled::open(&path).unwrap();
+            let meta = db.open_tree(codec::META).unwrap();
+            meta.insert(codec::FORMAT_KEY, &2u32.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        match SledStore::open(&path) {
+            Err(StoreError::IncompatibleFormat {
+                found: 2,
+                supported: 1,
+            }) => {}
+            other => panic!("expected IncompatibleFormat, got {other:?}"),
+        }
+        {
+            let db = sled::open(&path).unwrap();
+            let meta = db.open_tree(codec::META).unwrap();
+            meta.insert(codec::FORMAT_KEY, &[1u8, 2, 3][..]).unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            SledStore::open(&path),
+            Err(StoreError::Corrupt {
+                tree: codec::META,
+                ..
+            })
+        ));
     }
 }

@@ -99,7 +99,10 @@ mod tests {
         assert!(a.expose().starts_with(PREFIX));
         assert_eq!(a.expose().len(), PREFIX.len() + 26);
         assert_eq!(presented_hash(a.expose()), Some(a.hash()));
-        assert_eq!(presented_hash(&format!("  {}\n", a.expose())), Some(a.hash()));
+        assert_eq!(
+            presented_hash(&format!("  {}\n", a.expose())),
+            Some(a.hash())
+        );
         assert!(!hashes_match(&a.hash(), &b.hash()));
         assert!(hashes_match(&a.hash(), &a.hash()));
         assert_eq!(presented_hash(""), None);

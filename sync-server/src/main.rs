@@ -1,0 +1,397 @@
+//! `dooz-server`: the Dooz Sync server.
+//!
+//! ```text
+//! dooz-server [serve] [--data-dir DIR] [--listen ADDR] [--advertise HOST:PORT] [--config FILE]
+//! dooz-server admin enrol-code [--reusable] [--expires 1h] [--data-dir DIR]
+//! ```
+//!
+//! Runs with embedded defaults and no set-up: the first start makes the data dir, the metadata
+//! store, the local blob store, the TLS identity and a default tenant and account.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use dooz_server::config::{DEFAULT_DATA_DIR, ServerConfig, ServerSettings};
+use dooz_server::service::{Bootstrap, Server, ServerParts, mint_enrolment_code};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dooz-server",
+    version,
+    about = "Dooz Sync server: end-to-end encrypted sync over QUIC",
+    long_about = "Dooz Sync server: end-to-end encrypted sync over QUIC.\n\n\
+                  With no command it serves: `dooz-server` alone starts on embedded defaults \
+                  (data in ./dooz-data, listening on 127.0.0.1:7300)."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Data directory: metadata store, blobs, TLS identity [default: ./dooz-data]
+    #[arg(long, global = true, env = "DOOZ_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// JSON config file; flags and environment variables override it
+    #[arg(long, global = true, env = "DOOZ_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default: 127.0.0.1:7300]
+    #[arg(long, global = true, env = "DOOZ_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address devices dial, written into enrolment codes [default: the listen address]
+    #[arg(long, global = true, env = "DOOZ_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default)
+    Serve,
+    /// Administer the server (works whether it is running or not)
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Mint an enrolment code: give it to the person enrolling a device (`dooz enroll <code>`)
+    EnrolCode {
+        /// Let the code enrol any number of devices until it expires (default: one device)
+        #[arg(long)]
+        reusable: bool,
+        /// How long the code is valid: a number with s, m, h or d (e.g. 90s, 15m, 1h, 7d)
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        expires: Duration,
+    },
+}
+
+/// Longest validity of an enrolment code.
+const MAX_EXPIRY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || format!("{text:?} is not a duration: write a number with s, m, h or d, e.g. 1h");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let duration = Duration::from_secs(n.saturating_mul(unit_secs));
+    if duration.is_zero() || duration > MAX_EXPIRY {
+        return Err(format!("{text:?}: give a duration between 1s and 365d"));
+    }
+    Ok(duration)
+}
+
+impl Global {
+    /// Settings: the config file (or the defaults), then environment and flags on top.
+    fn settings(&self) -> anyhow::Result<ServerSettings> {
+        let mut settings = match &self.config {
+            Some(path) => ServerSettings::from_json_file(path)?,
+            None => ServerSettings::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            settings.data_dir = dir.clone();
+        }
+        if let Some(listen) = self.listen {
+            settings.listen = listen;
+        }
+        if let Some(advertise) = &self.advertise {
+            settings.advertise = Some(advertise.clone());
+        }
+        Ok(settings)
+    }
+}
+
+fn main() -> ExitCode {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,quinn_proto=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.global.settings()?.validate()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Admin {
+            command: AdminCommand::EnrolCode { reusable, expires },
+        } => enrol_code(&config, reusable, expires).await,
+    }
+}
+
+fn open_context(config: &ServerConfig) -> String {
+    format!(
+        "could not open the server's data in {}",
+        config.data_dir.display()
+    )
+}
+
+async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let (parts, bootstrap) = ServerParts::open(&config)
+        .await
+        .with_context(|| open_context(&config))?;
+    let store = parts.store.clone();
+    let server = Server::start(parts)?;
+    let address = match config.enrol_address(Some(server.local_addr())) {
+        Ok(address) => Some(address),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    let cancel = server.shutdown_token();
+    #[cfg(unix)]
+    let admin = {
+        let path = config.data_dir.join(dooz_server::service::ADMIN_SOCKET_FILE);
+        let (store, account, address) = (store.clone(), bootstrap.account.id, address.clone());
+        let (fingerprint, cancel) = (server.fingerprint().to_owned(), cancel.clone());
+        tokio::spawn(async move {
+            let served = dooz_server::service::serve_admin_socket(
+                &path,
+                store,
+                account,
+                address,
+                fingerprint,
+                cancel,
+            )
+            .await;
+            if let Err(e) = served {
+                tracing::warn!(
+                    "admin socket {} unavailable ({e}); stop the server to mint enrolment codes",
+                    path.display()
+                );
+            }
+        })
+    };
+    let first_code = match (&address, bootstrap.first_start) {
+        (Some(address), true) => Some(
+            mint_enrolment_code(
+                store.as_ref(),
+                bootstrap.account.id,
+                address,
+                server.fingerprint(),
+                false,
+                Duration::from_secs(3600),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    print_banner(&config, &server, &bootstrap, first_code.as_ref());
+
+    tokio::select! {
+        () = shutdown_signal() => tracing::info!("shutdown requested"),
+        () = cancel.cancelled() => {}
+    }
+    eprintln!("dooz-server: shutting down (finishing requests in flight) ...");
+    server.shutdown().await;
+    #[cfg(unix)]
+    let _ = admin.await;
+    eprintln!("dooz-server: stopped");
+    Ok(())
+}
+
+fn print_banner(
+    config: &ServerConfig,
+    server: &Server,
+    bootstrap: &Bootstrap,
+    first_code: Option<&dooz_server::service::EnrolmentCode>,
+) {
+    let data_dir = config.data_dir.display();
+    let dir_flag = if config.data_dir == std::path::Path::new(DEFAULT_DATA_DIR) {
+        String::new()
+    } else {
+        format!(" --data-dir {data_dir}")
+    };
+    println!(
+        "dooz-server {} listening on {} (QUIC, ALPN dooz/1)",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr()
+    );
+    println!("  data dir:                {data_dir}");
+    println!("  certificate fingerprint: {}", server.fingerprint());
+    println!(
+        "  devices enrol into:      tenant {:?}, account {:?}",
+        bootstrap.tenant.name, bootstrap.account.name
+    );
+    println!();
+    if let Some(code) = first_code {
+        println!("First start. Enrol a first device with this code (one device, valid 1 hour):");
+        println!();
+        println!("    dooz enroll {code}");
+        println!();
+    }
+    println!("To enrol a device, mint a code (in another terminal) and run `dooz enroll <code>`");
+    println!("on the device:");
+    println!();
+    println!("    dooz-server admin enrol-code{dir_flag}              # one device, valid 1 hour");
+    println!("    dooz-server admin enrol-code{dir_flag} --reusable --expires 7d");
+    println!();
+    println!("Press Ctrl-C to stop.");
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn enrol_code(config: &ServerConfig, reusable: bool, expires: Duration) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use dooz_server::service::{ADMIN_SOCKET_FILE, AdminRequest, AdminResponse, admin_call};
+        let path = config.data_dir.join(ADMIN_SOCKET_FILE);
+        let request = AdminRequest::EnrolCode {
+            reusable,
+            expires_secs: expires.as_secs(),
+        };
+        let answer = admin_call(&path, &request).await.with_context(|| {
+            format!(
+                "could not ask the running server through {}",
+                path.display()
+            )
+        })?;
+        match answer {
+            Some(AdminResponse::EnrolCode { code }) => {
+                print_code(&code, reusable, expires);
+                return Ok(());
+            }
+            Some(AdminResponse::Error { message }) => bail!("the server refused: {message}"),
+            Some(other) => bail!("unexpected answer from the server: {other:?}"),
+            None => {}
+        }
+    }
+    // No server is running on this data dir: use the store directly.
+    let (parts, bootstrap) = ServerParts::open(config)
+        .await
+        .with_context(|| open_context(config))?;
+    let address = config.enrol_address(None)?;
+    let code = mint_enrolment_code(
+        parts.store.as_ref(),
+        bootstrap.account.id,
+        &address,
+        parts.identity.fingerprint(),
+        reusable,
+        expires,
+    )
+    .await?;
+    print_code(&code.to_string(), reusable, expires);
+    Ok(())
+}
+
+fn print_code(code: &str, reusable: bool, expires: Duration) {
+    let devices = if reusable { "any number of devices" } else { "one device" };
+    eprintln!(
+        "Enrolment code for {devices}, valid {}. On the device, run: dooz enroll <code>",
+        humanize(expires)
+    );
+    println!("{code}");
+}
+
+fn humanize(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86_400 == 0 => format!("{} day(s)", s / 86_400),
+        s if s % 3600 == 0 => format!("{} hour(s)", s / 3600),
+        s if s % 60 == 0 => format!("{} minute(s)", s / 60),
+        s => format!("{s} second(s)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        for bad in ["", "h", "1w", "0s", "400d", "-1h", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_parses() {
+        let cli = Cli::try_parse_from(["dooz-server"]).unwrap();
+        assert!(cli.command.is_none());
+        let cli = Cli::try_parse_from([
+            "dooz-server",
+            "admin",
+            "enrol-code",
+            "--reusable",
+            "--expires",
+            "2h",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.data_dir, Some(PathBuf::from("/tmp/x")));
+        assert!(matches!(
+            cli.command,
+            Some(Command::Admin {
+                command: AdminCommand::EnrolCode {
+                    reusable: true,
+                    ..
+                }
+            })
+        ));
+    }
+}

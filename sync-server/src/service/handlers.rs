@@ -1,0 +1,545 @@
+//! One request stream: read the request, dispatch it, write the answer, finish.
+
+use std::collections::HashSet;
+use std::sync::{Arc, PoisonError};
+
+use bytes::Bytes;
+use dooz_protocol::limits::{MAX_CHUNK_LEN, MAX_VAULTS};
+use dooz_protocol::{
+    Ack, Changed, Changes, ChunkData, ChunkId, ChunkStored, Commit, CommitResult, Committed,
+    CreateVault, Envelopes, ErrorCode, ErrorResponse, GetChunk, GetEnvelopes, Have, Hello,
+    History, HistoryPage, Message, Missing, Pull, PutChunk, PutEnvelope, Request, Subscribe,
+    Subscribed, VaultCreated, VaultId, Vaults,
+};
+use dooz_storage::BlobKey;
+use quinn::{RecvStream, SendStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::frame_io::{FrameIoError, FrameReader, write_frame, write_frame_with_body};
+use crate::service::connection::{ConnCtx, internal_error};
+use crate::service::unix_now;
+use crate::store::{ChunkState, StoreError, TenantId, VaultRecord};
+
+/// A successful answer: the response, the raw body that follows it (`ChunkData`), and the
+/// in-flight permit held until it is written.
+struct Reply {
+    msg: Message,
+    body: Option<Bytes>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reply {
+    fn new(msg: impl Into<Message>) -> Self {
+        Self {
+            msg: msg.into(),
+            body: None,
+            _permit: None,
+        }
+    }
+}
+
+/// A failed request.
+enum Fail {
+    /// Answer with this error.
+    Respond(ErrorResponse),
+    /// The stream or connection is gone; nothing can be answered.
+    Transport(FrameIoError),
+}
+
+impl Fail {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Respond(ErrorResponse::new(code, message))
+    }
+
+    /// A store failure: internal ones are logged and answered without details.
+    fn store(e: StoreError, what: &str) -> Self {
+        match e.to_error_code() {
+            ErrorCode::Internal => {
+                tracing::error!(error = %e, "could not {what}");
+                Self::Respond(ErrorResponse::new(
+                    ErrorCode::Internal,
+                    format!("the server could not {what}; try again later"),
+                ))
+            }
+            code => Self::new(code, e.to_string()),
+        }
+    }
+
+    fn internal(what: &str) -> Self {
+        Self::new(
+            ErrorCode::Internal,
+            format!("the server could not {what}; try again later"),
+        )
+    }
+}
+
+impl From<FrameIoError> for Fail {
+    fn from(e: FrameIoError) -> Self {
+        match e.to_error_response() {
+            Some(err) => Self::Respond(err),
+            None => Self::Transport(e),
+        }
+    }
+}
+
+type Handled = Result<Reply, Fail>;
+
+/// Serves one request stream to the end.
+pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: RecvStream) {
+    let mut reader = FrameReader::new(recv).with_max_frame_len(ctx.shared.limits.max_frame_len);
+    let request = match reader.read_frame().await {
+        Ok(Some(Message::Request(request))) => request,
+        Ok(Some(Message::Response(response))) => {
+            let err = ErrorResponse::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "received {} ({:#06x}), a response, where a request was expected",
+                    response.name(),
+                    response.type_id()
+                ),
+            );
+            send_final(&mut send, err.into(), None).await;
+            return;
+        }
+        Ok(None) => {
+            let _ = send.finish();
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "unreadable request");
+            if let Some(err) = e.to_error_response() {
+                send_final(&mut send, err.into(), None).await;
+            }
+            return;
+        }
+    };
+    let name = request.name();
+    tracing::debug!(request = name, "request");
+    let handled = match request {
+        Request::Subscribe(req) => {
+            subscribe(&ctx, req, &mut send).await;
+            return;
+        }
+        Request::Hello(req) => hello(&ctx, &req),
+        Request::CreateVault(req) => create_vault(&ctx, req).await,
+        Request::ListVaults(_) => list_vaults(&ctx).await,
+        Request::PutEnvelope(req) => put_envelope(&ctx, req).await,
+        Request::GetEnvelopes(req) => get_envelopes(&ctx, req).await,
+        Request::Have(req) => have(&ctx, req).await,
+        Request::PutChunk(req) => put_chunk(&ctx, req, &mut reader).await,
+        Request::GetChunk(req) => get_chunk(&ctx, req).await,
+        Request::Commit(req) => commit(&ctx, req).await,
+        Request::Pull(req) => pull(&ctx, req).await,
+        Request::History(req) => history(&ctx, req).await,
+        Request::PairingOpen(_)
+        | Request::PairingPost(_)
+        | Request::PairingTake(_)
+        | Request::PairingReply(_)
+        | Request::PairingAwaitReply(_) => Err(Fail::new(
+            ErrorCode::Unsupported,
+            format!("{name}: pairing is not supported by this server yet; upgrade dooz-server"),
+        )),
+    };
+    match handled {
+        Ok(reply) => send_final(&mut send, reply.msg, reply.body).await,
+        Err(Fail::Respond(err)) => {
+            tracing::debug!(request = name, code = %err.code, message = %err.message, "request failed");
+            send_final(&mut send, err.into(), None).await;
+        }
+        Err(Fail::Transport(e)) => tracing::debug!(request = name, error = %e, "stream failed"),
+    }
+}
+
+/// Writes the answer (and raw body), finishes the stream and waits until the peer has it all,
+/// so that a shutdown does not cut it off.
+async fn send_final(send: &mut SendStream, msg: Message, body: Option<Bytes>) {
+    let written = match body {
+        Some(body) => write_frame_with_body(send, &msg, body).await,
+        None => write_frame(send, &msg).await,
+    };
+    let written = match written {
+        Err(FrameIoError::Encode(e)) => {
+            tracing::error!(error = %e, "could not encode an answer");
+            write_frame(send, &internal_error("encode its answer")).await
+        }
+        other => other,
+    };
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "could not write the answer");
+        return;
+    }
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+/// The vault, if the calling device's account owns it.
+async fn own_vault(ctx: &ConnCtx, vault: VaultId) -> Result<VaultRecord, Fail> {
+    match ctx.shared.store.vault(vault).await {
+        Ok(Some(record)) if record.account == ctx.account.id => Ok(record),
+        Ok(_) => Err(Fail::new(
+            ErrorCode::NotFound,
+            format!(
+                "vault {vault:#} not found in this account: check the id, or create it with \
+                 CreateVault"
+            ),
+        )),
+        Err(e) => Err(Fail::store(e, "look the vault up")),
+    }
+}
+
+/// Where a chunk's blob lives: `<tenant>/<vault>/chunks/<2 hex>/<hex id>`.
+fn chunk_key(tenant: TenantId, vault: VaultId, chunk: ChunkId) -> Result<BlobKey, Fail> {
+    let hex = chunk.to_hex();
+    let shard = hex.get(..2).unwrap_or("00");
+    BlobKey::new(&format!("{tenant}/{}/chunks/{shard}/{hex}", vault.to_hex())).map_err(|e| {
+        tracing::error!(error = %e, "bad chunk key");
+        Fail::internal("name the chunk's blob")
+    })
+}
+
+fn hello(ctx: &ConnCtx, req: &Hello) -> Handled {
+    if req.protocol_version == 0 {
+        return Err(Fail::new(
+            ErrorCode::Unsupported,
+            "protocol revision 0 does not exist; dooz/1 starts at revision 1: upgrade the client",
+        ));
+    }
+    tracing::debug!(
+        client = %req.client_name,
+        version = %req.client_version,
+        revision = req.protocol_version,
+        "hello"
+    );
+    Ok(Reply::new(ctx.hello_ok()))
+}
+
+async fn create_vault(ctx: &ConnCtx, req: CreateVault) -> Handled {
+    ctx.shared
+        .store
+        .create_vault(ctx.account.id, req.vault, unix_now())
+        .await
+        .map_err(|e| Fail::store(e, "create the vault"))?;
+    Ok(Reply::new(VaultCreated {
+        vault: req.vault,
+        ext: Default::default(),
+    }))
+}
+
+async fn list_vaults(ctx: &ConnCtx) -> Handled {
+    let mut vaults = ctx
+        .shared
+        .store
+        .list_vaults(ctx.account.id)
+        .await
+        .map_err(|e| Fail::store(e, "list the vaults"))?;
+    if vaults.len() > MAX_VAULTS {
+        tracing::warn!(count = vaults.len(), "account has more vaults than one answer holds");
+        vaults.truncate(MAX_VAULTS);
+    }
+    Ok(Reply::new(Vaults {
+        vaults,
+        ext: Default::default(),
+    }))
+}
+
+async fn put_envelope(ctx: &ConnCtx, req: PutEnvelope) -> Handled {
+    own_vault(ctx, req.vault).await?;
+    let recipient = ctx
+        .shared
+        .store
+        .device(req.recipient)
+        .await
+        .map_err(|e| Fail::store(e, "look the recipient up"))?;
+    if recipient.is_none_or(|r| r.account != ctx.account.id) {
+        return Err(Fail::new(
+            ErrorCode::NotFound,
+            format!(
+                "device {:#} is not a device of this account; wrap vault keys only to the \
+                 account's devices",
+                req.recipient
+            ),
+        ));
+    }
+    ctx.shared
+        .store
+        .put_envelope(req.vault, req.epoch, req.recipient, ctx.device, req.envelope)
+        .await
+        .map_err(|e| Fail::store(e, "store the envelope"))?;
+    Ok(Reply::new(Ack::default()))
+}
+
+async fn get_envelopes(ctx: &ConnCtx, req: GetEnvelopes) -> Handled {
+    own_vault(ctx, req.vault).await?;
+    let envelopes = ctx
+        .shared
+        .store
+        .envelopes_for(req.vault, ctx.device)
+        .await
+        .map_err(|e| Fail::store(e, "read the envelopes"))?;
+    Ok(Reply::new(Envelopes {
+        envelopes,
+        ext: Default::default(),
+    }))
+}
+
+async fn have(ctx: &ConnCtx, req: Have) -> Handled {
+    own_vault(ctx, req.vault).await?;
+    let chunks = ctx
+        .shared
+        .store
+        .missing_chunks(req.vault, &req.chunks)
+        .await
+        .map_err(|e| Fail::store(e, "check the chunks"))?;
+    Ok(Reply::new(Missing {
+        chunks,
+        ext: Default::default(),
+    }))
+}
+
+async fn acquire(ctx: &ConnCtx, bytes: u64) -> Result<OwnedSemaphorePermit, Fail> {
+    // Chunk lengths are at most MAX_CHUNK_LEN (16 MiB), well within u32.
+    let permits = u32::try_from(bytes.clamp(1, u64::from(MAX_CHUNK_LEN))).unwrap_or(MAX_CHUNK_LEN);
+    Arc::clone(&ctx.shared.inflight)
+        .acquire_many_owned(permits)
+        .await
+        .map_err(|_| Fail::internal("reserve memory for the chunk"))
+}
+
+async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Handled {
+    let vault = own_vault(ctx, req.vault).await?;
+    // The decoder checked `len` against MAX_CHUNK_LEN; quotas go here when they exist.
+    let _permit = acquire(ctx, u64::from(req.len)).await?;
+    let body = reader.read_raw_body(req.len).await?;
+    reader.expect_end("raw chunk body").await?;
+    if body.blake3 != req.blake3 {
+        return Err(Fail::new(
+            ErrorCode::BadRequest,
+            format!(
+                "chunk {:#}: the BLAKE3 of the {} bytes received is {}, but the PutChunk header \
+                 says {}; nothing was stored. The chunk was damaged on the way or sealed \
+                 wrongly: seal it again and upload it again",
+                req.chunk,
+                body.bytes.len(),
+                blake3::Hash::from(body.blake3).to_hex(),
+                blake3::Hash::from(req.blake3).to_hex(),
+            ),
+        ));
+    }
+    let store = &ctx.shared.store;
+    let _lock = ctx.shared.upload_lock(&req.chunk).lock().await;
+    let existing = store
+        .chunk(req.vault, req.chunk)
+        .await
+        .map_err(|e| Fail::store(e, "look the chunk up"))?;
+    let keep = match &existing {
+        // A committed chunk's blob is never overwritten.
+        Some(record) if matches!(record.state, ChunkState::Committed { .. }) => true,
+        // The same sealed bytes are already there.
+        Some(record) => record.blake3 == req.blake3,
+        None => false,
+    };
+    if !keep {
+        let key = chunk_key(vault.tenant, req.vault, req.chunk)?;
+        ctx.shared
+            .blobs
+            .put(&key, body.bytes)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, %key, "could not store a chunk");
+                Fail::internal("store the chunk")
+            })?;
+        store
+            .record_chunk(
+                req.vault,
+                req.chunk,
+                u64::from(req.len),
+                req.blake3,
+                unix_now(),
+            )
+            .await
+            .map_err(|e| Fail::store(e, "record the chunk"))?;
+    }
+    Ok(Reply::new(ChunkStored {
+        chunk: req.chunk,
+        ext: Default::default(),
+    }))
+}
+
+async fn get_chunk(ctx: &ConnCtx, req: GetChunk) -> Handled {
+    let vault = own_vault(ctx, req.vault).await?;
+    let record = ctx
+        .shared
+        .store
+        .chunk(req.vault, req.chunk)
+        .await
+        .map_err(|e| Fail::store(e, "look the chunk up"))?
+        .ok_or_else(|| {
+            Fail::new(
+                ErrorCode::NotFound,
+                format!("vault {:#} has no chunk {:#}", req.vault, req.chunk),
+            )
+        })?;
+    let permit = acquire(ctx, record.sealed_len).await?;
+    let key = chunk_key(vault.tenant, req.vault, req.chunk)?;
+    let bytes = ctx.shared.blobs.get(&key).await.map_err(|e| {
+        tracing::error!(error = %e, %key, "could not read a recorded chunk");
+        Fail::internal("read the chunk")
+    })?;
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|&len| len <= MAX_CHUNK_LEN)
+        .ok_or_else(|| {
+            tracing::error!(%key, len = bytes.len(), "stored chunk is over the chunk limit");
+            Fail::internal("read the chunk")
+        })?;
+    // The hash recorded at upload, not one of the bytes read: a blob damaged at rest then
+    // fails the client's check.
+    Ok(Reply {
+        msg: ChunkData {
+            len,
+            blake3: record.blake3,
+            ext: Default::default(),
+        }
+        .into(),
+        body: Some(bytes),
+        _permit: Some(permit),
+    })
+}
+
+async fn commit(ctx: &ConnCtx, req: Commit) -> Handled {
+    own_vault(ctx, req.vault).await?;
+    let results = ctx
+        .shared
+        .store
+        .commit(req.vault, ctx.device, req.entries, unix_now())
+        .await
+        .map_err(|e| Fail::store(e, "commit"))?;
+    let head = results
+        .iter()
+        .filter_map(|r| match r {
+            CommitResult::Applied { seq, .. } => Some(*seq),
+            CommitResult::Conflict { .. } => None,
+        })
+        .max();
+    if let Some(seq) = head {
+        // No subscriber is not an error.
+        let _ = ctx.shared.changes.send((req.vault, seq));
+    }
+    Ok(Reply::new(Committed {
+        results,
+        ext: Default::default(),
+    }))
+}
+
+async fn pull(ctx: &ConnCtx, req: Pull) -> Handled {
+    own_vault(ctx, req.vault).await?;
+    let page = ctx
+        .shared
+        .store
+        .pull(req.vault, req.since, req.limit)
+        .await
+        .map_err(|e| Fail::store(e, "read the log"))?;
+    Ok(Reply::new(Changes {
+        changes: page.changes,
+        next: page.next,
+        more: page.more,
+        ext: Default::default(),
+    }))
+}
+
+async fn history(ctx: &ConnCtx, req: History) -> Handled {
+    own_vault(ctx, req.vault).await?;
+    let page = ctx
+        .shared
+        .store
+        .history(req.vault, req.entry, req.limit, req.before)
+        .await
+        .map_err(|e| Fail::store(e, "read the history"))?;
+    Ok(Reply::new(HistoryPage {
+        versions: page.versions,
+        next: page.next,
+        ext: Default::default(),
+    }))
+}
+
+/// `Subscribe`: answers `Subscribed`, then writes `Changed` frames on the same stream until the
+/// subscription is replaced, the client stops the stream, the connection closes or the server
+/// shuts down.
+async fn subscribe(ctx: &ConnCtx, req: Subscribe, send: &mut SendStream) {
+    let owned = match ctx.shared.store.list_vaults(ctx.account.id).await {
+        Ok(vaults) => vaults.into_iter().map(|v| v.vault).collect::<HashSet<_>>(),
+        Err(e) => {
+            if let Fail::Respond(err) = Fail::store(e, "list the vaults") {
+                send_final(send, err.into(), None).await;
+            }
+            return;
+        }
+    };
+    if let Some(vault) = req.vaults.iter().find(|v| !owned.contains(v)) {
+        let err = ErrorResponse::new(
+            ErrorCode::NotFound,
+            format!(
+                "vault {vault:#} not found in this account; nothing was subscribed (the previous \
+                 subscription, if any, stands)"
+            ),
+        );
+        send_final(send, err.into(), None).await;
+        return;
+    }
+    let wanted: HashSet<VaultId> = req.vaults.into_iter().collect();
+    // Listen before answering, so that no commit falls between `Subscribed` and the client's
+    // pull.
+    let mut changes = ctx.shared.changes.subscribe();
+    let token = ctx.shared.cancel.child_token();
+    let previous = ctx
+        .subscription
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .replace(token.clone());
+    if let Some(previous) = previous {
+        previous.cancel();
+    }
+    if let Err(e) = write_frame(send, &Subscribed::default().into()).await {
+        tracing::debug!(error = %e, "subscription stream failed");
+        return;
+    }
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    loop {
+        let received = tokio::select! {
+            () = token.cancelled() => break,
+            _ = &mut stopped => return,
+            received = changes.recv() => received,
+        };
+        let pushes = match received {
+            Ok((vault, seq)) if wanted.contains(&vault) => vec![(vault, seq)],
+            Ok(_) => continue,
+            // Fell behind: tell the current head of every subscribed vault instead.
+            Err(RecvError::Lagged(_)) => {
+                let mut heads = Vec::with_capacity(wanted.len());
+                for &vault in &wanted {
+                    match ctx.shared.store.head(vault).await {
+                        Ok(seq) => heads.push((vault, seq)),
+                        Err(e) => tracing::warn!(error = %e, %vault, "could not read a vault head"),
+                    }
+                }
+                heads
+            }
+            Err(RecvError::Closed) => break,
+        };
+        for (vault, seq) in pushes {
+            let changed = Changed {
+                vault,
+                seq,
+                ext: Default::default(),
+            };
+            if let Err(e) = write_frame(send, &changed.into()).await {
+                tracing::debug!(error = %e, "subscription stream failed");
+                return;
+            }
+        }
+    }
+    let _ = send.finish();
+    let _ = stopped.await;
+}
