@@ -54,8 +54,11 @@
 
 mod chunk_list;
 mod chunking;
+mod engine;
 mod ignore;
 mod index;
+mod net;
+mod record;
 mod scanner;
 
 pub use crate::ignore::{
@@ -71,11 +74,17 @@ pub use chunking::{
     ChunkerConfigError, CutPoint, CutPoints, MAX_CHUNK_SIZE_LIMIT, MIN_CHUNK_SIZE_LIMIT,
     StreamChunker,
 };
+pub use engine::{Engine, EngineError, EngineOptions, SyncReport, keyring_from_index};
 pub use index::{
     Change, ChunkLocation, ChunkRef, Conflict, ConflictKind, ContentHash, DEFAULT_CACHE_BYTES,
     DeviceRecord, EntryKind, EntryState, Index, IndexError, IndexOptions, LocalEntry, PathError,
     PendingUpload, RelPath, RemoteEntry, SyncedEntry, VaultBatch, VaultIndex, VaultMeta,
 };
+pub use net::{
+    Connection, NetError, NetStats, PROTOCOL_VERSION, PullPage, Subscription,
+    parse_server_fingerprint, server_fingerprint_hex,
+};
+pub use record::{EntryRecord, RECORD_FORMAT_VERSION, RecordChunks, RecordError, RecordKind};
 pub use scanner::{
     RACY_WINDOW_NS, ScanError, ScanProgress, ScanReport, Scanner, SkipReason, Skipped,
 };

@@ -49,6 +49,72 @@
 //! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Data plane
+//!
+//! [`Server`] serves the QUIC data plane: mutual TLS where a device's certificate key is its
+//! identity ([`tls`]), endpoints tuned for throughput ([`transport`]), frames over streams
+//! ([`frame_io`]), and the accept loop, admission, one request per stream, subscriptions,
+//! enrolment codes and the admin socket ([`service`]). [`config`] turns settings with
+//! documented defaults into a validated [`ServerConfig`]; the `dooz-server` binary wraps it all.
+//! The wire protocol, close codes and enrolment are specified in `docs/PROTOCOL.md`.
+//!
+//! ```
+//! use dooz_protocol::{ALPN, Extensions, Hello, Message, PROTOCOL_VERSION, Response};
+//! use dooz_server::config::ServerSettings;
+//! use dooz_server::frame_io::{FrameReader, write_frame};
+//! use dooz_server::tls::{DeviceCert, SERVER_NAME};
+//! use dooz_server::transport::{TransportTuning, client_config, client_endpoint};
+//! use dooz_server::{DeviceRegistration, Server, ServerParts};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let config = ServerSettings {
+//!     data_dir: dir.path().into(),
+//!     listen: "127.0.0.1:0".parse()?,
+//!     ..Default::default()
+//! }
+//! .validate()?;
+//! let (parts, bootstrap) = ServerParts::open(&config).await?;
+//! let server = Server::start(parts)?;
+//!
+//! // Enrol a device (through the store here; devices redeem an enrolment code).
+//! let device = DeviceCert::generate()?;
+//! let store = server.store();
+//! let token = store
+//!     .create_enrolment_token(bootstrap.account.id, u64::MAX / 2, false)
+//!     .await?;
+//! let registration = DeviceRegistration {
+//!     device: device.device_id()?,
+//!     identity_key: device.identity_key()?,
+//!     exchange_key: [0; 32],
+//!     name: "laptop".into(),
+//! };
+//! store.redeem_enrolment(token.expose(), registration, 0).await?;
+//!
+//! // Connect, pinning the server certificate, and say Hello on a stream of its own.
+//! let tuning = TransportTuning::default();
+//! let client = client_config(&device, server.fingerprint(), ALPN, &tuning)?;
+//! let endpoint = client_endpoint("127.0.0.1:0".parse()?, client, &tuning)?;
+//! let conn = endpoint.connect(server.local_addr(), SERVER_NAME)?.await?;
+//! let (mut send, recv) = conn.open_bi().await?;
+//! let hello = Hello {
+//!     protocol_version: PROTOCOL_VERSION,
+//!     client_name: "doc".into(),
+//!     client_version: "0".into(),
+//!     ext: Extensions::new(),
+//! };
+//! write_frame(&mut send, &hello.into()).await?;
+//! send.finish()?;
+//! match FrameReader::new(recv).read_frame().await? {
+//!     Some(Message::Response(Response::HelloOk(ok))) => assert_eq!(ok.device, device.device_id()?),
+//!     other => panic!("unexpected answer {other:?}"),
+//! }
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod config;
 pub mod frame_io;
@@ -63,3 +129,6 @@ pub use store::{
     DeviceRegistration, EnrolmentToken, EntryHead, MAX_PAGE_BYTES, MetaStore, SledStore,
     StoreError, TenantId, TenantRecord, VaultRecord, VersionPage,
 };
+
+pub use config::{ServerConfig, ServerSettings};
+pub use service::{Bootstrap, CloseCode, EnrolmentCode, Server, ServerError, ServerParts};

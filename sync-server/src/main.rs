@@ -180,7 +180,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let cancel = server.shutdown_token();
     #[cfg(unix)]
     let admin = {
-        let path = config.data_dir.join(dooz_server::service::ADMIN_SOCKET_FILE);
+        let path = config
+            .data_dir
+            .join(dooz_server::service::ADMIN_SOCKET_FILE);
         let (store, account, address) = (store.clone(), bootstrap.account.id, address.clone());
         let (fingerprint, cancel) = (server.fingerprint().to_owned(), cancel.clone());
         tokio::spawn(async move {
@@ -290,7 +292,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn enrol_code(config: &ServerConfig, reusable: bool, expires: Duration) -> anyhow::Result<()> {
+async fn enrol_code(
+    config: &ServerConfig,
+    reusable: bool,
+    expires: Duration,
+) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use dooz_server::service::{ADMIN_SOCKET_FILE, AdminRequest, AdminResponse, admin_call};
@@ -334,7 +340,11 @@ async fn enrol_code(config: &ServerConfig, reusable: bool, expires: Duration) ->
 }
 
 fn print_code(code: &str, reusable: bool, expires: Duration) {
-    let devices = if reusable { "any number of devices" } else { "one device" };
+    let devices = if reusable {
+        "any number of devices"
+    } else {
+        "one device"
+    };
     eprintln!(
         "Enrolment code for {devices}, valid {}. On the device, run: dooz enroll <code>",
         humanize(expires)
@@ -387,10 +397,7 @@ mod tests {
         assert!(matches!(
             cli.command,
             Some(Command::Admin {
-                command: AdminCommand::EnrolCode {
-                    reusable: true,
-                    ..
-                }
+                command: AdminCommand::EnrolCode { reusable: true, .. }
             })
         ));
     }

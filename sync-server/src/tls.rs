@@ -231,7 +231,11 @@ impl ServerIdentity {
         }
     }
 
-    fn from_persisted(dir: &Path, key: Zeroizing<Vec<u8>>, cert: Vec<u8>) -> Result<Self, TlsError> {
+    fn from_persisted(
+        dir: &Path,
+        key: Zeroizing<Vec<u8>>,
+        cert: Vec<u8>,
+    ) -> Result<Self, TlsError> {
         let bad = |reason: String| TlsError::BadIdentity {
             dir: dir.to_owned(),
             reason,
@@ -243,8 +247,7 @@ impl ServerIdentity {
         .map_err(|e| bad(format!("{SERVER_KEY_FILE}: {e}")))?;
         let cert = CertificateDer::from(cert);
         let spki = cert_spki(&cert).map_err(|e| bad(format!("{SERVER_CERT_FILE}: {e}")))?;
-        if ed25519_public_key(&spki).ok().as_ref().map(|k| &k[..]) != Some(pair.public_key_raw())
-        {
+        if ed25519_public_key(&spki).ok().as_ref().map(|k| &k[..]) != Some(pair.public_key_raw()) {
             return Err(bad(format!(
                 "{SERVER_CERT_FILE} does not belong to {SERVER_KEY_FILE}"
             )));
@@ -548,6 +551,11 @@ impl DeviceCert {
     /// The device id the server will derive from this certificate.
     pub fn device_id(&self) -> Result<DeviceId, TlsError> {
         device_id_from_cert(&self.cert)
+    }
+
+    /// The raw Ed25519 public key in the certificate.
+    pub fn identity_key(&self) -> Result<[u8; 32], TlsError> {
+        identity_key_from_cert(&self.cert)
     }
 
     fn private_key(&self) -> PrivateKeyDer<'static> {

@@ -8,8 +8,9 @@
 //!   ([`bind_udp`]); the kernel caps them at `net.core.{w,r}mem_max`. A reference loopback run
 //!   gave 420 MB/s with the defaults and ~550 MB/s with 4 MiB buffers.
 //! - **GSO and MTU discovery** stay on (quinn's defaults: segmentation offload, and PMTUD from
-//!   1200 bytes up to the path's MTU, 64 KiB on loopback in theory, capped by quinn at 1452 by
-//!   default).
+//!   1200 bytes up to 1452). Raising the discovery bound (8952, with the endpoint's
+//!   `max_udp_payload_size` to match) was tried on loopback and made uploads slower: under
+//!   load, lost 9 KB packets tripped quinn's black-hole detection, which fell back to 1200.
 //! - **Flow-control windows = bandwidth × RTT.** A stream window must hold what one stream can
 //!   have in flight: a chunk upload is at most 16 MiB (`MAX_CHUNK_LEN`), and at 1 GB/s × 10 ms
 //!   that is 10 MB, so the per-stream receive window is 16 MiB and one stream can carry a whole
@@ -118,13 +119,12 @@ pub fn transport_config(
     tuning: &TransportTuning,
     accept_streams: bool,
 ) -> Result<TransportConfig, TransportError> {
-    let idle = IdleTimeout::try_from(tuning.idle_timeout).map_err(|_| {
-        TransportError::BadTuning {
+    let idle =
+        IdleTimeout::try_from(tuning.idle_timeout).map_err(|_| TransportError::BadTuning {
             name: "idle_timeout",
             value: u64::try_from(tuning.idle_timeout.as_millis()).unwrap_or(u64::MAX),
             reason: "over the QUIC varint range of milliseconds",
-        }
-    })?;
+        })?;
     if tuning.keep_alive >= tuning.idle_timeout {
         return Err(TransportError::BadTuning {
             name: "keep_alive",
@@ -158,8 +158,8 @@ pub fn transport_config(
 /// are logged.
 pub fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> Result<UdpSocket, TransportError> {
     let bind_err = |source| TransportError::Bind { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
     if addr.is_ipv6() {
         // Dual stack where the OS allows it, so `[::]` also takes IPv4.
         let _ = socket.set_only_v6(false);

@@ -76,8 +76,7 @@ pub async fn mint_enrolment_code(
         token: token.expose().to_owned(),
     };
     // Refuse a code that would not encode (an address over 255 bytes) now, not at print time.
-    code.encode()
-        .map_err(|e| AdminError::Code(e.to_string()))?;
+    code.encode().map_err(|e| AdminError::Code(e.to_string()))?;
     Ok(code)
 }
 
@@ -194,9 +193,14 @@ mod unix {
             let context = Arc::clone(&context);
             tokio::spawn(async move {
                 let (store, account, address, fingerprint) = &*context;
-                if let Err(e) =
-                    serve_one(stream, store.as_ref(), *account, address.as_deref(), fingerprint)
-                        .await
+                if let Err(e) = serve_one(
+                    stream,
+                    store.as_ref(),
+                    *account,
+                    address.as_deref(),
+                    fingerprint,
+                )
+                .await
                 {
                     tracing::warn!(error = %e, "admin request failed");
                 }

@@ -3,7 +3,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dooz_protocol::{DeviceId, ErrorCode, ErrorResponse, HelloOk, Message, PROTOCOL_VERSION, Request};
+use dooz_protocol::{
+    DeviceId, ErrorCode, ErrorResponse, HelloOk, Message, PROTOCOL_VERSION, Request,
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -140,13 +142,14 @@ async fn names(
         .ok_or_else(|| StoreError::NotFound {
             what: format!("tenant {} of device {}", record.tenant, record.device),
         })?;
-    let account = shared
-        .store
-        .account(record.account)
-        .await?
-        .ok_or_else(|| StoreError::NotFound {
-            what: format!("account {} of device {}", record.account, record.device),
-        })?;
+    let account =
+        shared
+            .store
+            .account(record.account)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                what: format!("account {} of device {}", record.account, record.device),
+            })?;
     Ok((tenant, account))
 }
 
@@ -188,7 +191,12 @@ async fn serve(conn: quinn::Connection, ctx: Arc<ConnCtx>) {
 
 /// An enrolment connection: one `Hello` carrying an [`EnrolRequest`], answered `HelloOk` (the
 /// device is now enrolled) or `Error`, then the connection is closed.
-async fn enrol(shared: &Shared, conn: &quinn::Connection, device: DeviceId, identity_key: [u8; 32]) {
+async fn enrol(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    device: DeviceId,
+    identity_key: [u8; 32],
+) {
     let accepted = tokio::select! {
         () = shared.cancel.cancelled() => {
             CloseCode::ShuttingDown.close(conn, SHUTTING_DOWN_REASON);
@@ -229,7 +237,9 @@ async fn enrol(shared: &Shared, conn: &quinn::Connection, device: DeviceId, iden
             ),
         )
         .into(),
-        Ok(None) => ErrorResponse::new(ErrorCode::BadRequest, "the request stream was empty").into(),
+        Ok(None) => {
+            ErrorResponse::new(ErrorCode::BadRequest, "the request stream was empty").into()
+        }
         Err(e) => match e.to_error_response() {
             Some(err) => err.into(),
             None => {
@@ -238,7 +248,10 @@ async fn enrol(shared: &Shared, conn: &quinn::Connection, device: DeviceId, iden
             }
         },
     };
-    let enrolled = matches!(answer, Message::Response(dooz_protocol::Response::HelloOk(_)));
+    let enrolled = matches!(
+        answer,
+        Message::Response(dooz_protocol::Response::HelloOk(_))
+    );
     if write_frame(&mut send, &answer).await.is_ok() {
         let _ = send.finish();
         let _ = tokio::time::timeout(ENROL_TIMEOUT, send.stopped()).await;
@@ -251,7 +264,12 @@ async fn enrol(shared: &Shared, conn: &quinn::Connection, device: DeviceId, iden
     CloseCode::Done.close(conn, reason);
 }
 
-async fn redeem(shared: &Shared, device: DeviceId, identity_key: [u8; 32], req: EnrolRequest) -> Message {
+async fn redeem(
+    shared: &Shared,
+    device: DeviceId,
+    identity_key: [u8; 32],
+    req: EnrolRequest,
+) -> Message {
     let registration = DeviceRegistration {
         device,
         identity_key,

@@ -109,7 +109,10 @@ impl fmt::Debug for EnrolRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EnrolRequest")
             .field("token", &"..")
-            .field("exchange_key", &blake3::Hash::from(self.exchange_key).to_hex().as_str())
+            .field(
+                "exchange_key",
+                &blake3::Hash::from(self.exchange_key).to_hex().as_str(),
+            )
             .field("device_name", &self.device_name)
             .finish()
     }

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use dooz_protocol::limits::{MAX_CHUNK_LEN, MAX_VAULTS};
 use dooz_protocol::{
     Ack, Changed, Changes, ChunkData, ChunkId, ChunkStored, Commit, CommitResult, Committed,
-    CreateVault, Envelopes, ErrorCode, ErrorResponse, GetChunk, GetEnvelopes, Have, Hello,
-    History, HistoryPage, Message, Missing, Pull, PutChunk, PutEnvelope, Request, Subscribe,
-    Subscribed, VaultCreated, VaultId, Vaults,
+    CreateVault, Envelopes, ErrorCode, ErrorResponse, GetChunk, GetEnvelopes, Have, Hello, History,
+    HistoryPage, Message, Missing, Pull, PutChunk, PutEnvelope, Request, Subscribe, Subscribed,
+    VaultCreated, VaultId, Vaults,
 };
 use dooz_storage::BlobKey;
 use quinn::{RecvStream, SendStream};
@@ -234,7 +234,10 @@ async fn list_vaults(ctx: &ConnCtx) -> Handled {
         .await
         .map_err(|e| Fail::store(e, "list the vaults"))?;
     if vaults.len() > MAX_VAULTS {
-        tracing::warn!(count = vaults.len(), "account has more vaults than one answer holds");
+        tracing::warn!(
+            count = vaults.len(),
+            "account has more vaults than one answer holds"
+        );
         vaults.truncate(MAX_VAULTS);
     }
     Ok(Reply::new(Vaults {
@@ -263,7 +266,13 @@ async fn put_envelope(ctx: &ConnCtx, req: PutEnvelope) -> Handled {
     }
     ctx.shared
         .store
-        .put_envelope(req.vault, req.epoch, req.recipient, ctx.device, req.envelope)
+        .put_envelope(
+            req.vault,
+            req.epoch,
+            req.recipient,
+            ctx.device,
+            req.envelope,
+        )
         .await
         .map_err(|e| Fail::store(e, "store the envelope"))?;
     Ok(Reply::new(Ack::default()))
@@ -341,14 +350,10 @@ async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Ha
     };
     if !keep {
         let key = chunk_key(vault.tenant, req.vault, req.chunk)?;
-        ctx.shared
-            .blobs
-            .put(&key, body.bytes)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, %key, "could not store a chunk");
-                Fail::internal("store the chunk")
-            })?;
+        ctx.shared.blobs.put(&key, body.bytes).await.map_err(|e| {
+            tracing::error!(error = %e, %key, "could not store a chunk");
+            Fail::internal("store the chunk")
+        })?;
         store
             .record_chunk(
                 req.vault,

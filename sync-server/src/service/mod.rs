@@ -47,9 +47,9 @@ use crate::store::{AccountRecord, DeviceRecord, MetaStore, SledStore, StoreError
 use crate::tls::{ServerIdentity, TlsError};
 use crate::transport::{TransportError, TransportTuning, server_endpoint};
 
-pub use admin::{AdminError, AdminRequest, AdminResponse, ensure_account, mint_enrolment_code};
 #[cfg(unix)]
 pub use admin::{ADMIN_SOCKET_FILE, admin_call, serve_admin_socket};
+pub use admin::{AdminError, AdminRequest, AdminResponse, ensure_account, mint_enrolment_code};
 pub use codes::{CloseCode, SHUTTING_DOWN_REASON};
 pub use enrolment::{
     ENROL_EXTENSION_TAG, ENROLMENT_CODE_PREFIX, EnrolRequest, EnrolmentCode, EnrolmentCodeError,
@@ -155,15 +155,17 @@ impl ServerParts {
             source,
         })?;
         let identity = ServerIdentity::load_or_create(&config.data_dir)?;
-        let store: Arc<dyn MetaStore> =
-            Arc::new(SledStore::open(config.data_dir.join(STORE_DIR))?);
+        let store: Arc<dyn MetaStore> = Arc::new(SledStore::open(config.data_dir.join(STORE_DIR))?);
         let blobs: Arc<dyn BlobStore> = match &config.blobs {
             BlobLocation::Dir(dir) => Arc::new(LocalDir::open(dir)?),
             BlobLocation::Url(url) => open_url(url)?,
         };
-        let bootstrap =
-            ensure_account(store.as_ref(), &config.default_tenant, &config.default_account)
-                .await?;
+        let bootstrap = ensure_account(
+            store.as_ref(),
+            &config.default_tenant,
+            &config.default_account,
+        )
+        .await?;
         Ok((
             Self {
                 store,
@@ -198,7 +200,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Remembers `conn` as a connection of `device` until the guard drops.
-    pub(crate) fn register(self: &Arc<Self>, device: DeviceId, conn: &quinn::Connection) -> Registration {
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        device: DeviceId,
+        conn: &quinn::Connection,
+    ) -> Registration {
         let id = conn.stable_id();
         self.connections
             .lock()
@@ -422,7 +428,10 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: Endpoint) {
         tracing::warn!("connections did not finish within the grace period; dropping them");
         conns.shutdown().await;
     }
-    endpoint.close(CloseCode::ShuttingDown.varint(), SHUTTING_DOWN_REASON.as_bytes());
+    endpoint.close(
+        CloseCode::ShuttingDown.varint(),
+        SHUTTING_DOWN_REASON.as_bytes(),
+    );
     // Give the close frames a moment to leave.
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     tracing::info!("stopped");

@@ -1,0 +1,352 @@
+//! The sync engine of one vault: upload local changes, download remote ones, resolve
+//! conflicts (see [`Engine`]).
+//!
+//! One [`Engine::sync`] round:
+//!
+//! 1. **Scan** the folder into the local-state tree (size + mtime + inode first, hashing and
+//!    chunking only what changed), so that local edits are known before anything is written.
+//! 2. **Download** ([`Engine::download`]): pull the vault's log since the cursor into the
+//!    remote-state tree, then apply every remote change that does not conflict. File contents
+//!    are assembled from chunks already on disk where possible (`find_local_chunks`, checked
+//!    against their keyed id) and downloaded otherwise (BLAKE3 of the sealed bytes, then the
+//!    AEAD and the chunk id when opening), written to a `.dooz-tmp-*` file, checked against
+//!    the content hash, fsynced and renamed over the old copy, then given their mode and mtime.
+//!    A corrupted chunk stops that file with [`EngineError::Integrity`] and leaves the old copy
+//!    untouched. **Conflicts** keep both versions: the remote one takes the name, the local one
+//!    is renamed to `name (conflicted copy from <device> <date>).ext` and uploads as a new
+//!    file; a file modified on one side and deleted on the other is kept.
+//! 3. **Upload** ([`Engine::upload`]): for each local change, journal the new version
+//!    (`begin_upload`) before sending anything, ask the server which of the files' chunks it
+//!    lacks (`Have`, in batches), read + seal + `PutChunk` those with bounded parallelism and a
+//!    memory budget, record acknowledgements durably in batches, then `Commit` with the synced
+//!    base as parent and `finish_upload` each applied entry. A rename re-commits the same chunk
+//!    ids at the new path, so it moves no chunk bytes. A `Conflict` answer drops the pending
+//!    upload and leaves the path to the next download. After a kill, the journal gives back
+//!    the same version ids and the acknowledged chunks are not sent again.
+
+mod download;
+mod upload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use dooz_crypto::{EpochKeys, Keyring, SealError, VaultId};
+
+use crate::index::{Index, IndexError, VaultIndex};
+use crate::net::{Connection, NetError};
+use crate::record::RecordError;
+use crate::scanner::{ScanError, ScanReport, Scanner};
+use crate::{Chunker, ChunkerConfig};
+
+/// Tuning of an [`Engine`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Chunk uploads or downloads in flight at once.
+    pub parallel_transfers: usize,
+    /// Upper bound on the sealed chunk bytes held in memory by uploads in flight.
+    pub memory_budget: usize,
+    /// Sync rounds [`Engine::sync`] runs at most while uploads keep meeting conflicts.
+    pub max_rounds: u32,
+    /// Chunker configuration (must be the vault's: equal for every device).
+    pub chunker: ChunkerConfig,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            parallel_transfers: 8,
+            memory_budget: 64 * 1024 * 1024,
+            max_rounds: 4,
+            chunker: ChunkerConfig::DEFAULT,
+        }
+    }
+}
+
+/// The engine failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// Talking to the server failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The local index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// Scanning the folder failed.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// A file could not be read or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Downloaded data failed its integrity checks; the local copy was left as it was.
+    #[error(
+        "integrity error in {path}: {reason}; the previous local copy was left intact. The server's \
+         copy may be damaged: sync again, and if it persists re-upload the file from a device \
+         that has a good copy"
+    )]
+    Integrity {
+        /// The file (relative path).
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A record could not be made or read.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// A chunk could not be sealed.
+    #[error("cannot seal a chunk: {0}")]
+    Seal(#[from] SealError),
+    /// The device holds no key for the vault.
+    #[error("this device has no key for vault {vault}; pair it with a device that has, or create the vault here")]
+    NoVaultKey {
+        /// The vault.
+        vault: VaultId,
+    },
+    /// A file has more chunks than one version may reference.
+    #[error("{path} has {chunks} chunks, more than one version may reference ({max}); files this large are not supported yet")]
+    TooManyChunks {
+        /// The file.
+        path: String,
+        /// Its chunk count.
+        chunks: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A background task failed.
+    #[error("an internal task failed: {0}")]
+    Task(String),
+}
+
+impl EngineError {
+    fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Self + 'a {
+        move |source| Self::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Whether running the sync again later may succeed (network trouble, a busy server).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Net(e) => e.is_retryable(),
+            Self::Integrity { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Entries committed (files, directories, deletions).
+    pub committed: u64,
+    /// Chunks uploaded.
+    pub chunks_uploaded: u64,
+    /// Sealed bytes uploaded.
+    pub bytes_uploaded: u64,
+    /// Chunks the server already had (deduplicated, renamed or acknowledged before a restart).
+    pub chunks_skipped: u64,
+    /// Commits refused because the entry moved on the server (resolved by the next download).
+    pub commit_conflicts: u64,
+    /// Remote changes applied to the folder.
+    pub applied: u64,
+    /// Chunks downloaded.
+    pub chunks_downloaded: u64,
+    /// Chunks taken from files already on disk.
+    pub chunks_reused: u64,
+    /// Conflicts resolved by keeping a conflicted copy (or the surviving modification).
+    pub conflicts: u64,
+    /// Sync rounds run.
+    pub rounds: u32,
+}
+
+impl SyncReport {
+    fn add(&mut self, o: &SyncReport) {
+        self.committed += o.committed;
+        self.chunks_uploaded += o.chunks_uploaded;
+        self.bytes_uploaded += o.bytes_uploaded;
+        self.chunks_skipped += o.chunks_skipped;
+        self.commit_conflicts += o.commit_conflicts;
+        self.applied += o.applied;
+        self.chunks_downloaded += o.chunks_downloaded;
+        self.chunks_reused += o.chunks_reused;
+        self.conflicts += o.conflicts;
+        self.rounds += o.rounds;
+    }
+}
+
+/// Builds a vault's keyring from the keys the index holds.
+pub fn keyring_from_index(index: &Index, vault: VaultId) -> Result<Keyring, EngineError> {
+    let keys = index.vault_keys(vault)?;
+    let mut iter = keys.iter();
+    let Some((first_epoch, first_key)) = iter.next() else {
+        return Err(EngineError::NoVaultKey { vault });
+    };
+    let mut ring = Keyring::from_first_epoch(vault, *first_epoch, first_key);
+    for (epoch, key) in iter {
+        ring.insert_epoch(EpochKeys::derive(vault, *epoch, key))
+            .map_err(|e| EngineError::Task(e.to_string()))?;
+    }
+    Ok(ring)
+}
+
+/// Syncs one vault's folder with the server.
+pub struct Engine {
+    vault: VaultIndex,
+    root: PathBuf,
+    keyring: Arc<Keyring>,
+    conn: Connection,
+    device_name: String,
+    options: EngineOptions,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("vault", &self.vault.vault())
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine for `vault` (bound to its folder in the index), sealing with `keyring`,
+    /// talking over `conn`. `device_name` goes into the names of conflicted copies.
+    pub fn new(
+        vault: VaultIndex,
+        keyring: Keyring,
+        conn: Connection,
+        device_name: impl Into<String>,
+        options: EngineOptions,
+    ) -> Result<Self, EngineError> {
+        let root = vault.meta()?.root;
+        Ok(Self {
+            vault,
+            root,
+            keyring: Arc::new(keyring),
+            conn,
+            device_name: device_name.into(),
+            options,
+        })
+    }
+
+    /// The connection (for its byte counters, or to reconnect).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Replaces the connection (after the old one was lost).
+    pub fn set_connection(&mut self, conn: Connection) {
+        self.conn = conn;
+    }
+
+    /// The vault's index.
+    pub fn vault_index(&self) -> &VaultIndex {
+        &self.vault
+    }
+
+    fn protocol_vault(&self) -> dooz_protocol::VaultId {
+        dooz_protocol::VaultId::from_bytes(self.vault.vault().0)
+    }
+
+    /// Scans the folder into the local-state tree.
+    pub fn scan(&self) -> Result<ScanReport, EngineError> {
+        let identity = self.keyring.identity();
+        let chunker = Chunker::new(self.options.chunker, identity.chunker_seed().as_bytes());
+        let mut scanner = Scanner::new(chunker, |data: &[u8]| identity.chunk_id(data));
+        Ok(scanner.scan(&self.vault)?)
+    }
+
+    /// One full sync: scan, download, scan, upload; repeated (up to
+    /// [`EngineOptions::max_rounds`]) while uploads meet conflicts.
+    pub async fn sync(&mut self) -> Result<SyncReport, EngineError> {
+        let mut total = SyncReport::default();
+        for _ in 0..self.options.max_rounds.max(1) {
+            self.scan()?;
+            let down = self.download().await?;
+            self.scan()?;
+            let up = self.upload().await?;
+            total.add(&down);
+            total.add(&up);
+            total.rounds += 1;
+            if up.commit_conflicts == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// `name (conflicted copy from <device> <date>).ext` for the file name of `path`.
+pub(crate) fn conflicted_copy_name(file_name: &str, device: &str, date: &str, n: u32) -> String {
+    let (stem, ext) = match file_name.rfind('.') {
+        Some(i) if i > 0 => (&file_name[..i], &file_name[i..]),
+        _ => (file_name, ""),
+    };
+    let device: String = device
+        .chars()
+        .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+        .collect();
+    if n <= 1 {
+        format!("{stem} (conflicted copy from {device} {date}){ext}")
+    } else {
+        format!("{stem} (conflicted copy from {device} {date} {n}){ext}")
+    }
+}
+
+/// Today's date in UTC, `YYYY-MM-DD`.
+pub(crate) fn utc_date(now: std::time::SystemTime) -> String {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicted_copy_names() {
+        assert_eq!(
+            conflicted_copy_name("report.txt", "laptop", "2026-11-23", 1),
+            "report (conflicted copy from laptop 2026-11-23).txt"
+        );
+        assert_eq!(
+            conflicted_copy_name(".bashrc", "a/b", "2026-11-23", 1),
+            ".bashrc (conflicted copy from a_b 2026-11-23)"
+        );
+        assert_eq!(
+            conflicted_copy_name("x.tar.gz", "pc", "2026-01-02", 2),
+            "x.tar (conflicted copy from pc 2026-01-02 2).gz"
+        );
+    }
+
+    #[test]
+    fn dates() {
+        let at = |s: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s);
+        assert_eq!(utc_date(at(0)), "1970-01-01");
+        assert_eq!(utc_date(at(951_782_400)), "2000-02-29");
+        assert_eq!(utc_date(at(1_795_392_000)), "2026-11-23");
+    }
+}

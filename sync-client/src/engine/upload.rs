@@ -1,0 +1,364 @@
+//! Upload of local changes: journal, `Have`, seal + `PutChunk` in parallel, `Commit`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dooz_crypto::{ChunkId, Keyring, VersionId};
+use dooz_protocol::limits::{MAX_CHUNKS_PER_ENTRY, MAX_COMMIT_ENTRIES, MAX_HAVE_IDS};
+use dooz_protocol::{CommitEntry, CommitResult};
+use tokio::task::JoinSet;
+
+use super::{Engine, EngineError, SyncReport};
+use crate::index::{Change, ChunkRef, EntryState, PendingUpload, RelPath, RemoteEntry};
+use crate::record::EntryRecord;
+
+/// Commit batches stay well under the 8 MiB frame limit.
+const COMMIT_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Acknowledgements are made durable at least every this many chunks.
+const ACK_BATCH: usize = 64;
+
+/// One entry to commit.
+struct Upload {
+    path: RelPath,
+    pending: PendingUpload,
+    chunks: Vec<ChunkRef>,
+}
+
+/// Where to read one chunk to upload.
+#[derive(Clone)]
+struct Source {
+    path: RelPath,
+    offset: u64,
+    len: u32,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub(super) fn p_chunk(id: &ChunkId) -> dooz_protocol::ChunkId {
+    dooz_protocol::ChunkId::from_bytes(*id.as_bytes())
+}
+
+/// Reads `len` bytes at `offset` of `root/path`, checks they are chunk `id`, and seals them.
+fn read_and_seal(
+    keyring: &Keyring,
+    root: &std::path::Path,
+    id: &ChunkId,
+    src: &Source,
+) -> Result<Option<Vec<u8>>, EngineError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let full = src.path.to_path(root);
+    let mut file = match File::open(&full) {
+        Ok(f) => f,
+        // Gone since the scan: the next scan notices.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(EngineError::io("open", &full)(e)),
+    };
+    file.seek(SeekFrom::Start(src.offset))
+        .map_err(EngineError::io("read", &full))?;
+    let mut buf = vec![0u8; src.len as usize];
+    match file.read_exact(&mut buf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(EngineError::io("read", &full)(e)),
+    }
+    if keyring.identity().chunk_id(&buf) != *id {
+        // Changed since the scan.
+        return Ok(None);
+    }
+    let epoch = keyring.latest().ok_or(EngineError::NoVaultKey {
+        vault: keyring.vault(),
+    })?;
+    Ok(Some(epoch.seal_chunk(id, &buf)?))
+}
+
+impl Engine {
+    /// Parent version of a new version of `path`: the synced base, or the remote tombstone
+    /// when both sides agree the path is deleted.
+    fn parent_of(&self, path: &RelPath) -> Result<Option<VersionId>, EngineError> {
+        if let Some(base) = self.vault.base(path)? {
+            return Ok(Some(base.version));
+        }
+        Ok(self
+            .vault
+            .remote(path)?
+            .filter(RemoteEntry::is_deleted)
+            .map(|r| r.version))
+    }
+
+    /// Journals the upload of `path` in `state` (reusing a pending upload of the same state,
+    /// left by an interrupted run).
+    fn plan(&self, path: &RelPath, state: Option<EntryState>) -> Result<Upload, EngineError> {
+        let chunks = match state {
+            Some(_) => self
+                .vault
+                .local(path)?
+                .map(|l| l.chunks)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if chunks.len() > MAX_CHUNKS_PER_ENTRY {
+            return Err(EngineError::TooManyChunks {
+                path: path.to_string(),
+                chunks: chunks.len(),
+                max: MAX_CHUNKS_PER_ENTRY,
+            });
+        }
+        let parent = self.parent_of(path)?;
+        if let Some(p) = self.vault.pending_upload(path)? {
+            if p.state == state && p.parent == parent {
+                return Ok(Upload {
+                    path: path.clone(),
+                    pending: p,
+                    chunks,
+                });
+            }
+            self.vault.abort_upload(path)?;
+        }
+        let pending = PendingUpload {
+            version: VersionId::generate().map_err(|e| EngineError::Task(e.to_string()))?,
+            parent,
+            state,
+            started_at: now_secs(),
+        };
+        self.vault.begin_upload(path, &pending)?;
+        Ok(Upload {
+            path: path.clone(),
+            pending,
+            chunks,
+        })
+    }
+
+    /// Uploads every local change (the local-state tree against the synced base; scan
+    /// first) and commits it.
+    pub async fn upload(&mut self) -> Result<SyncReport, EngineError> {
+        let mut report = SyncReport::default();
+        let mut uploads = Vec::new();
+        for change in self.vault.local_changes()? {
+            match change {
+                Change::Added { path, state } | Change::Modified { path, after: state, .. } => {
+                    uploads.push(self.plan(&path, Some(state))?);
+                }
+                Change::Deleted { path, .. } => uploads.push(self.plan(&path, None)?),
+                Change::Renamed { from, to, after, .. } => {
+                    uploads.push(self.plan(&to, Some(after))?);
+                    uploads.push(self.plan(&from, None)?);
+                }
+            }
+        }
+        if uploads.is_empty() {
+            return Ok(report);
+        }
+        self.send_chunks(&uploads, &mut report).await?;
+        self.commit_uploads(uploads, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Sends the chunks of `uploads` the server lacks.
+    async fn send_chunks(
+        &self,
+        uploads: &[Upload],
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        // Every chunk once, with a place to read it from.
+        let mut sources: HashMap<ChunkId, Source> = HashMap::new();
+        let mut order = Vec::new();
+        for u in uploads {
+            let mut offset = 0u64;
+            for c in &u.chunks {
+                if !sources.contains_key(&c.id) {
+                    sources.insert(
+                        c.id,
+                        Source {
+                            path: u.path.clone(),
+                            offset,
+                            len: c.len,
+                        },
+                    );
+                    order.push(c.id);
+                }
+                offset += u64::from(c.len);
+            }
+        }
+        // Chunks acknowledged before an interruption are not asked about again.
+        let mut ask = Vec::new();
+        for id in order {
+            if self.vault.is_acked(&id)? {
+                report.chunks_skipped += 1;
+            } else {
+                ask.push(id);
+            }
+        }
+        let vault = self.protocol_vault();
+        let mut missing = Vec::new();
+        for batch in ask.chunks(MAX_HAVE_IDS) {
+            let ids = batch.iter().map(p_chunk).collect();
+            let lacking: HashSet<dooz_protocol::ChunkId> =
+                self.conn.have(vault, ids).await?.into_iter().collect();
+            for id in batch {
+                if lacking.contains(&p_chunk(id)) {
+                    missing.push(*id);
+                } else {
+                    report.chunks_skipped += 1;
+                }
+            }
+        }
+        let parallel = self.options.parallel_transfers.max(1);
+        let budget = self.options.memory_budget.max(1);
+        let mut tasks: JoinSet<Result<Option<(ChunkId, u64)>, EngineError>> = JoinSet::new();
+        let mut in_flight_bytes = 0usize;
+        let mut acked = Vec::new();
+        let mut queue = missing.into_iter();
+        loop {
+            // Fill the window.
+            while tasks.len() < parallel && (in_flight_bytes < budget || tasks.is_empty()) {
+                let Some(id) = queue.next() else { break };
+                let Some(src) = sources.get(&id).cloned() else {
+                    continue;
+                };
+                in_flight_bytes += src.len as usize;
+                let keyring = Arc::clone(&self.keyring);
+                let root: PathBuf = self.root.clone();
+                let conn = self.conn.clone();
+                tasks.spawn(async move {
+                    let len = src.len;
+                    let sealed = tokio::task::spawn_blocking(move || {
+                        read_and_seal(&keyring, &root, &id, &src)
+                    })
+                    .await
+                    .map_err(|e| EngineError::Task(e.to_string()))??;
+                    let Some(sealed) = sealed else {
+                        return Ok(None);
+                    };
+                    let n = sealed.len() as u64;
+                    conn.put_chunk(vault, p_chunk(&id), Bytes::from(sealed))
+                        .await?;
+                    let _ = len;
+                    Ok(Some((id, n)))
+                });
+            }
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
+            let done = done.map_err(|e| EngineError::Task(e.to_string()))?;
+            match done {
+                Ok(Some((id, n))) => {
+                    if let Some(src) = sources.get(&id) {
+                        in_flight_bytes = in_flight_bytes.saturating_sub(src.len as usize);
+                    }
+                    report.chunks_uploaded += 1;
+                    report.bytes_uploaded += n;
+                    acked.push(id);
+                    if acked.len() >= ACK_BATCH {
+                        self.vault.record_acked(&acked)?;
+                        acked.clear();
+                    }
+                }
+                Ok(None) => {
+                    // A file changed under us: its commit will name a chunk the server lacks
+                    // and fail as a whole; the window accounting is approximate here.
+                    in_flight_bytes = 0;
+                }
+                Err(e) => {
+                    // Keep what was acknowledged so far.
+                    self.vault.record_acked(&acked)?;
+                    return Err(e);
+                }
+            }
+        }
+        self.vault.record_acked(&acked)?;
+        Ok(())
+    }
+
+    /// Seals records and commits `uploads` in batches; finishes applied entries.
+    async fn commit_uploads(
+        &self,
+        uploads: Vec<Upload>,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let keyring = &self.keyring;
+        let epoch = keyring.latest().ok_or(EngineError::NoVaultKey {
+            vault: self.vault.vault(),
+        })?;
+        let p_epoch = dooz_protocol::Epoch::new(epoch.epoch().0);
+        let vault = self.protocol_vault();
+        let mut batch: Vec<(Upload, CommitEntry)> = Vec::new();
+        let mut batch_bytes = 0usize;
+        let total = uploads.len();
+        for (i, u) in uploads.into_iter().enumerate() {
+            let record = EntryRecord::new(u.path.clone(), u.pending.state.as_ref(), u.chunks.clone());
+            let (entry, sealed) = record.seal(keyring.identity(), epoch, &u.pending.version)?;
+            let entry_bytes = sealed.len() + 33 * u.chunks.len() + 128;
+            let commit_entry = CommitEntry {
+                entry: dooz_protocol::EntryKey::from_bytes(*entry.as_bytes()),
+                parent: u
+                    .pending
+                    .parent
+                    .map(|v| dooz_protocol::VersionId::from_bytes(v.0)),
+                version: dooz_protocol::VersionId::from_bytes(u.pending.version.0),
+                record: sealed,
+                chunks: u.chunks.iter().map(|c| p_chunk(&c.id)).collect(),
+                epoch: p_epoch,
+            };
+            batch_bytes += entry_bytes;
+            batch.push((u, commit_entry));
+            if batch.len() >= MAX_COMMIT_ENTRIES || batch_bytes >= COMMIT_BATCH_BYTES || i + 1 == total
+            {
+                self.commit_batch(vault, std::mem::take(&mut batch), report)
+                    .await?;
+                batch_bytes = 0;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_batch(
+        &self,
+        vault: dooz_protocol::VaultId,
+        batch: Vec<(Upload, CommitEntry)>,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let entries = batch.iter().map(|(_, e)| e.clone()).collect();
+        let results = self.conn.commit(vault, entries).await?;
+        for ((u, e), result) in batch.into_iter().zip(results) {
+            let entry_key = dooz_crypto::EntryKey::from_bytes(*e.entry.as_bytes());
+            let applied_seq = match result {
+                CommitResult::Applied { seq, .. } => Some(seq),
+                // An earlier attempt of this very version landed (its answer was lost).
+                CommitResult::Conflict { head: Some(h), .. } if h == e.version => {
+                    Some(self.vault.cursor()?)
+                }
+                CommitResult::Conflict { .. } => None,
+            };
+            match applied_seq {
+                Some(seq) => {
+                    let committed = RemoteEntry {
+                        entry_key,
+                        version: u.pending.version,
+                        parent: u.pending.parent,
+                        seq,
+                        state: u.pending.state,
+                        chunks: u.chunks,
+                    };
+                    self.vault.finish_upload(&u.path, &committed)?;
+                    report.committed += 1;
+                }
+                None => {
+                    self.vault.abort_upload(&u.path)?;
+                    report.commit_conflicts += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}

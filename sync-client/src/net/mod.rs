@@ -1,0 +1,827 @@
+//! The client side of the `dooz/1` data plane: a QUIC connection to the sync server with typed
+//! requests ([`Connection`]).
+//!
+//! - **TLS.** TLS 1.3, ALPN `dooz/1`, mutual: the client certificate is self-signed by the
+//!   device's Ed25519 identity key (`DeviceSecretKeys::tls_pkcs8_der`), and the server's
+//!   certificate is pinned by its fingerprint, BLAKE3 of its DER (as `dooz-server` prints it and
+//!   the enrolment code carries it). Names and dates are not checked: the pin is the identity.
+//! - **Requests.** One request per bidirectional stream, so requests on one connection run in
+//!   parallel ([`Connection`] is cheap to clone and share between tasks). `Hello` is sent once,
+//!   by [`Connection::connect`], before anything else.
+//! - **Chunks.** [`Connection::put_chunk`] sends a `PutChunk` header carrying the length and
+//!   BLAKE3 of the sealed bytes, then the raw bytes; [`Connection::get_chunk`] hashes the raw
+//!   body as it arrives and refuses bytes whose BLAKE3 is not the one the `ChunkData` header
+//!   announced ([`NetError::Integrity`]).
+//! - **Errors.** An `Error` response becomes [`NetError::Server`]; a connection the server
+//!   closed with one of its close codes becomes a typed error saying what to do
+//!   ([`NetError::NotEnrolled`], [`NetError::Revoked`], [`NetError::ServerShuttingDown`]).
+//!   [`NetError::is_retryable`] tells the engine whether to reconnect and try again.
+
+mod frame_io;
+mod tls;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use dooz_crypto::DeviceSecretKeys;
+use dooz_protocol::{
+    Change, Changed, ChunkId, CommitEntry, CommitResult, DeviceId, EntryKey, EnvelopeInfo, Epoch,
+    ErrorCode, Extensions, HelloOk, HistoryPage, Message, Request, Response, Seq, VaultId,
+    VaultInfo,
+};
+use quinn::crypto::rustls::QuicClientConfig;
+
+use frame_io::{FrameIoError, FrameReader, write_frame};
+pub use tls::{parse_server_fingerprint, server_fingerprint_hex};
+
+/// The protocol revision this client speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Application close codes of data-plane connections (`docs/PROTOCOL.md`, "Connection close
+/// codes").
+mod close_code {
+    pub(super) const DONE: u64 = 0;
+    pub(super) const UNKNOWN_DEVICE: u64 = 1;
+    pub(super) const REVOKED: u64 = 2;
+    pub(super) const SHUTTING_DOWN: u64 = 3;
+    pub(super) const INTERNAL: u64 = 4;
+}
+
+/// A request to the server failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The server address does not resolve.
+    #[error("cannot resolve the server address {server}: {reason}; check the address in the enrolment")]
+    Resolve {
+        /// The address as given.
+        server: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// TLS or the QUIC endpoint could not be set up locally.
+    #[error("cannot set up the connection to {server}: {reason}")]
+    Setup {
+        /// The server.
+        server: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server's certificate is not the pinned one.
+    #[error(
+        "the server at {server} presented a certificate whose fingerprint is not the pinned one \
+         ({expected}); you may be talking to another server: check the address, or enrol again \
+         with a fresh enrolment code"
+    )]
+    ServerCertMismatch {
+        /// The server.
+        server: String,
+        /// The pinned fingerprint, hex.
+        expected: String,
+    },
+    /// This device is not enrolled on the server.
+    #[error("this device is not enrolled on {server}: run `dooz enroll <code>` with an enrolment code from the server's admin")]
+    NotEnrolled {
+        /// The server.
+        server: String,
+    },
+    /// This device was revoked.
+    #[error("this device was revoked on {server} and may not sync any more; ask the account's admin, then enrol it again with `dooz enroll <code>`")]
+    Revoked {
+        /// The server.
+        server: String,
+    },
+    /// The server is shutting down (retry later).
+    #[error("the server at {server} is shutting down; dooz retries by itself, or run the command again later")]
+    ServerShuttingDown {
+        /// The server.
+        server: String,
+    },
+    /// The server closed the connection for another reason.
+    #[error("the server at {server} closed the connection (code {code}): {reason}")]
+    Closed {
+        /// The server.
+        server: String,
+        /// The application close code.
+        code: u64,
+        /// The reason the server gave.
+        reason: String,
+    },
+    /// The connection failed or was lost (timeout, reset, network down).
+    #[error("the connection to {server} failed: {reason}; dooz retries by itself, check the network if it persists")]
+    Connection {
+        /// The server.
+        server: String,
+        /// What quinn reported.
+        reason: String,
+        /// Whether trying again may help.
+        retryable: bool,
+    },
+    /// The server answered the request with an `Error`.
+    #[error("the server refused the request ({code}): {message}")]
+    Server {
+        /// What went wrong, for programs.
+        code: ErrorCode,
+        /// What went wrong and what to do, from the server.
+        message: String,
+    },
+    /// The server's answer broke the protocol (malformed, unexpected message, bad framing).
+    #[error("the server at {server} sent an invalid answer to {request}: {reason}; upgrade dooz or the server")]
+    Protocol {
+        /// The server.
+        server: String,
+        /// The request.
+        request: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A downloaded chunk's bytes do not hash to the BLAKE3 the server announced.
+    #[error("chunk {chunk} arrived corrupted: its BLAKE3 does not match the one the server announced; the transfer or the server's copy is damaged")]
+    Integrity {
+        /// The chunk.
+        chunk: ChunkId,
+    },
+}
+
+impl NetError {
+    /// Whether the same request may succeed if tried again later, on a new connection if the
+    /// old one is gone.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Resolve { .. } | Self::ServerShuttingDown { .. } => true,
+            Self::Connection { retryable, .. } => *retryable,
+            Self::Closed { code, .. } => {
+                matches!(*code, close_code::DONE | close_code::INTERNAL)
+            }
+            Self::Server { code, .. } => code.is_retryable(),
+            // A corrupted transfer may be a transient fault: refetching is the right move.
+            Self::Integrity { .. } => true,
+            Self::Setup { .. }
+            | Self::ServerCertMismatch { .. }
+            | Self::NotEnrolled { .. }
+            | Self::Revoked { .. }
+            | Self::Protocol { .. } => false,
+        }
+    }
+
+    /// Whether the connection this came from is unusable (reconnect before retrying).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(
+            self,
+            Self::Connection { .. }
+                | Self::Closed { .. }
+                | Self::ServerShuttingDown { .. }
+                | Self::NotEnrolled { .. }
+                | Self::Revoked { .. }
+        )
+    }
+}
+
+/// Byte counters of one connection (what went over the wire as chunk bodies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Chunks uploaded with `PutChunk`.
+    pub chunks_sent: u64,
+    /// Sealed bytes uploaded in chunk bodies.
+    pub chunk_bytes_sent: u64,
+    /// Chunks downloaded with `GetChunk`.
+    pub chunks_received: u64,
+    /// Sealed bytes downloaded in chunk bodies.
+    pub chunk_bytes_received: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    chunks_sent: AtomicU64,
+    chunk_bytes_sent: AtomicU64,
+    chunks_received: AtomicU64,
+    chunk_bytes_received: AtomicU64,
+}
+
+struct Inner {
+    server: String,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    hello: HelloOk,
+    counters: Counters,
+}
+
+/// An authenticated connection to the sync server. Clones share the connection; requests from
+/// several tasks run in parallel on their own streams.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("server", &self.inner.server)
+            .field("device", &self.inner.hello.device)
+            .finish_non_exhaustive()
+    }
+}
+
+fn conn_error(server: &str, e: quinn::ConnectionError) -> NetError {
+    use quinn::ConnectionError as E;
+    let server = server.to_owned();
+    match e {
+        E::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            match close.error_code.into_inner() {
+                close_code::UNKNOWN_DEVICE => NetError::NotEnrolled { server },
+                close_code::REVOKED => NetError::Revoked { server },
+                close_code::SHUTTING_DOWN => NetError::ServerShuttingDown { server },
+                code => NetError::Closed {
+                    server,
+                    code,
+                    reason,
+                },
+            }
+        }
+        E::TimedOut | E::Reset | E::ConnectionClosed(_) | E::LocallyClosed | E::CidsExhausted => {
+            NetError::Connection {
+                server,
+                reason: e.to_string(),
+                retryable: true,
+            }
+        }
+        E::VersionMismatch | E::TransportError(_) => NetError::Connection {
+            server,
+            reason: e.to_string(),
+            retryable: false,
+        },
+    }
+}
+
+impl Connection {
+    /// Connects to `server_addr` (`host:port`), pins the server certificate whose BLAKE3 is
+    /// `server_fingerprint`, authenticates as the device owning `keys`, and exchanges
+    /// `Hello`/`HelloOk`. Must be called inside a Tokio runtime.
+    pub async fn connect(
+        server_addr: &str,
+        server_fingerprint: &[u8; 32],
+        keys: &DeviceSecretKeys,
+    ) -> Result<Self, NetError> {
+        let server = server_addr.to_owned();
+        let setup = |reason: String| NetError::Setup {
+            server: server.clone(),
+            reason,
+        };
+        let addr: SocketAddr = tokio::net::lookup_host(server_addr)
+            .await
+            .map_err(|e| NetError::Resolve {
+                server: server.clone(),
+                reason: e.to_string(),
+            })?
+            .next()
+            .ok_or_else(|| NetError::Resolve {
+                server: server.clone(),
+                reason: "no address found".to_owned(),
+            })?;
+        let device = tls::DeviceCert::from_pkcs8(&keys.tls_pkcs8_der())
+            .map_err(|e| setup(format!("cannot make the device certificate: {e}")))?;
+        let mismatch = Arc::new(AtomicBool::new(false));
+        let tls = tls::client_tls_config(
+            &device,
+            *server_fingerprint,
+            dooz_protocol::ALPN,
+            mismatch.clone(),
+        )
+        .map_err(|e| setup(e.to_string()))?;
+        let quic = QuicClientConfig::try_from(tls).map_err(|e| setup(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(Arc::new(transport::transport_config()));
+        let endpoint = transport::client_endpoint(addr, config)
+            .map_err(|e| setup(format!("cannot open a UDP socket: {e}")))?;
+        let connecting = endpoint
+            .connect(addr, tls::SERVER_NAME)
+            .map_err(|e| setup(e.to_string()))?;
+        let conn = match connecting.await {
+            Ok(conn) => conn,
+            Err(_) if mismatch.load(Ordering::Relaxed) => {
+                return Err(NetError::ServerCertMismatch {
+                    server,
+                    expected: server_fingerprint_hex(server_fingerprint),
+                });
+            }
+            Err(e) => return Err(conn_error(&server, e)),
+        };
+        let hello = dooz_protocol::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "dooz".to_owned(),
+            client_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ext: Extensions::default(),
+        };
+        let answer = request_on(&server, &conn, Request::Hello(hello), None).await;
+        let hello = match answer {
+            Ok((Response::HelloOk(ok), _)) => ok,
+            Ok((other, _)) => return Err(unexpected(&server, "Hello", &other)),
+            Err(NetError::Server {
+                code: ErrorCode::Unauthenticated,
+                ..
+            }) => return Err(NetError::NotEnrolled { server }),
+            Err(NetError::Server {
+                code: ErrorCode::Revoked,
+                ..
+            }) => return Err(NetError::Revoked { server }),
+            Err(e) => return Err(e),
+        };
+        if hello.device.as_bytes() != keys.device_id().as_bytes() {
+            return Err(NetError::Protocol {
+                server,
+                request: "Hello",
+                reason: "the server named another device than this one".to_owned(),
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                server,
+                endpoint,
+                conn,
+                hello,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The server's `HelloOk`: its version and this device's id, tenant and account.
+    pub fn hello(&self) -> &HelloOk {
+        &self.inner.hello
+    }
+
+    /// The server address this connection was made to.
+    pub fn server(&self) -> &str {
+        &self.inner.server
+    }
+
+    /// This device's id as the server knows it.
+    pub fn device(&self) -> DeviceId {
+        self.inner.hello.device
+    }
+
+    /// Chunk bytes moved so far on this connection.
+    pub fn stats(&self) -> NetStats {
+        let c = &self.inner.counters;
+        NetStats {
+            chunks_sent: c.chunks_sent.load(Ordering::Relaxed),
+            chunk_bytes_sent: c.chunk_bytes_sent.load(Ordering::Relaxed),
+            chunks_received: c.chunks_received.load(Ordering::Relaxed),
+            chunk_bytes_received: c.chunk_bytes_received.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the connection is closed (by either side, or lost); if so, the reason.
+    pub fn close_reason(&self) -> Option<NetError> {
+        self.inner
+            .conn
+            .close_reason()
+            .map(|e| conn_error(&self.inner.server, e))
+    }
+
+    /// Closes the connection (requests in flight fail) and waits briefly for the close to be
+    /// sent.
+    pub async fn close(&self) {
+        self.inner
+            .conn
+            .close(quinn::VarInt::from_u32(0), b"client done");
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            self.inner.endpoint.wait_idle(),
+        )
+        .await;
+    }
+
+    async fn request(&self, req: Request) -> Result<Response, NetError> {
+        request_on(&self.inner.server, &self.inner.conn, req, None)
+            .await
+            .map(|(r, _)| r)
+    }
+
+    /// Creates a vault (idempotent for a vault this account already has).
+    pub async fn create_vault(&self, vault: VaultId) -> Result<(), NetError> {
+        let req = dooz_protocol::CreateVault {
+            vault,
+            ext: Extensions::default(),
+        };
+        match self.request(Request::CreateVault(req)).await? {
+            Response::VaultCreated(_) => Ok(()),
+            other => Err(unexpected(&self.inner.server, "CreateVault", &other)),
+        }
+    }
+
+    /// The account's vaults.
+    pub async fn list_vaults(&self) -> Result<Vec<VaultInfo>, NetError> {
+        let req = dooz_protocol::ListVaults {
+            ext: Extensions::default(),
+        };
+        match self.request(Request::ListVaults(req)).await? {
+            Response::Vaults(v) => Ok(v.vaults),
+            other => Err(unexpected(&self.inner.server, "ListVaults", &other)),
+        }
+    }
+
+    /// Stores a sealed device envelope of `vault`'s key at `epoch` for `recipient`.
+    pub async fn put_envelope(
+        &self,
+        vault: VaultId,
+        epoch: Epoch,
+        recipient: DeviceId,
+        envelope: Vec<u8>,
+    ) -> Result<(), NetError> {
+        let req = dooz_protocol::PutEnvelope {
+            vault,
+            epoch,
+            recipient,
+            envelope,
+            ext: Extensions::default(),
+        };
+        match self.request(Request::PutEnvelope(req)).await? {
+            Response::Ok(_) => Ok(()),
+            other => Err(unexpected(&self.inner.server, "PutEnvelope", &other)),
+        }
+    }
+
+    /// The envelopes of `vault` addressed to this device.
+    pub async fn get_envelopes(&self, vault: VaultId) -> Result<Vec<EnvelopeInfo>, NetError> {
+        let req = dooz_protocol::GetEnvelopes {
+            vault,
+            ext: Extensions::default(),
+        };
+        match self.request(Request::GetEnvelopes(req)).await? {
+            Response::Envelopes(e) => Ok(e.envelopes),
+            other => Err(unexpected(&self.inner.server, "GetEnvelopes", &other)),
+        }
+    }
+
+    /// Which of `chunks` (at most `MAX_HAVE_IDS`) the vault lacks, in request order.
+    pub async fn have(&self, vault: VaultId, chunks: Vec<ChunkId>) -> Result<Vec<ChunkId>, NetError> {
+        let req = dooz_protocol::Have {
+            vault,
+            chunks,
+            ext: Extensions::default(),
+        };
+        match self.request(Request::Have(req)).await? {
+            Response::Missing(m) => Ok(m.chunks),
+            other => Err(unexpected(&self.inner.server, "Have", &other)),
+        }
+    }
+
+    /// Uploads one sealed chunk: a `PutChunk` header with the length and BLAKE3 of `sealed`,
+    /// then the bytes themselves.
+    pub async fn put_chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        sealed: Bytes,
+    ) -> Result<(), NetError> {
+        let server = &self.inner.server;
+        let len = u32::try_from(sealed.len())
+            .ok()
+            .filter(|&l| l <= dooz_protocol::limits::MAX_CHUNK_LEN)
+            .ok_or_else(|| NetError::Server {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "sealed chunk {chunk} is {} bytes, over the protocol limit of {} (not sent)",
+                    sealed.len(),
+                    dooz_protocol::limits::MAX_CHUNK_LEN
+                ),
+            })?;
+        let req = dooz_protocol::PutChunk {
+            vault,
+            chunk,
+            len,
+            blake3: *blake3::hash(&sealed).as_bytes(),
+            ext: Extensions::default(),
+        };
+        let (resp, _) =
+            request_on(server, &self.inner.conn, Request::PutChunk(req), Some(sealed)).await?;
+        match resp {
+            Response::ChunkStored(s) if s.chunk == chunk => {
+                let c = &self.inner.counters;
+                c.chunks_sent.fetch_add(1, Ordering::Relaxed);
+                c.chunk_bytes_sent
+                    .fetch_add(u64::from(len), Ordering::Relaxed);
+                Ok(())
+            }
+            Response::ChunkStored(_) => Err(NetError::Protocol {
+                server: server.clone(),
+                request: "PutChunk",
+                reason: "ChunkStored named another chunk".to_owned(),
+            }),
+            other => Err(unexpected(server, "PutChunk", &other)),
+        }
+    }
+
+    /// Downloads one sealed chunk, checking its bytes against the BLAKE3 in the `ChunkData`
+    /// header. The caller still opens (and so authenticates) the sealed bytes.
+    pub async fn get_chunk(&self, vault: VaultId, chunk: ChunkId) -> Result<Bytes, NetError> {
+        let server = &self.inner.server;
+        let req = dooz_protocol::GetChunk {
+            vault,
+            chunk,
+            ext: Extensions::default(),
+        };
+        let (resp, body) = request_on(server, &self.inner.conn, Request::GetChunk(req), None).await?;
+        match (resp, body) {
+            (Response::ChunkData(_), Some(body)) => {
+                let c = &self.inner.counters;
+                c.chunks_received.fetch_add(1, Ordering::Relaxed);
+                c.chunk_bytes_received
+                    .fetch_add(body.len() as u64, Ordering::Relaxed);
+                Ok(body)
+            }
+            (other, _) => Err(unexpected(server, "GetChunk", &other)),
+        }
+    }
+
+    /// Commits entries (at most `MAX_COMMIT_ENTRIES`, within one frame); one result per entry,
+    /// in request order.
+    pub async fn commit(
+        &self,
+        vault: VaultId,
+        entries: Vec<CommitEntry>,
+    ) -> Result<Vec<CommitResult>, NetError> {
+        let n = entries.len();
+        let req = dooz_protocol::Commit {
+            vault,
+            entries,
+            ext: Extensions::default(),
+        };
+        match self.request(Request::Commit(req)).await? {
+            Response::Committed(c) if c.results.len() == n => Ok(c.results),
+            Response::Committed(c) => Err(NetError::Protocol {
+                server: self.inner.server.clone(),
+                request: "Commit",
+                reason: format!("{} results for {n} entries", c.results.len()),
+            }),
+            other => Err(unexpected(&self.inner.server, "Commit", &other)),
+        }
+    }
+
+    /// One page of the vault's commit log after `since` (`limit` 0: the server's default).
+    pub async fn pull(&self, vault: VaultId, since: Seq, limit: u32) -> Result<PullPage, NetError> {
+        let req = dooz_protocol::Pull {
+            vault,
+            since,
+            limit,
+            ext: Extensions::default(),
+        };
+        match self.request(Request::Pull(req)).await? {
+            Response::Changes(c) => Ok(PullPage {
+                changes: c.changes,
+                next: c.next,
+                more: c.more,
+            }),
+            other => Err(unexpected(&self.inner.server, "Pull", &other)),
+        }
+    }
+
+    /// One page of an entry's versions, newest first, before `before`.
+    pub async fn history(
+        &self,
+        vault: VaultId,
+        entry: EntryKey,
+        limit: u32,
+        before: Option<Seq>,
+    ) -> Result<HistoryPage, NetError> {
+        let req = dooz_protocol::History {
+            vault,
+            entry,
+            limit,
+            before,
+            ext: Extensions::default(),
+        };
+        match self.request(Request::History(req)).await? {
+            Response::HistoryPage(h) => Ok(h),
+            other => Err(unexpected(&self.inner.server, "History", &other)),
+        }
+    }
+
+    /// Subscribes to head changes of `vaults`: the returned [`Subscription`] yields a
+    /// `Changed` each time one of them moves. A new subscription replaces the old one.
+    pub async fn subscribe(&self, vaults: Vec<VaultId>) -> Result<Subscription, NetError> {
+        let server = self.inner.server.clone();
+        let req = dooz_protocol::Subscribe {
+            vaults,
+            ext: Extensions::default(),
+        };
+        let (mut send, recv) = self
+            .inner
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| conn_error(&server, e))?;
+        write_frame(&mut send, &Message::Request(Request::Subscribe(req)), None)
+            .await
+            .map_err(|e| io_error(&server, "Subscribe", e))?;
+        let _ = send.finish();
+        let mut reader = FrameReader::new(recv);
+        match read_response(&server, "Subscribe", &mut reader).await? {
+            Response::Subscribed(_) => Ok(Subscription {
+                server,
+                reader,
+                _send: send,
+            }),
+            other => Err(unexpected(&server, "Subscribe", &other)),
+        }
+    }
+}
+
+/// One page of a vault's commit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullPage {
+    /// The changes, in seq order.
+    pub changes: Vec<Change>,
+    /// The cursor to pull from next.
+    pub next: Seq,
+    /// Whether more changes follow.
+    pub more: bool,
+}
+
+/// A subscription stream: head changes pushed by the server.
+pub struct Subscription {
+    server: String,
+    reader: FrameReader,
+    _send: quinn::SendStream,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The next head change; `Ok(None)` when the server ended the subscription.
+    pub async fn next(&mut self) -> Result<Option<Changed>, NetError> {
+        match self.reader.read_frame().await {
+            Ok(None) => Ok(None),
+            Ok(Some(Message::Response(Response::Changed(c)))) => Ok(Some(c)),
+            Ok(Some(Message::Response(Response::Error(e)))) => Err(NetError::Server {
+                code: e.code,
+                message: e.message,
+            }),
+            Ok(Some(other)) => Err(NetError::Protocol {
+                server: self.server.clone(),
+                request: "Subscribe",
+                reason: format!("unexpected {} on the subscription stream", other.name()),
+            }),
+            Err(e) => Err(io_error(&self.server, "Subscribe", e)),
+        }
+    }
+}
+
+fn unexpected(server: &str, request: &'static str, got: &Response) -> NetError {
+    NetError::Protocol {
+        server: server.to_owned(),
+        request,
+        reason: format!("unexpected answer {}", got.name()),
+    }
+}
+
+fn io_error(server: &str, request: &'static str, e: FrameIoError) -> NetError {
+    use quinn::{ReadError, WriteError};
+    match e {
+        FrameIoError::Read(ReadError::ConnectionLost(c))
+        | FrameIoError::Write(WriteError::ConnectionLost(c)) => conn_error(server, c),
+        FrameIoError::Read(ReadError::Reset(_)) | FrameIoError::Write(WriteError::Stopped(_)) => {
+            NetError::Connection {
+                server: server.to_owned(),
+                reason: format!("the server abandoned the {request} stream"),
+                retryable: true,
+            }
+        }
+        other => NetError::Protocol {
+            server: server.to_owned(),
+            request,
+            reason: other.to_string(),
+        },
+    }
+}
+
+async fn read_response(
+    server: &str,
+    request: &'static str,
+    reader: &mut FrameReader,
+) -> Result<Response, NetError> {
+    match reader.read_frame().await {
+        Ok(Some(Message::Response(Response::Error(e)))) => Err(NetError::Server {
+            code: e.code,
+            message: e.message,
+        }),
+        Ok(Some(Message::Response(r))) => Ok(r),
+        Ok(Some(Message::Request(r))) => Err(NetError::Protocol {
+            server: server.to_owned(),
+            request,
+            reason: format!("the server sent a request ({})", r.name()),
+        }),
+        Ok(None) => Err(NetError::Protocol {
+            server: server.to_owned(),
+            request,
+            reason: "the stream ended without an answer".to_owned(),
+        }),
+        Err(e) => Err(io_error(server, request, e)),
+    }
+}
+
+/// Sends one request (plus `body` for `PutChunk`) on a new stream and reads the answer (plus
+/// the raw body of a `ChunkData`, verified against its header).
+async fn request_on(
+    server: &str,
+    conn: &quinn::Connection,
+    req: Request,
+    body: Option<Bytes>,
+) -> Result<(Response, Option<Bytes>), NetError> {
+    let name = req.name();
+    let chunk = match &req {
+        Request::GetChunk(g) => Some(g.chunk),
+        _ => None,
+    };
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| conn_error(server, e))?;
+    let mut reader = FrameReader::new(recv);
+    match write_frame(&mut send, &Message::Request(req), body).await {
+        Ok(()) => {
+            let _ = send.finish();
+        }
+        // The server stops the stream when it refuses a request early (a chunk over its
+        // limits, quota): its `Error` answer is still on the way.
+        Err(FrameIoError::Write(quinn::WriteError::Stopped(_))) => {}
+        Err(e) => return Err(io_error(server, name, e)),
+    }
+    let resp = read_response(server, name, &mut reader).await?;
+    let raw = match (&resp, chunk) {
+        (Response::ChunkData(data), Some(chunk)) => {
+            let raw = reader
+                .read_raw_body(data.len)
+                .await
+                .map_err(|e| io_error(server, name, e))?;
+            if raw.blake3 != data.blake3 {
+                return Err(NetError::Integrity { chunk });
+            }
+            Some(raw.bytes)
+        }
+        _ => None,
+    };
+    reader
+        .expect_end("answer")
+        .await
+        .map_err(|e| io_error(server, name, e))?;
+    Ok((resp, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_say_what_to_do_and_whether_to_retry() {
+        let e = NetError::NotEnrolled {
+            server: "127.0.0.1:4433".to_owned(),
+        };
+        assert!(e.to_string().contains("dooz enroll"), "{e}");
+        assert!(!e.is_retryable());
+        let e = NetError::Server {
+            code: ErrorCode::Internal,
+            message: "x".to_owned(),
+        };
+        assert!(e.is_retryable());
+        let e = NetError::Server {
+            code: ErrorCode::NotFound,
+            message: "x".to_owned(),
+        };
+        assert!(!e.is_retryable());
+        assert!(
+            NetError::ServerShuttingDown {
+                server: String::new()
+            }
+            .is_retryable()
+        );
+    }
+
+    #[test]
+    fn close_codes_map_to_typed_errors() {
+        let close = |code: u32| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: Bytes::from_static(b"why"),
+            })
+        };
+        assert!(matches!(conn_error("s", close(1)), NetError::NotEnrolled { .. }));
+        assert!(matches!(conn_error("s", close(2)), NetError::Revoked { .. }));
+        assert!(matches!(
+            conn_error("s", close(3)),
+            NetError::ServerShuttingDown { .. }
+        ));
+        let e = conn_error("s", close(4));
+        assert!(matches!(e, NetError::Closed { code: 4, .. }) && e.is_retryable());
+        let e = conn_error("s", close(5));
+        assert!(!e.is_retryable() && e.to_string().contains("why"));
+        assert!(conn_error("s", quinn::ConnectionError::TimedOut).is_retryable());
+    }
+}

@@ -1,0 +1,75 @@
+//! The client's QUIC endpoint, tuned like the server's (see `dooz-server`'s `transport`
+//! module): 4 MiB UDP socket buffers (quinn leaves the kernel default), 16 MiB stream and
+//! 64 MiB connection windows (bandwidth × RTT, so one stream carries a whole chunk without
+//! waiting for window updates), GSO and MTU discovery on (quinn's defaults), keep-alive 5 s,
+//! idle timeout 30 s, and no streams accepted from the server.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{Endpoint, EndpointConfig, IdleTimeout, TransportConfig, VarInt};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+const IDLE_TIMEOUT_MS: u32 = 30_000;
+
+/// The transport config of client connections.
+pub(crate) fn transport_config() -> TransportConfig {
+    let mut config = TransportConfig::default();
+    config
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW_BYTES))
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW_BYTES))
+        .send_window(u64::from(CONNECTION_WINDOW_BYTES))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
+    config
+}
+
+/// A UDP socket bound to `addr` with large buffers, non-blocking, ready for quinn. A kernel
+/// that caps the buffers is not an error.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    for (what, result) in [
+        ("send", socket.set_send_buffer_size(SOCKET_BUFFER_BYTES)),
+        ("receive", socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES)),
+    ] {
+        if let Err(e) = result {
+            tracing::debug!("could not set the UDP {what} buffer to {SOCKET_BUFFER_BYTES} bytes: {e}");
+        }
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A client endpoint for talking to `server` (bound to the unspecified address of its family,
+/// any port), using `config` for its connections. Must be called inside a Tokio runtime.
+pub(crate) fn client_endpoint(
+    server: SocketAddr,
+    config: quinn::ClientConfig,
+) -> io::Result<Endpoint> {
+    let bind: SocketAddr = if server.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = bind_udp(bind)?;
+    let mut endpoint = Endpoint::new(
+        EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the data plane: a real server and real clients on loopback QUIC.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod abuse;
+mod chunks;
+mod commit;
+mod connect;
+mod harness;
+mod shutdown;
+mod subscribe;
