@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dooz_crypto::{ChunkId, EntryKey, VersionId};
-use dooz_protocol::Seq;
 use tokio::task::JoinHandle;
 
 use super::upload::p_chunk;
@@ -126,7 +125,6 @@ impl Engine {
             }
             cursor = next;
         }
-        let _ = Seq::ZERO;
         Ok(count)
     }
 

@@ -173,15 +173,12 @@ impl Engine {
         for u in uploads {
             let mut offset = 0u64;
             for c in &u.chunks {
-                if !sources.contains_key(&c.id) {
-                    sources.insert(
-                        c.id,
-                        Source {
-                            path: u.path.clone(),
-                            offset,
-                            len: c.len,
-                        },
-                    );
+                if let std::collections::hash_map::Entry::Vacant(slot) = sources.entry(c.id) {
+                    slot.insert(Source {
+                        path: u.path.clone(),
+                        offset,
+                        len: c.len,
+                    });
                     order.push(c.id);
                 }
                 offset += u64::from(c.len);
@@ -228,7 +225,6 @@ impl Engine {
                 let root: PathBuf = self.root.clone();
                 let conn = self.conn.clone();
                 tasks.spawn(async move {
-                    let len = src.len;
                     let sealed = tokio::task::spawn_blocking(move || {
                         read_and_seal(&keyring, &root, &id, &src)
                     })
@@ -240,7 +236,6 @@ impl Engine {
                     let n = sealed.len() as u64;
                     conn.put_chunk(vault, p_chunk(&id), Bytes::from(sealed))
                         .await?;
-                    let _ = len;
                     Ok(Some((id, n)))
                 });
             }
