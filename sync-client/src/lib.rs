@@ -24,8 +24,16 @@
 //!   mtime or inode changed ([`ScanReport`]).
 //! - [`IgnoreRules`]: `.doozignore` files (gitignore syntax) plus built-in rules.
 //!
-//! The sealing pipeline around these pieces, the sync engine and the `dooz` CLI
-//! come with the sync issue.
+//! Talking to the server and syncing:
+//!
+//! - [`Connection`]: a QUIC connection to the sync server (mutual TLS with the device's identity
+//!   key, the server pinned by certificate fingerprint, one request per stream) with typed
+//!   requests; failures are [`NetError`]s that say what to do and whether to retry.
+//! - [`EntryRecord`]: the plaintext of a sealed record, one version of one entry (layout in
+//!   `docs/FORMAT.md`, "Entry record plaintext").
+//! - [`Engine`]: syncs one vault's folder: scan, pull and apply remote changes (temp file,
+//!   fsync, rename; chunks reused from disk; conflicts kept as conflicted copies), then upload
+//!   local changes (journalled, `Have`, parallel sealed `PutChunk`s, `Commit`).
 //!
 //! ```
 //! use dooz_client::{ChunkList, ChunkListBuilder, ChunkListLimits, Chunker, ChunkerConfig};
@@ -81,7 +89,7 @@ pub use index::{
     PendingUpload, RelPath, RemoteEntry, SyncedEntry, VaultBatch, VaultIndex, VaultMeta,
 };
 pub use net::{
-    Connection, NetError, NetStats, PROTOCOL_VERSION, PullPage, Subscription,
+    Connection, Connector, NetError, NetStats, PROTOCOL_VERSION, PullPage, Subscription,
     parse_server_fingerprint, server_fingerprint_hex,
 };
 pub use record::{EntryRecord, RECORD_FORMAT_VERSION, RecordChunks, RecordError, RecordKind};

@@ -23,10 +23,16 @@
 //! | `content_hash` | `[u8; 32]` | BLAKE3 of the whole plaintext content (zero for dirs and deletions) |
 //! | `chunks` | enum | `0` inline: `Vec<(id [u8; 32], len u32)>`; `1` list: `depth u8, root Vec<[u8; 32]>, total_chunks u64` |
 
-use dooz_crypto::{ChunkId, EntryKey, EpochKeys, Keyring, OpenError, SealError, VaultIdentityKeys, VersionId};
+use dooz_crypto::{
+    ChunkId, EntryKey, EpochKeys, Keyring, OpenError, SealError, VaultIdentityKeys, VersionId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::index::{ChunkRef, ContentHash, EntryKind, EntryState, PathError, RelPath};
+
+/// Largest plaintext chunk a record may name: the protocol's limit on a sealed chunk (so a
+/// record can never make a reader allocate more than one chunk's worth at a time).
+const MAX_CHUNK_PLAINTEXT: u32 = dooz_protocol::limits::MAX_CHUNK_LEN;
 
 /// The entry record format version this build writes and reads.
 pub const RECORD_FORMAT_VERSION: u8 = 1;
@@ -88,7 +94,9 @@ pub enum RecordError {
         reason: &'static str,
     },
     /// The record's path does not belong to the entry key it was sealed under.
-    #[error("entry record of {path} was filed under another entry key: the vault's metadata has been tampered with")]
+    #[error(
+        "entry record of {path} was filed under another entry key: the vault's metadata has been tampered with"
+    )]
     WrongEntry {
         /// The path inside the record.
         path: String,
@@ -229,11 +237,16 @@ impl EntryRecord {
             }
             RecordKind::File | RecordKind::Symlink => match &self.chunks {
                 RecordChunks::Inline(c) => {
-                    let total = c.iter().map(|r| u64::from(r.len)).try_fold(0u64, u64::checked_add);
+                    let total = c
+                        .iter()
+                        .map(|r| u64::from(r.len))
+                        .try_fold(0u64, u64::checked_add);
                     if total != Some(self.size) {
                         bad("the chunk lengths do not add up to the size")
                     } else if c.iter().any(|r| r.len == 0) {
                         bad("a chunk is empty")
+                    } else if c.iter().any(|r| r.len > MAX_CHUNK_PLAINTEXT) {
+                        bad("a chunk is larger than any chunker makes")
                     } else {
                         Ok(())
                     }
@@ -436,7 +449,10 @@ mod tests {
         let version = VersionId([7; 16]);
         let (entry, sealed) = r.seal(ring.identity(), epoch, &version).unwrap();
         assert_eq!(entry, ring.identity().entry_key(b"docs/a b.txt"));
-        assert_eq!(EntryRecord::open(&ring, &entry, &version, &sealed).unwrap(), r);
+        assert_eq!(
+            EntryRecord::open(&ring, &entry, &version, &sealed).unwrap(),
+            r
+        );
         assert_eq!(r.state().unwrap().size, 10);
         assert_eq!(r.referenced_chunks().len(), 2);
         // Any flipped byte fails to open.
@@ -458,7 +474,9 @@ mod tests {
         let r = file_record();
         let version = VersionId([7; 16]);
         let other = ring.identity().entry_key(b"other");
-        let sealed = epoch.seal_record(&other, &version, &r.encode().unwrap()).unwrap();
+        let sealed = epoch
+            .seal_record(&other, &version, &r.encode().unwrap())
+            .unwrap();
         assert!(matches!(
             EntryRecord::open(&ring, &other, &version, &sealed),
             Err(RecordError::WrongEntry { .. })
@@ -479,7 +497,10 @@ mod tests {
         ));
         bytes[0] = 1;
         bytes.push(0);
-        assert!(matches!(EntryRecord::decode(&bytes), Err(RecordError::Malformed(_))));
+        assert!(matches!(
+            EntryRecord::decode(&bytes),
+            Err(RecordError::Malformed(_))
+        ));
         let mut r = file_record();
         r.size = 11;
         assert!(matches!(r.encode(), Err(RecordError::Inconsistent { .. })));
@@ -488,7 +509,10 @@ mod tests {
         assert!(r.encode().is_err());
         let deleted = EntryRecord::new(RelPath::new("x").unwrap(), None, vec![]);
         assert_eq!(deleted.state(), None);
-        assert_eq!(EntryRecord::decode(&deleted.encode().unwrap()).unwrap(), deleted);
+        assert_eq!(
+            EntryRecord::decode(&deleted.encode().unwrap()).unwrap(),
+            deleted
+        );
     }
 
     proptest! {

@@ -1,24 +1,39 @@
 //! Download: pull into the remote-state tree, resolve conflicts, apply remote changes.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dooz_crypto::{ChunkId, EntryKey, VersionId};
-use tokio::task::JoinHandle;
+use dooz_crypto::{ChunkId, EntryKey, Keyring, VersionId};
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::upload::p_chunk;
 use super::{Engine, EngineError, SyncReport, conflicted_copy_name, utc_date};
 use crate::TEMP_FILE_PREFIX;
 use crate::index::{
-    Change, ChunkRef, ConflictKind, EntryKind, EntryState, LocalEntry, RelPath, RemoteEntry,
-    SyncedEntry, VaultBatch,
+    Change, ChunkLocation, ChunkRef, ConflictKind, EntryKind, EntryState, LocalEntry, RelPath,
+    RemoteEntry, SyncedEntry, VaultBatch,
 };
-use crate::net::NetError;
+use crate::net::{Connection, NetError};
 use crate::record::{EntryRecord, RecordChunks};
+
+/// Index updates of applied remote changes are committed at least every this many changes.
+const APPLY_BATCH: usize = 256;
+
+/// State of one download's apply phase.
+struct Applier {
+    /// Writes files.
+    writer: FileWriter,
+    /// File writes running.
+    files: JoinSet<Result<Written, EngineError>>,
+    /// Index updates not committed yet.
+    batch: VaultBatch,
+    /// Changes in `batch`.
+    staged: usize,
+}
 
 /// One chunk of a file being assembled, in file order.
 enum Piece {
@@ -117,7 +132,11 @@ impl Engine {
                 entries.push((record.path, remote));
             }
             count += entries.len() as u64;
-            let next = if page.next > cursor { page.next } else { cursor };
+            let next = if page.next > cursor {
+                page.next
+            } else {
+                cursor
+            };
             self.vault
                 .apply_pull(entries.iter().map(|(p, e)| (p, e)), next)?;
             if !page.more || next == cursor {
@@ -155,26 +174,97 @@ impl Engine {
                 }
             }
         }
+        let changes = self.vault.remote_changes()?;
+        // Chunks already on disk, looked up once for every file to write.
+        let mut wanted = HashSet::new();
+        for change in &changes {
+            if let Change::Added { path, .. }
+            | Change::Modified { path, .. }
+            | Change::Renamed { to: path, .. } = change
+                && let Some(remote) = self.vault.remote(path)?
+            {
+                wanted.extend(remote.chunks.iter().map(|c| c.id));
+            }
+        }
+        let mut applier = Applier {
+            writer: FileWriter {
+                conn: self.conn.clone(),
+                keyring: Arc::clone(&self.keyring),
+                root: self.root.clone(),
+                vault: self.protocol_vault(),
+                window: self.options.parallel_transfers.max(1),
+                local: Arc::new(self.vault.find_local_chunks(&wanted)?),
+            },
+            files: JoinSet::new(),
+            batch: VaultBatch::new(),
+            staged: 0,
+        };
+        let result = self.apply_changes(changes, &mut applier, &mut report).await;
+        // Whatever happened, let running writes finish and record what was written.
+        let drained = self.drain_files(&mut applier, &mut report).await;
+        let flushed = self.flush_applied(&mut applier);
+        result?;
+        drained?;
+        flushed?;
+        Ok(report)
+    }
+
+    async fn apply_changes(
+        &self,
+        changes: Vec<Change>,
+        applier: &mut Applier,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
         let mut deletions = Vec::new();
-        for change in self.vault.remote_changes()? {
+        for change in changes {
+            let path = change.path();
+            let is_dir = self
+                .vault
+                .remote(path)?
+                .and_then(|r| r.state)
+                .is_some_and(|st| st.kind == EntryKind::Dir);
+            if self.ignored(path, is_dir) {
+                continue;
+            }
             match change {
                 Change::Added { path, .. } | Change::Modified { path, .. } => {
-                    self.apply_remote(&path, &mut report).await?;
+                    self.apply_remote(&path, applier, report).await?;
                 }
                 Change::Renamed { from, to, .. } => {
-                    self.apply_remote(&to, &mut report).await?;
+                    self.apply_remote(&to, applier, report).await?;
                     deletions.push(from);
                 }
                 Change::Deleted { path, .. } => deletions.push(path),
             }
         }
+        // Files are in place before anything is deleted (a rename's source may feed it).
+        self.drain_files(applier, report).await?;
         // Children before their directories.
         deletions.sort();
         for path in deletions.iter().rev() {
-            self.apply_delete(path)?;
+            self.apply_delete(path, applier)?;
             report.applied += 1;
         }
-        Ok(report)
+        Ok(())
+    }
+
+    /// Commits the index updates of applied changes.
+    fn flush_applied(&self, applier: &mut Applier) -> Result<(), EngineError> {
+        if applier.staged > 0 {
+            let batch = std::mem::replace(&mut applier.batch, VaultBatch::new());
+            applier.staged = 0;
+            self.vault.commit(batch)?;
+        }
+        Ok(())
+    }
+
+    /// Notes that one more change was applied; commits the index every few hundred.
+    fn staged(&self, applier: &mut Applier) -> Result<(), EngineError> {
+        applier.staged += 1;
+        if applier.staged >= APPLY_BATCH {
+            self.flush_applied(applier)?;
+        }
+        Ok(())
     }
 
     /// Moves the local version of `path` aside as a conflicted copy (picked up by the next
@@ -206,38 +296,37 @@ impl Engine {
     }
 
     /// Removes `path` from the folder and the index after a remote deletion.
-    fn apply_delete(&self, path: &RelPath) -> Result<(), EngineError> {
+    fn apply_delete(&self, path: &RelPath, applier: &mut Applier) -> Result<(), EngineError> {
         let full = path.to_path(&self.root);
         match fs::symlink_metadata(&full) {
             Ok(meta) if meta.is_dir() => {
                 if fs::remove_dir(&full).is_err() {
                     // Not empty: files this device added inside keep it alive (they upload).
-                    let mut b = VaultBatch::new();
-                    b.remove_base(path);
-                    self.vault.commit(b)?;
-                    return Ok(());
+                    applier.batch.remove_base(path);
+                    return self.staged(applier);
                 }
             }
             Ok(_) => fs::remove_file(&full).map_err(EngineError::io("delete", &full))?,
             Err(_) => {}
         }
-        let mut b = VaultBatch::new();
-        b.remove_local(path).remove_base(path);
-        self.vault.commit(b)?;
-        Ok(())
+        applier.batch.remove_local(path).remove_base(path);
+        self.staged(applier)
     }
 
-    /// Makes the folder hold the remote head of `path`.
+    /// Makes the folder hold the remote head of `path`. Files are written by background tasks
+    /// (at most [`EngineOptions::parallel_transfers`](super::EngineOptions) files at once);
+    /// their index updates are staged as they finish ([`Engine::join_file`]).
     async fn apply_remote(
         &self,
         path: &RelPath,
+        applier: &mut Applier,
         report: &mut SyncReport,
     ) -> Result<(), EngineError> {
         let Some(remote) = self.vault.remote(path)? else {
             return Ok(());
         };
         let Some(state) = remote.state else {
-            self.apply_delete(path)?;
+            self.apply_delete(path, applier)?;
             report.applied += 1;
             return Ok(());
         };
@@ -261,79 +350,182 @@ impl Engine {
                 }
             }
             EntryKind::File => {
-                let inode = self.write_file(path, &state, &remote.chunks, report).await?;
-                LocalEntry {
-                    state,
-                    inode,
-                    chunks: remote.chunks.clone(),
-                    racy: false,
+                while applier.files.len() >= self.options.parallel_transfers.max(1) {
+                    self.join_file(applier, report).await?;
                 }
+                let writer = applier.writer.clone();
+                let expected = self.vault.local(path)?.map(|l| DiskStat {
+                    size: l.state.size,
+                    mtime_ns: l.state.mtime_ns,
+                    inode: l.inode,
+                });
+                let path = path.clone();
+                applier
+                    .files
+                    .spawn(async move { writer.write_file(path, remote, state, expected).await });
+                return Ok(());
             }
             // The scanner does not sync symlinks yet.
             EntryKind::Symlink => return Ok(()),
         };
-        let mut b = VaultBatch::new();
-        b.put_local(path, &local);
+        applier.batch.put_local(path, &local);
         if let Some(base) = SyncedEntry::from_remote(&remote) {
-            b.put_base(path, &base);
+            applier.batch.put_base(path, &base);
         }
-        self.vault.commit(b)?;
         report.applied += 1;
-        Ok(())
+        self.staged(applier)
     }
 
-    /// Writes the file `path` in `state` from `chunks` through a temp file; returns its inode.
-    async fn write_file(
+    /// Waits for one file write and stages its index update. `Ok(false)`: none was running.
+    async fn join_file(
         &self,
-        path: &RelPath,
-        state: &EntryState,
-        chunks: &[ChunkRef],
+        applier: &mut Applier,
         report: &mut SyncReport,
-    ) -> Result<u64, EngineError> {
+    ) -> Result<bool, EngineError> {
+        let Some(joined) = applier.files.join_next().await else {
+            return Ok(false);
+        };
+        let w = joined.map_err(|e| EngineError::Task(e.to_string()))??;
+        report.chunks_downloaded += w.downloaded;
+        report.chunks_reused += w.reused;
+        let Some(inode) = w.inode else {
+            // Edited locally since the scan: the next round sees the conflict.
+            report.changed_locally += 1;
+            return Ok(true);
+        };
+        let local = LocalEntry {
+            state: w.state,
+            inode,
+            chunks: w.remote.chunks.clone(),
+            racy: false,
+        };
+        applier.batch.put_local(&w.path, &local);
+        if let Some(base) = SyncedEntry::from_remote(&w.remote) {
+            applier.batch.put_base(&w.path, &base);
+        }
+        report.applied += 1;
+        self.staged(applier)?;
+        Ok(true)
+    }
+
+    /// Waits for every file write still running, staging those that succeed; returns the
+    /// first failure.
+    async fn drain_files(
+        &self,
+        applier: &mut Applier,
+        report: &mut SyncReport,
+    ) -> Result<(), EngineError> {
+        let mut first = None;
+        loop {
+            match self.join_file(applier, report).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    if first.is_none() {
+                        first = Some(e);
+                    }
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// A file written by [`FileWriter::write_file`].
+struct Written {
+    path: RelPath,
+    remote: RemoteEntry,
+    state: EntryState,
+    /// `None`: not written, the local file changed since the scan.
+    inode: Option<u64>,
+    downloaded: u64,
+    reused: u64,
+}
+
+/// Writes downloaded files; cheap to clone into a task per file.
+#[derive(Clone)]
+struct FileWriter {
+    conn: Connection,
+    keyring: Arc<Keyring>,
+    root: PathBuf,
+    vault: dooz_protocol::VaultId,
+    window: usize,
+    /// Where chunks of the files to write already are on disk.
+    local: Arc<HashMap<ChunkId, ChunkLocation>>,
+}
+
+impl FileWriter {
+    /// Writes `path` in `state` through a temp file: chunks from disk or the server in
+    /// order, content checked against the record, mode and mtime set, fsync, rename.
+    async fn write_file(
+        self,
+        path: RelPath,
+        remote: RemoteEntry,
+        state: EntryState,
+        expected: Option<DiskStat>,
+    ) -> Result<Written, EngineError> {
         let full = path.to_path(&self.root);
         let dir = full
             .parent()
             .map_or_else(|| self.root.clone(), Path::to_path_buf);
         fs::create_dir_all(&dir).map_err(EngineError::io("create directory", &dir))?;
         let tmp = dir.join(format!("{TEMP_FILE_PREFIX}{}", random_suffix()));
-        let result = self.fill_temp(path, &tmp, state, chunks, report).await;
-        let result = result.and_then(|()| {
-            fs::rename(&tmp, &full).map_err(EngineError::io("rename into place", &full))?;
-            sync_dir(&dir);
-            let meta = fs::symlink_metadata(&full).map_err(EngineError::io("stat", &full))?;
-            Ok(inode_of(&meta))
-        });
-        if result.is_err() {
+        let mut counts = (0u64, 0u64);
+        let filled = self
+            .fill_temp(&path, &tmp, &state, &remote.chunks, &mut counts)
+            .await;
+        let result = match filled {
+            Ok(file) => {
+                let (tmp2, full2) = (tmp.clone(), full.clone());
+                tokio::task::spawn_blocking(move || {
+                    finish_file(file, &tmp2, &full2, &state, expected)
+                })
+                .await
+                .map_err(|e| EngineError::Task(e.to_string()))
+                .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
+        if !matches!(result, Ok(Some(_))) {
             let _ = fs::remove_file(&tmp);
         }
-        result
+        match result {
+            Ok(inode) => Ok(Written {
+                path,
+                remote,
+                state,
+                inode,
+                downloaded: counts.0,
+                reused: counts.1,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
+    /// Writes the content into a new temp file and checks it; returns the open file.
     async fn fill_temp(
         &self,
         path: &RelPath,
         tmp: &Path,
         state: &EntryState,
         chunks: &[ChunkRef],
-        report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+        counts: &mut (u64, u64),
+    ) -> Result<File, EngineError> {
         let mut file = File::create(tmp).map_err(EngineError::io("create", tmp))?;
-        let wanted: HashSet<ChunkId> = chunks.iter().map(|c| c.id).collect();
-        let local = self.vault.find_local_chunks(&wanted)?;
-        let vault = self.protocol_vault();
-        let window = self.options.parallel_transfers.max(1);
+        let vault = self.vault;
         let mut hasher = blake3::Hasher::new();
         let mut written = 0u64;
         let mut queue: VecDeque<Piece> = VecDeque::new();
         let mut next = chunks.iter();
         loop {
-            while queue.len() < window {
+            while queue.len() < self.window.max(1) {
                 let Some(c) = next.next() else { break };
-                let reused = local
+                let reused = self
+                    .local
                     .get(&c.id)
                     .and_then(|loc| self.read_local_chunk(&loc.path, loc.offset, c));
                 if let Some(data) = reused {
-                    report.chunks_reused += 1;
+                    counts.1 += 1;
                     queue.push_back(Piece::Ready(data));
                     continue;
                 }
@@ -342,13 +534,16 @@ impl Engine {
                 let id = c.id;
                 let shown = path.to_string();
                 queue.push_back(Piece::Fetching(tokio::spawn(async move {
-                    let sealed = conn.get_chunk(vault, p_chunk(&id)).await.map_err(|e| match e {
-                        NetError::Integrity { .. } => EngineError::Integrity {
-                            path: shown.clone(),
-                            reason: e.to_string(),
-                        },
-                        other => EngineError::Net(other),
-                    })?;
+                    let sealed =
+                        conn.get_chunk(vault, p_chunk(&id))
+                            .await
+                            .map_err(|e| match e {
+                                NetError::Integrity { .. } => EngineError::Integrity {
+                                    path: shown.clone(),
+                                    reason: e.to_string(),
+                                },
+                                other => EngineError::Net(other),
+                            })?;
                     tokio::task::spawn_blocking(move || keyring.open_chunk(&id, &sealed))
                         .await
                         .map_err(|e| EngineError::Task(e.to_string()))?
@@ -358,14 +553,16 @@ impl Engine {
                         })
                 })));
             }
-            let Some(piece) = queue.pop_front() else { break };
+            let Some(piece) = queue.pop_front() else {
+                break;
+            };
             let data = match piece {
                 Piece::Ready(d) => d,
                 Piece::Fetching(h) => {
                     let r = h.await.map_err(|e| EngineError::Task(e.to_string()));
                     match r.and_then(|r| r) {
                         Ok(d) => {
-                            report.chunks_downloaded += 1;
+                            counts.0 += 1;
                             d
                         }
                         Err(e) => {
@@ -381,7 +578,8 @@ impl Engine {
             };
             hasher.update(&data);
             written += data.len() as u64;
-            file.write_all(&data).map_err(EngineError::io("write", tmp))?;
+            file.write_all(&data)
+                .map_err(EngineError::io("write", tmp))?;
         }
         if written != state.size || hasher.finalize().as_bytes() != &state.content_hash.0 {
             return Err(EngineError::Integrity {
@@ -390,11 +588,7 @@ impl Engine {
                     .to_owned(),
             });
         }
-        set_mode(&file, state.mode).map_err(EngineError::io("set the mode of", tmp))?;
-        file.set_modified(mtime_of(state.mtime_ns))
-            .map_err(EngineError::io("set the mtime of", tmp))?;
-        file.sync_all().map_err(EngineError::io("fsync", tmp))?;
-        Ok(())
+        Ok(file)
     }
 
     /// The plaintext of chunk `c` read from a local file, if it is still there unchanged.
@@ -405,4 +599,53 @@ impl Engine {
         f.read_exact(&mut buf).ok()?;
         (self.keyring.identity().chunk_id(&buf) == c.id).then_some(buf)
     }
+}
+
+/// What the index last saw of a local file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DiskStat {
+    size: u64,
+    mtime_ns: i64,
+    inode: u64,
+}
+
+fn mtime_ns_of(meta: &fs::Metadata) -> i64 {
+    match meta.modified().map(|t| t.duration_since(UNIX_EPOCH)) {
+        Ok(Ok(d)) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Ok(Err(e)) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+        Err(_) => 0,
+    }
+}
+
+/// Sets mode and mtime, fsyncs, renames `tmp` over `full` and returns the new inode; `None`
+/// (nothing renamed) when the file at `full` is not the one the index last saw, so that an
+/// edit made since the scan is never overwritten.
+fn finish_file(
+    file: File,
+    tmp: &Path,
+    full: &Path,
+    state: &EntryState,
+    expected: Option<DiskStat>,
+) -> Result<Option<u64>, EngineError> {
+    set_mode(&file, state.mode).map_err(EngineError::io("set the mode of", tmp))?;
+    file.set_modified(mtime_of(state.mtime_ns))
+        .map_err(EngineError::io("set the mtime of", tmp))?;
+    file.sync_all().map_err(EngineError::io("fsync", tmp))?;
+    drop(file);
+    if let Ok(meta) = fs::symlink_metadata(full) {
+        let now = DiskStat {
+            size: meta.len(),
+            mtime_ns: mtime_ns_of(&meta),
+            inode: inode_of(&meta),
+        };
+        if expected != Some(now) {
+            return Ok(None);
+        }
+    }
+    fs::rename(tmp, full).map_err(EngineError::io("rename into place", full))?;
+    if let Some(dir) = full.parent() {
+        sync_dir(dir);
+    }
+    let meta = fs::symlink_metadata(full).map_err(EngineError::io("stat", full))?;
+    Ok(Some(inode_of(&meta)))
 }

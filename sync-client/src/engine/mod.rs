@@ -33,10 +33,10 @@ use std::sync::Arc;
 use dooz_crypto::{EpochKeys, Keyring, SealError, VaultId};
 
 use crate::index::{Index, IndexError, VaultIndex};
-use crate::net::{Connection, NetError};
+use crate::net::{Connection, Connector, NetError};
 use crate::record::RecordError;
 use crate::scanner::{ScanError, ScanReport, Scanner};
-use crate::{Chunker, ChunkerConfig};
+use crate::{Chunker, ChunkerConfig, IgnoreRules};
 
 /// Tuning of an [`Engine`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
-            parallel_transfers: 8,
+            parallel_transfers: 32,
             memory_budget: 64 * 1024 * 1024,
             max_rounds: 4,
             chunker: ChunkerConfig::DEFAULT,
@@ -105,13 +105,17 @@ pub enum EngineError {
     #[error("cannot seal a chunk: {0}")]
     Seal(#[from] SealError),
     /// The device holds no key for the vault.
-    #[error("this device has no key for vault {vault}; pair it with a device that has, or create the vault here")]
+    #[error(
+        "this device has no key for vault {vault}; pair it with a device that has, or create the vault here"
+    )]
     NoVaultKey {
         /// The vault.
         vault: VaultId,
     },
     /// A file has more chunks than one version may reference.
-    #[error("{path} has {chunks} chunks, more than one version may reference ({max}); files this large are not supported yet")]
+    #[error(
+        "{path} has {chunks} chunks, more than one version may reference ({max}); files this large are not supported yet"
+    )]
     TooManyChunks {
         /// The file.
         path: String,
@@ -135,12 +139,17 @@ impl EngineError {
     }
 
     /// Whether running the sync again later may succeed (network trouble, a busy server).
+    /// Integrity errors are not: the damaged copy stays damaged.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Net(e) => e.is_retryable(),
-            Self::Integrity { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether the connection is gone (reconnect before retrying).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Self::Net(e) if e.is_connection_lost())
     }
 }
 
@@ -157,8 +166,13 @@ pub struct SyncReport {
     pub chunks_skipped: u64,
     /// Commits refused because the entry moved on the server (resolved by the next download).
     pub commit_conflicts: u64,
+    /// Files left for the next round because they changed while being uploaded.
+    pub changed_during_upload: u64,
     /// Remote changes applied to the folder.
     pub applied: u64,
+    /// Remote changes not applied because the local file changed since the scan (the next
+    /// round treats them as conflicts, keeping both).
+    pub changed_locally: u64,
     /// Chunks downloaded.
     pub chunks_downloaded: u64,
     /// Chunks taken from files already on disk.
@@ -176,7 +190,9 @@ impl SyncReport {
         self.bytes_uploaded += o.bytes_uploaded;
         self.chunks_skipped += o.chunks_skipped;
         self.commit_conflicts += o.commit_conflicts;
+        self.changed_during_upload += o.changed_during_upload;
         self.applied += o.applied;
+        self.changed_locally += o.changed_locally;
         self.chunks_downloaded += o.chunks_downloaded;
         self.chunks_reused += o.chunks_reused;
         self.conflicts += o.conflicts;
@@ -207,6 +223,8 @@ pub struct Engine {
     conn: Connection,
     device_name: String,
     options: EngineOptions,
+    /// The ignore rules of the last scan: downloads skip what they ignore.
+    ignore: Option<IgnoreRules>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -236,6 +254,7 @@ impl Engine {
             conn,
             device_name: device_name.into(),
             options,
+            ignore: None,
         })
     }
 
@@ -258,12 +277,22 @@ impl Engine {
         dooz_protocol::VaultId::from_bytes(self.vault.vault().0)
     }
 
-    /// Scans the folder into the local-state tree.
-    pub fn scan(&self) -> Result<ScanReport, EngineError> {
+    /// Scans the folder into the local-state tree (and remembers its `.doozignore` rules,
+    /// which downloads follow).
+    pub fn scan(&mut self) -> Result<ScanReport, EngineError> {
         let identity = self.keyring.identity();
         let chunker = Chunker::new(self.options.chunker, identity.chunker_seed().as_bytes());
         let mut scanner = Scanner::new(chunker, |data: &[u8]| identity.chunk_id(data));
-        Ok(scanner.scan(&self.vault)?)
+        let report = scanner.scan(&self.vault)?;
+        self.ignore = scanner.ignore_rules().cloned();
+        Ok(report)
+    }
+
+    /// Whether the last scan's rules ignore `path`.
+    fn ignored(&self, path: &crate::index::RelPath, is_dir: bool) -> bool {
+        self.ignore
+            .as_ref()
+            .is_some_and(|rules| rules.is_ignored(path, is_dir))
     }
 
     /// One full sync: scan, download, scan, upload; repeated (up to
@@ -278,11 +307,54 @@ impl Engine {
             total.add(&down);
             total.add(&up);
             total.rounds += 1;
-            if up.commit_conflicts == 0 {
+            if up.commit_conflicts == 0
+                && up.changed_during_upload == 0
+                && down.changed_locally == 0
+            {
                 break;
             }
         }
         Ok(total)
+    }
+}
+
+impl Engine {
+    /// [`Engine::sync`], reconnecting with `connector` when the connection is lost and
+    /// retrying retryable failures with exponential back-off (0.2 s doubling up to 10 s), at
+    /// most `max_attempts` times in all. A sync interrupted this way resumes where it stopped:
+    /// committed entries and acknowledged chunks are not sent again.
+    pub async fn sync_with_reconnect(
+        &mut self,
+        connector: &Connector,
+        max_attempts: u32,
+    ) -> Result<SyncReport, EngineError> {
+        let mut delay = std::time::Duration::from_millis(200);
+        let max_delay = std::time::Duration::from_secs(10);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= max_attempts.max(1);
+            let result = if self.conn.close_reason().is_some() {
+                match connector.connect().await {
+                    Ok(conn) => {
+                        self.conn = conn;
+                        self.sync().await
+                    }
+                    Err(e) => Err(EngineError::Net(e)),
+                }
+            } else {
+                self.sync().await
+            };
+            match result {
+                Ok(report) => return Ok(report),
+                Err(e) if e.is_retryable() && !last => {
+                    tracing::warn!(attempt, error = %e, "sync failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max_delay);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -294,7 +366,13 @@ pub(crate) fn conflicted_copy_name(file_name: &str, device: &str, date: &str, n:
     };
     let device: String = device
         .chars()
-        .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     if n <= 1 {
         format!("{stem} (conflicted copy from {device} {date}){ext}")

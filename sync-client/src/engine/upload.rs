@@ -9,15 +9,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use dooz_crypto::{ChunkId, Keyring, VersionId};
 use dooz_protocol::limits::{MAX_CHUNKS_PER_ENTRY, MAX_COMMIT_ENTRIES, MAX_HAVE_IDS};
-use dooz_protocol::{CommitEntry, CommitResult};
+use dooz_protocol::{CommitEntry, CommitResult, ErrorCode};
 use tokio::task::JoinSet;
 
 use super::{Engine, EngineError, SyncReport};
-use crate::index::{Change, ChunkRef, EntryState, PendingUpload, RelPath, RemoteEntry};
+use crate::index::{
+    Change, ChunkRef, EntryState, PendingUpload, RelPath, RemoteEntry, SyncedEntry, VaultBatch,
+};
+use crate::net::NetError;
 use crate::record::EntryRecord;
 
 /// Commit batches stay well under the 8 MiB frame limit.
 const COMMIT_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Acknowledgements older than this are not trusted: the server collects pending chunks that
+/// no commit references after a grace period, so such chunks are asked about again.
+const ACK_TRUST_SECS: u64 = 3600;
 /// Acknowledgements are made durable at least every this many chunks.
 const ACK_BATCH: usize = 64;
 
@@ -95,7 +101,12 @@ impl Engine {
 
     /// Journals the upload of `path` in `state` (reusing a pending upload of the same state,
     /// left by an interrupted run).
-    fn plan(&self, path: &RelPath, state: Option<EntryState>) -> Result<Upload, EngineError> {
+    fn plan(
+        &self,
+        path: &RelPath,
+        state: Option<EntryState>,
+        journal: &mut VaultBatch,
+    ) -> Result<Upload, EngineError> {
         let chunks = match state {
             Some(_) => self
                 .vault
@@ -112,15 +123,15 @@ impl Engine {
             });
         }
         let parent = self.parent_of(path)?;
-        if let Some(p) = self.vault.pending_upload(path)? {
-            if p.state == state && p.parent == parent {
-                return Ok(Upload {
-                    path: path.clone(),
-                    pending: p,
-                    chunks,
-                });
-            }
-            self.vault.abort_upload(path)?;
+        if let Some(p) = self.vault.pending_upload(path)?
+            && p.state == state
+            && p.parent == parent
+        {
+            return Ok(Upload {
+                path: path.clone(),
+                pending: p,
+                chunks,
+            });
         }
         let pending = PendingUpload {
             version: VersionId::generate().map_err(|e| EngineError::Task(e.to_string()))?,
@@ -128,7 +139,7 @@ impl Engine {
             state,
             started_at: now_secs(),
         };
-        self.vault.begin_upload(path, &pending)?;
+        journal.put_pending(path, &pending);
         Ok(Upload {
             path: path.clone(),
             pending,
@@ -141,32 +152,57 @@ impl Engine {
     pub async fn upload(&mut self) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
         let mut uploads = Vec::new();
+        let mut journal = VaultBatch::new();
         for change in self.vault.local_changes()? {
             match change {
-                Change::Added { path, state } | Change::Modified { path, after: state, .. } => {
-                    uploads.push(self.plan(&path, Some(state))?);
+                Change::Added { path, state }
+                | Change::Modified {
+                    path, after: state, ..
+                } => {
+                    uploads.push(self.plan(&path, Some(state), &mut journal)?);
                 }
-                Change::Deleted { path, .. } => uploads.push(self.plan(&path, None)?),
-                Change::Renamed { from, to, after, .. } => {
-                    uploads.push(self.plan(&to, Some(after))?);
-                    uploads.push(self.plan(&from, None)?);
+                Change::Deleted { path, .. } => {
+                    uploads.push(self.plan(&path, None, &mut journal)?);
+                }
+                Change::Renamed {
+                    from, to, after, ..
+                } => {
+                    uploads.push(self.plan(&to, Some(after), &mut journal)?);
+                    uploads.push(self.plan(&from, None, &mut journal)?);
                 }
             }
         }
         if uploads.is_empty() {
             return Ok(report);
         }
-        self.send_chunks(&uploads, &mut report).await?;
-        self.commit_uploads(uploads, &mut report).await?;
+        // The new versions are durable before the first chunk leaves.
+        self.vault.commit(journal)?;
+        let unreadable = self.send_chunks(&uploads, &mut report).await?;
+        let mut ready = Vec::with_capacity(uploads.len());
+        let mut aborted = VaultBatch::new();
+        for u in uploads {
+            if u.chunks.iter().any(|c| unreadable.contains(&c.id)) {
+                // The file changed after the scan: the next round rescans and uploads it.
+                aborted.remove_pending(&u.path);
+                report.changed_during_upload += 1;
+            } else {
+                ready.push(u);
+            }
+        }
+        if report.changed_during_upload > 0 {
+            self.vault.commit(aborted)?;
+        }
+        self.commit_uploads(ready, &mut report).await?;
         Ok(report)
     }
 
-    /// Sends the chunks of `uploads` the server lacks.
+    /// Sends the chunks of `uploads` the server lacks; returns the ids whose bytes were no
+    /// longer on disk as scanned.
     async fn send_chunks(
         &self,
         uploads: &[Upload],
         report: &mut SyncReport,
-    ) -> Result<(), EngineError> {
+    ) -> Result<HashSet<ChunkId>, EngineError> {
         // Every chunk once, with a place to read it from.
         let mut sources: HashMap<ChunkId, Source> = HashMap::new();
         let mut order = Vec::new();
@@ -186,8 +222,13 @@ impl Engine {
         }
         // Chunks acknowledged before an interruption are not asked about again.
         let mut ask = Vec::new();
+        let trusted_since = now_secs().saturating_sub(ACK_TRUST_SECS);
         for id in order {
-            if self.vault.is_acked(&id)? {
+            if self
+                .vault
+                .acked_at(&id)?
+                .is_some_and(|at| at >= trusted_since)
+            {
                 report.chunks_skipped += 1;
             } else {
                 ask.push(id);
@@ -209,7 +250,8 @@ impl Engine {
         }
         let parallel = self.options.parallel_transfers.max(1);
         let budget = self.options.memory_budget.max(1);
-        let mut tasks: JoinSet<Result<Option<(ChunkId, u64)>, EngineError>> = JoinSet::new();
+        let mut tasks: JoinSet<Result<(ChunkId, Option<u64>), EngineError>> = JoinSet::new();
+        let mut unreadable = HashSet::new();
         let mut in_flight_bytes = 0usize;
         let mut acked = Vec::new();
         let mut queue = missing.into_iter();
@@ -231,12 +273,12 @@ impl Engine {
                     .await
                     .map_err(|e| EngineError::Task(e.to_string()))??;
                     let Some(sealed) = sealed else {
-                        return Ok(None);
+                        return Ok((id, None));
                     };
                     let n = sealed.len() as u64;
                     conn.put_chunk(vault, p_chunk(&id), Bytes::from(sealed))
                         .await?;
-                    Ok(Some((id, n)))
+                    Ok((id, Some(n)))
                 });
             }
             let Some(done) = tasks.join_next().await else {
@@ -244,7 +286,7 @@ impl Engine {
             };
             let done = done.map_err(|e| EngineError::Task(e.to_string()))?;
             match done {
-                Ok(Some((id, n))) => {
+                Ok((id, Some(n))) => {
                     if let Some(src) = sources.get(&id) {
                         in_flight_bytes = in_flight_bytes.saturating_sub(src.len as usize);
                     }
@@ -256,10 +298,11 @@ impl Engine {
                         acked.clear();
                     }
                 }
-                Ok(None) => {
-                    // A file changed under us: its commit will name a chunk the server lacks
-                    // and fail as a whole; the window accounting is approximate here.
-                    in_flight_bytes = 0;
+                Ok((id, None)) => {
+                    if let Some(src) = sources.get(&id) {
+                        in_flight_bytes = in_flight_bytes.saturating_sub(src.len as usize);
+                    }
+                    unreadable.insert(id);
                 }
                 Err(e) => {
                     // Keep what was acknowledged so far.
@@ -269,7 +312,7 @@ impl Engine {
             }
         }
         self.vault.record_acked(&acked)?;
-        Ok(())
+        Ok(unreadable)
     }
 
     /// Seals records and commits `uploads` in batches; finishes applied entries.
@@ -288,7 +331,8 @@ impl Engine {
         let mut batch_bytes = 0usize;
         let total = uploads.len();
         for (i, u) in uploads.into_iter().enumerate() {
-            let record = EntryRecord::new(u.path.clone(), u.pending.state.as_ref(), u.chunks.clone());
+            let record =
+                EntryRecord::new(u.path.clone(), u.pending.state.as_ref(), u.chunks.clone());
             let (entry, sealed) = record.seal(keyring.identity(), epoch, &u.pending.version)?;
             let entry_bytes = sealed.len() + 33 * u.chunks.len() + 128;
             let commit_entry = CommitEntry {
@@ -304,7 +348,9 @@ impl Engine {
             };
             batch_bytes += entry_bytes;
             batch.push((u, commit_entry));
-            if batch.len() >= MAX_COMMIT_ENTRIES || batch_bytes >= COMMIT_BATCH_BYTES || i + 1 == total
+            if batch.len() >= MAX_COMMIT_ENTRIES
+                || batch_bytes >= COMMIT_BATCH_BYTES
+                || i + 1 == total
             {
                 self.commit_batch(vault, std::mem::take(&mut batch), report)
                     .await?;
@@ -324,7 +370,29 @@ impl Engine {
             return Ok(());
         }
         let entries = batch.iter().map(|(_, e)| e.clone()).collect();
-        let results = self.conn.commit(vault, entries).await?;
+        let results = match self.conn.commit(vault, entries).await {
+            Ok(results) => results,
+            Err(
+                e @ NetError::Server {
+                    code: ErrorCode::NotFound,
+                    ..
+                },
+            ) => {
+                // A chunk the journal says was acknowledged is gone (collected after the grace
+                // period, or lost by the server): forget those acknowledgements so that the
+                // next run asks `Have` again and re-sends what is missing.
+                let mut forget = VaultBatch::new();
+                for (u, _) in &batch {
+                    for c in &u.chunks {
+                        forget.unack(&c.id);
+                    }
+                }
+                self.vault.commit(forget)?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut done = VaultBatch::new();
         for ((u, e), result) in batch.into_iter().zip(results) {
             let entry_key = dooz_crypto::EntryKey::from_bytes(*e.entry.as_bytes());
             let applied_seq = match result {
@@ -335,8 +403,10 @@ impl Engine {
                 }
                 CommitResult::Conflict { .. } => None,
             };
+            done.remove_pending(&u.path);
             match applied_seq {
                 Some(seq) => {
+                    // As `VaultIndex::finish_upload`, for the whole batch at once.
                     let committed = RemoteEntry {
                         entry_key,
                         version: u.pending.version,
@@ -345,15 +415,20 @@ impl Engine {
                         state: u.pending.state,
                         chunks: u.chunks,
                     };
-                    self.vault.finish_upload(&u.path, &committed)?;
+                    done.put_remote(&u.path, &committed);
+                    match SyncedEntry::from_remote(&committed) {
+                        Some(base) => done.put_base(&u.path, &base),
+                        None => done.remove_base(&u.path),
+                    };
+                    for c in &committed.chunks {
+                        done.unack(&c.id);
+                    }
                     report.committed += 1;
                 }
-                None => {
-                    self.vault.abort_upload(&u.path)?;
-                    report.commit_conflicts += 1;
-                }
+                None => report.commit_conflicts += 1,
             }
         }
+        self.vault.commit(done)?;
         Ok(())
     }
 }

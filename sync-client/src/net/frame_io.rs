@@ -5,7 +5,9 @@
 
 use bytes::{Bytes, BytesMut};
 use dooz_protocol::limits::{self, LimitError};
-use dooz_protocol::{DecodeError, EncodeError, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN, Message, encode};
+use dooz_protocol::{
+    DecodeError, EncodeError, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN, Message, encode,
+};
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
 
 /// Reading or writing a frame failed.
@@ -137,7 +139,10 @@ pub(crate) async fn write_frame(
     encode(msg, &mut head)?;
     match body {
         None => send.write_all(&head).await?,
-        Some(body) => send.write_all_chunks(&mut [Bytes::from(head), body]).await?,
+        Some(body) => {
+            send.write_all_chunks(&mut [Bytes::from(head), body])
+                .await?
+        }
     }
     Ok(())
 }

@@ -55,7 +55,9 @@ mod close_code {
 #[non_exhaustive]
 pub enum NetError {
     /// The server address does not resolve.
-    #[error("cannot resolve the server address {server}: {reason}; check the address in the enrolment")]
+    #[error(
+        "cannot resolve the server address {server}: {reason}; check the address in the enrolment"
+    )]
     Resolve {
         /// The address as given.
         server: String,
@@ -83,19 +85,25 @@ pub enum NetError {
         expected: String,
     },
     /// This device is not enrolled on the server.
-    #[error("this device is not enrolled on {server}: run `dooz enroll <code>` with an enrolment code from the server's admin")]
+    #[error(
+        "this device is not enrolled on {server}: run `dooz enroll <code>` with an enrolment code from the server's admin"
+    )]
     NotEnrolled {
         /// The server.
         server: String,
     },
     /// This device was revoked.
-    #[error("this device was revoked on {server} and may not sync any more; ask the account's admin, then enrol it again with `dooz enroll <code>`")]
+    #[error(
+        "this device was revoked on {server} and may not sync any more; ask the account's admin, then enrol it again with `dooz enroll <code>`"
+    )]
     Revoked {
         /// The server.
         server: String,
     },
     /// The server is shutting down (retry later).
-    #[error("the server at {server} is shutting down; dooz retries by itself, or run the command again later")]
+    #[error(
+        "the server at {server} is shutting down; dooz retries by itself, or run the command again later"
+    )]
     ServerShuttingDown {
         /// The server.
         server: String,
@@ -111,7 +119,9 @@ pub enum NetError {
         reason: String,
     },
     /// The connection failed or was lost (timeout, reset, network down).
-    #[error("the connection to {server} failed: {reason}; dooz retries by itself, check the network if it persists")]
+    #[error(
+        "the connection to {server} failed: {reason}; dooz retries by itself, check the network if it persists"
+    )]
     Connection {
         /// The server.
         server: String,
@@ -129,7 +139,9 @@ pub enum NetError {
         message: String,
     },
     /// The server's answer broke the protocol (malformed, unexpected message, bad framing).
-    #[error("the server at {server} sent an invalid answer to {request}: {reason}; upgrade dooz or the server")]
+    #[error(
+        "the server at {server} sent an invalid answer to {request}: {reason}; upgrade dooz or the server"
+    )]
     Protocol {
         /// The server.
         server: String,
@@ -139,7 +151,9 @@ pub enum NetError {
         reason: String,
     },
     /// A downloaded chunk's bytes do not hash to the BLAKE3 the server announced.
-    #[error("chunk {chunk} arrived corrupted: its BLAKE3 does not match the one the server announced; the transfer or the server's copy is damaged")]
+    #[error(
+        "chunk {chunk} arrived corrupted: its BLAKE3 does not match the one the server announced; the transfer or the server's copy is damaged"
+    )]
     Integrity {
         /// The chunk.
         chunk: ChunkId,
@@ -271,17 +285,13 @@ impl Connection {
             server: server.clone(),
             reason,
         };
-        let addr: SocketAddr = tokio::net::lookup_host(server_addr)
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(server_addr)
             .await
             .map_err(|e| NetError::Resolve {
                 server: server.clone(),
                 reason: e.to_string(),
             })?
-            .next()
-            .ok_or_else(|| NetError::Resolve {
-                server: server.clone(),
-                reason: "no address found".to_owned(),
-            })?;
+            .collect();
         let device = tls::DeviceCert::from_pkcs8(&keys.tls_pkcs8_der())
             .map_err(|e| setup(format!("cannot make the device certificate: {e}")))?;
         let mismatch = Arc::new(AtomicBool::new(false));
@@ -295,20 +305,34 @@ impl Connection {
         let quic = QuicClientConfig::try_from(tls).map_err(|e| setup(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(Arc::new(transport::transport_config()));
-        let endpoint = transport::client_endpoint(addr, config)
-            .map_err(|e| setup(format!("cannot open a UDP socket: {e}")))?;
-        let connecting = endpoint
-            .connect(addr, tls::SERVER_NAME)
-            .map_err(|e| setup(e.to_string()))?;
-        let conn = match connecting.await {
-            Ok(conn) => conn,
-            Err(_) if mismatch.load(Ordering::Relaxed) => {
-                return Err(NetError::ServerCertMismatch {
-                    server,
-                    expected: server_fingerprint_hex(server_fingerprint),
-                });
+        // Every address the name resolves to, in order, until one answers.
+        let mut last = NetError::Resolve {
+            server: server.clone(),
+            reason: "no address found".to_owned(),
+        };
+        let mut opened = None;
+        for addr in addrs {
+            let endpoint = transport::client_endpoint(addr, config.clone())
+                .map_err(|e| setup(format!("cannot open a UDP socket: {e}")))?;
+            let connecting = endpoint
+                .connect(addr, tls::SERVER_NAME)
+                .map_err(|e| setup(e.to_string()))?;
+            match connecting.await {
+                Ok(conn) => {
+                    opened = Some((endpoint, conn));
+                    break;
+                }
+                Err(_) if mismatch.load(Ordering::Relaxed) => {
+                    return Err(NetError::ServerCertMismatch {
+                        server,
+                        expected: server_fingerprint_hex(server_fingerprint),
+                    });
+                }
+                Err(e) => last = conn_error(&server, e),
             }
-            Err(e) => return Err(conn_error(&server, e)),
+        }
+        let Some((endpoint, conn)) = opened else {
+            return Err(last);
         };
         let hello = dooz_protocol::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -458,7 +482,11 @@ impl Connection {
     }
 
     /// Which of `chunks` (at most `MAX_HAVE_IDS`) the vault lacks, in request order.
-    pub async fn have(&self, vault: VaultId, chunks: Vec<ChunkId>) -> Result<Vec<ChunkId>, NetError> {
+    pub async fn have(
+        &self,
+        vault: VaultId,
+        chunks: Vec<ChunkId>,
+    ) -> Result<Vec<ChunkId>, NetError> {
         let req = dooz_protocol::Have {
             vault,
             chunks,
@@ -497,8 +525,13 @@ impl Connection {
             blake3: *blake3::hash(&sealed).as_bytes(),
             ext: Extensions::default(),
         };
-        let (resp, _) =
-            request_on(server, &self.inner.conn, Request::PutChunk(req), Some(sealed)).await?;
+        let (resp, _) = request_on(
+            server,
+            &self.inner.conn,
+            Request::PutChunk(req),
+            Some(sealed),
+        )
+        .await?;
         match resp {
             Response::ChunkStored(s) if s.chunk == chunk => {
                 let c = &self.inner.counters;
@@ -525,7 +558,8 @@ impl Connection {
             chunk,
             ext: Extensions::default(),
         };
-        let (resp, body) = request_on(server, &self.inner.conn, Request::GetChunk(req), None).await?;
+        let (resp, body) =
+            request_on(server, &self.inner.conn, Request::GetChunk(req), None).await?;
         match (resp, body) {
             (Response::ChunkData(_), Some(body)) => {
                 let c = &self.inner.counters;
@@ -628,6 +662,49 @@ impl Connection {
             }),
             other => Err(unexpected(&server, "Subscribe", &other)),
         }
+    }
+}
+
+/// Everything needed to connect, and to reconnect after a connection is lost: the server's
+/// address, its pinned certificate fingerprint and the device's keys.
+pub struct Connector {
+    server_addr: String,
+    fingerprint: [u8; 32],
+    keys: DeviceSecretKeys,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("server_addr", &self.server_addr)
+            .field("fingerprint", &server_fingerprint_hex(&self.fingerprint))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// A connector for the server at `server_addr` (`host:port`) whose certificate has
+    /// `fingerprint`, authenticating with `keys`.
+    pub fn new(
+        server_addr: impl Into<String>,
+        fingerprint: [u8; 32],
+        keys: DeviceSecretKeys,
+    ) -> Self {
+        Self {
+            server_addr: server_addr.into(),
+            fingerprint,
+            keys,
+        }
+    }
+
+    /// The server address.
+    pub fn server_addr(&self) -> &str {
+        &self.server_addr
+    }
+
+    /// Opens a new connection ([`Connection::connect`]).
+    pub async fn connect(&self) -> Result<Connection, NetError> {
+        Connection::connect(&self.server_addr, &self.fingerprint, &self.keys).await
     }
 }
 
@@ -812,8 +889,14 @@ mod tests {
                 reason: Bytes::from_static(b"why"),
             })
         };
-        assert!(matches!(conn_error("s", close(1)), NetError::NotEnrolled { .. }));
-        assert!(matches!(conn_error("s", close(2)), NetError::Revoked { .. }));
+        assert!(matches!(
+            conn_error("s", close(1)),
+            NetError::NotEnrolled { .. }
+        ));
+        assert!(matches!(
+            conn_error("s", close(2)),
+            NetError::Revoked { .. }
+        ));
         assert!(matches!(
             conn_error("s", close(3)),
             NetError::ServerShuttingDown { .. }

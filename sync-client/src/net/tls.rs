@@ -23,9 +23,7 @@ pub fn server_fingerprint_hex(fingerprint: &[u8; 32]) -> String {
 
 /// Parses a server fingerprint (64 hex digits, case-insensitive).
 pub fn parse_server_fingerprint(s: &str) -> Option<[u8; 32]> {
-    blake3::Hash::from_hex(s.trim())
-        .ok()
-        .map(|h| *h.as_bytes())
+    blake3::Hash::from_hex(s.trim()).ok().map(|h| *h.as_bytes())
 }
 
 pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {

@@ -44,7 +44,9 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
         ("receive", socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES)),
     ] {
         if let Err(e) = result {
-            tracing::debug!("could not set the UDP {what} buffer to {SOCKET_BUFFER_BYTES} bytes: {e}");
+            tracing::debug!(
+                "could not set the UDP {what} buffer to {SOCKET_BUFFER_BYTES} bytes: {e}"
+            );
         }
     }
     socket.set_nonblocking(true)?;

@@ -1,0 +1,525 @@
+//! End-to-end sync tests: an in-process `dooz-server` on loopback QUIC and two devices with
+//! their own folders and indexes in temp dirs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dooz_client::{
+    Connection, Connector, Engine, EngineError, EngineOptions, Index, NetError, keyring_from_index,
+};
+use dooz_crypto::{DeviceSecretKeys, Epoch, VaultId, VaultKey};
+use dooz_server::service::{Server, ServerParts};
+use dooz_server::tls::ServerIdentity;
+use dooz_server::transport::TransportTuning;
+use dooz_server::{AccountId, DeviceRegistration, MetaStore, SledStore};
+use dooz_storage::LocalDir;
+use tempfile::TempDir;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct TestServer {
+    server: Server,
+    account: AccountId,
+    fingerprint: [u8; 32],
+    blob_dir: TempDir,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let blob_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let tenant = store.create_tenant("test").await.unwrap();
+        let account = store.create_account(tenant, "ana").await.unwrap();
+        let identity = ServerIdentity::generate().unwrap();
+        let fingerprint = *blake3::hash(identity.cert_der()).as_bytes();
+        let parts = ServerParts {
+            store,
+            blobs: Arc::new(LocalDir::open(blob_dir.path()).unwrap()),
+            identity,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tuning: TransportTuning::default(),
+            limits: Default::default(),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let server = Server::start(parts).unwrap();
+        Self {
+            server,
+            account,
+            fingerprint,
+            blob_dir,
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.server.local_addr().to_string()
+    }
+
+    async fn enrol(&self, keys: &DeviceSecretKeys, name: &str) {
+        let store = self.server.store();
+        let token = store
+            .create_enrolment_token(self.account, now() + 900, false)
+            .await
+            .unwrap();
+        let public = keys.public();
+        let registration = DeviceRegistration {
+            device: dooz_protocol::DeviceId::from_bytes(*keys.device_id().as_bytes()),
+            identity_key: public.identity,
+            exchange_key: public.exchange,
+            name: name.to_owned(),
+        };
+        store
+            .redeem_enrolment(token.expose(), registration, now())
+            .await
+            .unwrap();
+    }
+}
+
+struct Device {
+    connector: Connector,
+    folder: TempDir,
+    _index_dir: TempDir,
+    engine: Engine,
+}
+
+impl Device {
+    async fn new(server: &TestServer, name: &str, vault: VaultId, key: [u8; 32]) -> Self {
+        let keys = DeviceSecretKeys::generate().unwrap();
+        server.enrol(&keys, name).await;
+        let conn = Connection::connect(&server.addr(), &server.fingerprint, &keys)
+            .await
+            .unwrap();
+        conn.create_vault(dooz_protocol::VaultId::from_bytes(vault.0))
+            .await
+            .unwrap();
+        let folder = tempfile::tempdir().unwrap();
+        let index_dir = tempfile::tempdir().unwrap();
+        let index = Index::open(index_dir.path()).unwrap();
+        let vault_index = index.add_vault(vault, folder.path()).unwrap();
+        index
+            .put_vault_key(vault, Epoch(1), &VaultKey::from_bytes(key))
+            .unwrap();
+        let keyring = keyring_from_index(&index, vault).unwrap();
+        let options = EngineOptions {
+            parallel_transfers: 8,
+            ..EngineOptions::default()
+        };
+        let engine = Engine::new(vault_index, keyring, conn, name, options).unwrap();
+        let connector = Connector::new(
+            server.addr(),
+            server.fingerprint,
+            DeviceSecretKeys::from_bytes(&keys.to_bytes()),
+        );
+        Self {
+            connector,
+            folder,
+            _index_dir: index_dir,
+            engine,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.folder.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, data: &[u8]) {
+        let p = self.path(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+
+    fn read(&self, rel: &str) -> Vec<u8> {
+        fs::read(self.path(rel)).unwrap()
+    }
+
+    async fn sync(&mut self) -> dooz_client::SyncReport {
+        self.engine.sync().await.unwrap()
+    }
+}
+
+/// Every file and directory under `root` (relative path, content or `None` for a dir, mode),
+/// sorted.
+fn tree(root: &Path) -> Vec<(String, Option<Vec<u8>>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Option<Vec<u8>>, u32)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = fs::metadata(&p).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                out.push((rel, None, 0));
+                walk(root, &p, out);
+            } else {
+                out.push((rel, Some(fs::read(&p).unwrap()), mode));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut counter = 0u64;
+    while out.len() < len {
+        let mut h = blake3::Hasher::new();
+        h.update(&seed.to_le_bytes());
+        h.update(&counter.to_le_bytes());
+        out.extend_from_slice(h.finalize().as_bytes());
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+async fn pair(server: &TestServer) -> (Device, Device) {
+    let vault = VaultId::generate().unwrap();
+    let key = *VaultKey::generate().unwrap().expose_secret();
+    let a = Device::new(server, "alpha", vault, key).await;
+    let b = Device::new(server, "beta", vault, key).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_folder_propagates_both_ways() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+
+    a.write("hello.txt", b"hello world\n");
+    a.write("empty", b"");
+    a.write("nested/deeper/data.bin", &pseudo_random(300_000, 1));
+    a.write("nested/notes.md", b"# notes\n");
+    fs::create_dir_all(a.path("empty-dir")).unwrap();
+    fs::set_permissions(a.path("hello.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(a.path("nested/notes.md"), fs::Permissions::from_mode(0o755)).unwrap();
+    let up = a.sync().await;
+    assert!(up.committed >= 7, "{up:?}");
+    let down = b.sync().await;
+    assert!(down.applied >= 7, "{down:?}");
+    assert_eq!(tree(a.folder.path()), tree(b.folder.path()));
+
+    // Edits, appends, deletes and renames on B go back to A.
+    b.write("hello.txt", b"hello again\n");
+    let mut data = b.read("nested/deeper/data.bin");
+    data.extend_from_slice(b"appended");
+    b.write("nested/deeper/data.bin", &data);
+    fs::remove_file(b.path("empty")).unwrap();
+    fs::rename(b.path("nested/notes.md"), b.path("notes-moved.md")).unwrap();
+    fs::remove_dir(b.path("empty-dir")).unwrap();
+    b.sync().await;
+    a.sync().await;
+    assert_eq!(tree(a.folder.path()), tree(b.folder.path()));
+    assert_eq!(a.read("hello.txt"), b"hello again\n");
+    assert!(!a.path("empty").exists());
+    assert!(!a.path("empty-dir").exists());
+    let mode = fs::metadata(a.path("notes-moved.md"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+
+    // Nothing left to do: a second sync is a no-op.
+    let idle = a.sync().await;
+    assert_eq!((idle.committed, idle.applied), (0, 0), "{idle:?}");
+}
+
+#[tokio::test]
+async fn renames_move_no_chunk_bytes_and_inserts_move_few() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+    let big = pseudo_random(4 * 1024 * 1024, 7);
+    a.write("big.bin", &big);
+    let first = a.sync().await;
+    assert!(first.bytes_uploaded >= big.len() as u64, "{first:?}");
+    b.sync().await;
+
+    fs::rename(a.path("big.bin"), a.path("moved/big.bin")).unwrap_or_else(|_| {
+        fs::create_dir_all(a.path("moved")).unwrap();
+        fs::rename(a.path("big.bin"), a.path("moved/big.bin")).unwrap();
+    });
+    let renamed = a.sync().await;
+    assert_eq!(renamed.bytes_uploaded, 0, "{renamed:?}");
+    let down = b.sync().await;
+    assert_eq!(
+        down.chunks_downloaded, 0,
+        "renames reuse local chunks: {down:?}"
+    );
+    assert_eq!(b.read("moved/big.bin"), big);
+
+    // An 8 KiB insert in the middle uploads only the chunks it touched.
+    let mut edited = big.clone();
+    let mid = edited.len() / 2;
+    edited.splice(mid..mid, pseudo_random(8 * 1024, 9));
+    a.write("moved/big.bin", &edited);
+    let insert = a.sync().await;
+    let max_chunk = u64::from(dooz_client::ChunkerConfig::DEFAULT.max());
+    assert!(insert.bytes_uploaded > 0);
+    assert!(insert.bytes_uploaded <= 3 * max_chunk, "{insert:?}");
+    b.sync().await;
+    assert_eq!(b.read("moved/big.bin"), edited);
+}
+
+#[tokio::test]
+async fn concurrent_edits_keep_both_versions() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+    a.write("doc.txt", b"base\n");
+    a.sync().await;
+    b.sync().await;
+
+    a.write("doc.txt", b"edited on alpha\n");
+    b.write("doc.txt", b"edited on beta, longer\n");
+    a.sync().await;
+    let r = b.sync().await;
+    assert_eq!(r.conflicts, 1, "{r:?}");
+    a.sync().await;
+
+    let ta = tree(a.folder.path());
+    assert_eq!(ta, tree(b.folder.path()));
+    assert_eq!(b.read("doc.txt"), b"edited on alpha\n");
+    let copies: Vec<_> = ta
+        .iter()
+        .filter(|(p, _, _)| p.starts_with("doc (conflicted copy from beta "))
+        .collect();
+    assert_eq!(copies.len(), 1, "{ta:?}");
+    assert_eq!(
+        copies[0].1.as_deref(),
+        Some(&b"edited on beta, longer\n"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_corrupted_chunk_is_reported_and_the_old_copy_kept() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+    a.write("precious.bin", &pseudo_random(100_000, 3));
+    a.sync().await;
+    b.sync().await;
+    let before = blob_files(server.blob_dir.path());
+
+    a.write("precious.bin", &pseudo_random(100_000, 4));
+    a.sync().await;
+    let mut flipped = 0;
+    for f in blob_files(server.blob_dir.path()) {
+        if !before.contains(&f) {
+            let mut bytes = fs::read(&f).unwrap();
+            let i = bytes.len() / 2;
+            bytes[i] ^= 0x40;
+            fs::write(&f, bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0);
+    let err = b.engine.sync().await.unwrap_err();
+    assert!(
+        matches!(err, EngineError::Integrity { ref path, .. } if path == "precious.bin"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("precious.bin"), "{err}");
+    assert_eq!(b.read("precious.bin"), pseudo_random(100_000, 3));
+}
+
+fn blob_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn an_unknown_device_is_refused_with_a_clear_message() {
+    let server = TestServer::start().await;
+    let keys = DeviceSecretKeys::generate().unwrap();
+    let err = Connection::connect(&server.addr(), &server.fingerprint, &keys)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::NotEnrolled { .. }), "{err:?}");
+    assert!(err.to_string().contains("dooz enroll"), "{err}");
+    assert!(!err.is_retryable());
+
+    // A wrong pin is refused before anything is sent.
+    server.enrol(&keys, "gamma").await;
+    let err = Connection::connect(&server.addr(), &[0; 32], &keys)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NetError::ServerCertMismatch { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_modification_survives_a_concurrent_deletion() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+    a.write("keep.txt", b"v1\n");
+    a.write("gone.txt", b"v1\n");
+    a.sync().await;
+    b.sync().await;
+
+    // A deletes what B modifies, and the other way round.
+    fs::remove_file(a.path("keep.txt")).unwrap();
+    a.write("gone.txt", b"v2 from alpha\n");
+    b.write("keep.txt", b"v2 from beta\n");
+    fs::remove_file(b.path("gone.txt")).unwrap();
+    a.sync().await;
+    b.sync().await;
+    a.sync().await;
+
+    assert_eq!(tree(a.folder.path()), tree(b.folder.path()));
+    assert_eq!(a.read("keep.txt"), b"v2 from beta\n");
+    assert_eq!(b.read("gone.txt"), b"v2 from alpha\n");
+}
+
+#[tokio::test]
+async fn subscribers_hear_about_commits() {
+    let server = TestServer::start().await;
+    let (mut a, b) = pair(&server).await;
+    let vault = dooz_protocol::VaultId::from_bytes(b.engine.vault_index().vault().0);
+    let mut sub = b.engine.connection().subscribe(vec![vault]).await.unwrap();
+    a.write("x", b"x");
+    a.sync().await;
+    let changed = sub.next().await.unwrap().unwrap();
+    assert_eq!(changed.vault, vault);
+    assert!(changed.seq.get() >= 1);
+}
+
+#[tokio::test]
+async fn an_interrupted_upload_resumes_without_resending_acknowledged_chunks() {
+    use dooz_client::{PendingUpload, RelPath};
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+    let data = pseudo_random(1024 * 1024, 11);
+    a.write("big.bin", &data);
+    a.engine.scan().unwrap();
+
+    // What a run killed after sending half the chunks leaves behind: the journal entry and
+    // the acknowledged chunks, on the server and in the index.
+    let vi = a.engine.vault_index().clone();
+    let path = RelPath::new("big.bin").unwrap();
+    let local = vi.local(&path).unwrap().unwrap();
+    let version = dooz_crypto::VersionId::generate().unwrap();
+    vi.begin_upload(
+        &path,
+        &PendingUpload {
+            version,
+            parent: None,
+            state: Some(local.state),
+            started_at: now(),
+        },
+    )
+    .unwrap();
+    let ring = keyring_from_index(vi.index(), vi.vault()).unwrap();
+    let epoch = ring.latest().unwrap();
+    let mut offset = 0usize;
+    let half = local.chunks.len() / 2;
+    assert!(half > 4);
+    let mut sent = Vec::new();
+    for c in &local.chunks[..half] {
+        let plain = &data[offset..offset + c.len as usize];
+        offset += c.len as usize;
+        let sealed = epoch.seal_chunk(&c.id, plain).unwrap();
+        a.engine
+            .connection()
+            .put_chunk(
+                dooz_protocol::VaultId::from_bytes(vi.vault().0),
+                dooz_protocol::ChunkId::from_bytes(*c.id.as_bytes()),
+                sealed.into(),
+            )
+            .await
+            .unwrap();
+        sent.push(c.id);
+    }
+    vi.record_acked(&sent).unwrap();
+
+    let before = a.engine.connection().stats().chunks_sent;
+    let r = a.sync().await;
+    let sent_now = a.engine.connection().stats().chunks_sent - before;
+    assert_eq!(sent_now, (local.chunks.len() - half) as u64, "{r:?}");
+    assert_eq!(r.chunks_skipped, half as u64, "{r:?}");
+    // The commit carries the version chosen before the interruption.
+    assert_eq!(vi.remote(&path).unwrap().unwrap().version, version);
+    assert!(vi.pending_uploads().unwrap().is_empty());
+    b.sync().await;
+    assert_eq!(b.read("big.bin"), data);
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_reopened() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+    a.engine.connection().close().await;
+    a.write("after-reconnect.txt", b"still syncing\n");
+    let err = a.engine.sync().await.unwrap_err();
+    assert!(err.is_connection_lost() && err.is_retryable(), "{err}");
+    let r = a.engine.sync_with_reconnect(&a.connector, 3).await.unwrap();
+    assert_eq!(r.committed, 1, "{r:?}");
+    b.sync().await;
+    assert_eq!(b.read("after-reconnect.txt"), b"still syncing\n");
+}
+
+#[tokio::test]
+async fn an_edit_made_after_the_scan_is_never_overwritten() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+    a.write("race.txt", b"v1\n");
+    a.sync().await;
+    b.sync().await;
+    a.write("race.txt", b"v2 from alpha\n");
+    a.sync().await;
+
+    // B edits the file after its last scan, then downloads without scanning again.
+    b.write("race.txt", b"unscanned edit on beta\n");
+    let r = b.engine.download().await.unwrap();
+    assert_eq!(r.changed_locally, 1, "{r:?}");
+    assert_eq!(b.read("race.txt"), b"unscanned edit on beta\n");
+
+    // A full sync sees the conflict and keeps both.
+    b.sync().await;
+    a.sync().await;
+    let t = tree(b.folder.path());
+    assert_eq!(t, tree(a.folder.path()));
+    assert_eq!(b.read("race.txt"), b"v2 from alpha\n");
+    assert!(
+        t.iter()
+            .any(|(_, c, _)| c.as_deref() == Some(&b"unscanned edit on beta\n"[..])),
+        "{t:?}"
+    );
+}
+
+#[tokio::test]
+async fn downloads_follow_the_local_ignore_rules() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+    a.write("keep.txt", b"keep\n");
+    a.write("noise.log", b"noise\n");
+    a.sync().await;
+    b.write(".doozignore", b"*.log\n");
+    b.sync().await;
+    assert_eq!(b.read("keep.txt"), b"keep\n");
+    assert!(!b.path("noise.log").exists());
+    a.sync().await;
+    assert_eq!(a.read(".doozignore"), b"*.log\n");
+}
