@@ -6,6 +6,9 @@
 //!   measurement with MB/s and the ratio to a memcpy baseline measured in the same run.
 //! - `chunk_study`: chunking throughput and upload amplification for edits, per chunk-size
 //!   candidate; it chose `dooz_client::ChunkerConfig::DEFAULT`.
+//! - `e2e`: end-to-end sync of a generated ~1 GiB folder between two `dooz` CLI devices through
+//!   a `dooz-server` process, against `restic backup` and `rsync` on the same data (parts in
+//!   [`e2e`]).
 //!
 //! Results and the commands that produced them are in `benches/RESULTS.md`.
 //!
@@ -18,6 +21,7 @@
 //! ```
 
 mod data;
+pub mod e2e;
 mod pipeline;
 
 pub use data::{Rng, random_bytes, text_like};

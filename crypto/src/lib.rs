@@ -52,6 +52,7 @@ mod envelope;
 mod error;
 mod ids;
 mod keys;
+mod nonce;
 mod padme;
 mod seal;
 #[cfg(test)]

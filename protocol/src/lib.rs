@@ -17,6 +17,9 @@
 //!   [`ErrorCode::Unsupported`] ("upgrade dooz"), never a panic or a silent misread.
 //! - Typed errors: an [`ErrorCode`] with stable numbers, `is_retryable()`, and a fallback for
 //!   codes from newer peers.
+//! - Enrolment codes (`dooz1-...`) and the enrolment request on `Hello` ([`EnrolmentCode`],
+//!   [`EnrolRequest`], ALPN [`ENROL_ALPN`]), so that the server and the client share one reader
+//!   and writer of each.
 //! - Deterministic and fuzzable: no IO, no clocks, no randomness.
 //!
 //! # Non-goals
@@ -25,7 +28,7 @@
 //!   `dooz-client`.
 //! - Cryptography: ids here are plain byte newtypes; sealed records, chunks and envelopes are
 //!   opaque bytes. Verifying a chunk body's BLAKE3 is the driver's job (this crate does not
-//!   depend on `dooz-crypto` or `blake3`).
+//!   depend on `dooz-crypto`; it uses `blake3` only for the check bytes of enrolment codes).
 //! - Request/response state machines: the codec does not check that a response answers the
 //!   request on its stream; the drivers do.
 //! - Raw chunk bodies: they follow a `PutChunk`/`ChunkData` header unframed, and the driver
@@ -67,6 +70,7 @@
 //! ```
 
 mod codec;
+mod enrolment;
 mod error_code;
 mod ext;
 mod ids;
@@ -84,6 +88,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub use crate::codec::{
     BODY_HEADER, DecodeError, EncodeError, FrameDecoder, LEN_PREFIX, decode_body, decode_frame,
     encode, encode_to_vec, encoded_len,
+};
+pub use crate::enrolment::{
+    ENROL_ALPN, ENROL_EXTENSION_TAG, ENROLMENT_CODE_PREFIX, EnrolRequest, EnrolmentCode,
+    EnrolmentCodeError,
 };
 pub use crate::error_code::{ErrorCode, ErrorResponse, Resource, UnknownCode};
 pub use crate::ext::{Extension, Extensions};

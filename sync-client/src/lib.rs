@@ -31,9 +31,17 @@
 //!   requests; failures are [`NetError`]s that say what to do and whether to retry.
 //! - [`EntryRecord`]: the plaintext of a sealed record, one version of one entry (layout in
 //!   `docs/FORMAT.md`, "Entry record plaintext").
+//! - [`Connection::enrol`]: redeems an enrolment code ([`EnrolmentCode`], `dooz1-...`) so the
+//!   server registers this device.
+//! - [`VaultCode`]: a secret `dooz-vault1-...` code carrying a vault's id and keys to another
+//!   device of the account (a stop-gap until pairing).
 //! - [`Engine`]: syncs one vault's folder: scan, pull and apply remote changes (temp file,
 //!   fsync, rename; chunks reused from disk; conflicts kept as conflicted copies), then upload
 //!   local changes (journalled, `Have`, parallel sealed `PutChunk`s, `Commit`).
+//!   An optional [`Progress`] sink hears each [`SyncPhase`] (for progress bars).
+//! - [`Watcher`]: watch mode for one or several engines: debounced file notifications, the
+//!   server's `Subscribe` pushes and a periodic rescan trigger syncs; [`WatchEvent`]s go to a
+//!   callback, and a [`StopHandle`] ends it.
 //!
 //! ```
 //! use dooz_client::{ChunkList, ChunkListBuilder, ChunkListLimits, Chunker, ChunkerConfig};
@@ -65,9 +73,11 @@ mod chunking;
 mod engine;
 mod ignore;
 mod index;
+mod invite;
 mod net;
 mod record;
 mod scanner;
+mod watch;
 
 pub use crate::ignore::{
     IGNORE_FILE_NAME, IgnoreError, IgnoreRules, MAX_IGNORE_FILE_LEN, TEMP_FILE_PREFIX,
@@ -82,12 +92,17 @@ pub use chunking::{
     ChunkerConfigError, CutPoint, CutPoints, MAX_CHUNK_SIZE_LIMIT, MIN_CHUNK_SIZE_LIMIT,
     StreamChunker,
 };
-pub use engine::{Engine, EngineError, EngineOptions, SyncReport, keyring_from_index};
+pub use dooz_protocol::{EnrolmentCode, EnrolmentCodeError, HelloOk};
+pub use engine::{
+    Engine, EngineError, EngineOptions, Progress, ProgressEvent, SyncPhase, SyncReport,
+    keyring_from_index,
+};
 pub use index::{
     Change, ChunkLocation, ChunkRef, Conflict, ConflictKind, ContentHash, DEFAULT_CACHE_BYTES,
     DeviceRecord, EntryKind, EntryState, Index, IndexError, IndexOptions, LocalEntry, PathError,
     PendingUpload, RelPath, RemoteEntry, SyncedEntry, VaultBatch, VaultIndex, VaultMeta,
 };
+pub use invite::{VAULT_CODE_PREFIX, VaultCode, VaultCodeError};
 pub use net::{
     Connection, Connector, NetError, NetStats, PROTOCOL_VERSION, PullPage, Subscription,
     parse_server_fingerprint, server_fingerprint_hex,
@@ -96,3 +111,4 @@ pub use record::{EntryRecord, RECORD_FORMAT_VERSION, RecordChunks, RecordError, 
 pub use scanner::{
     RACY_WINDOW_NS, ScanError, ScanProgress, ScanReport, Scanner, SkipReason, Skipped,
 };
+pub use watch::{StopHandle, Trigger, WatchError, WatchEvent, WatchOptions, Watcher};

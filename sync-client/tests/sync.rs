@@ -15,7 +15,7 @@ use dooz_server::service::{Server, ServerParts};
 use dooz_server::tls::ServerIdentity;
 use dooz_server::transport::TransportTuning;
 use dooz_server::{AccountId, DeviceRegistration, MetaStore, SledStore};
-use dooz_storage::LocalDir;
+use dooz_storage::{LocalDir, Meter, Metered};
 use tempfile::TempDir;
 
 fn now() -> u64 {
@@ -30,6 +30,8 @@ struct TestServer {
     account: AccountId,
     fingerprint: [u8; 32],
     blob_dir: TempDir,
+    /// Counts the bytes the server's blob store takes in and gives out.
+    meter: Meter,
 }
 
 impl TestServer {
@@ -40,9 +42,11 @@ impl TestServer {
         let account = store.create_account(tenant, "ana").await.unwrap();
         let identity = ServerIdentity::generate().unwrap();
         let fingerprint = *blake3::hash(identity.cert_der()).as_bytes();
+        let meter = Meter::new();
+        let blobs = Metered::with_meter(LocalDir::open(blob_dir.path()).unwrap(), meter.clone());
         let parts = ServerParts {
             store,
-            blobs: Arc::new(LocalDir::open(blob_dir.path()).unwrap()),
+            blobs: Arc::new(blobs),
             identity,
             listen: "127.0.0.1:0".parse().unwrap(),
             tuning: TransportTuning::default(),
@@ -55,6 +59,7 @@ impl TestServer {
             account,
             fingerprint,
             blob_dir,
+            meter,
         }
     }
 
@@ -239,34 +244,49 @@ async fn a_folder_propagates_both_ways() {
 async fn renames_move_no_chunk_bytes_and_inserts_move_few() {
     let server = TestServer::start().await;
     let (mut a, mut b) = pair(&server).await;
-    let big = pseudo_random(4 * 1024 * 1024, 7);
+    let big = pseudo_random(64 * 1024 * 1024, 7);
     a.write("big.bin", &big);
+    server.meter.reset();
     let first = a.sync().await;
-    assert!(first.bytes_uploaded >= big.len() as u64, "{first:?}");
+    let stored = server.meter.snapshot().bytes_in;
+    assert!(stored >= big.len() as u64, "{first:?}");
+    assert_eq!(
+        first.bytes_uploaded, stored,
+        "the report agrees with the server's meter"
+    );
     b.sync().await;
 
-    fs::rename(a.path("big.bin"), a.path("moved/big.bin")).unwrap_or_else(|_| {
-        fs::create_dir_all(a.path("moved")).unwrap();
-        fs::rename(a.path("big.bin"), a.path("moved/big.bin")).unwrap();
-    });
+    // A rename moves no chunk bytes, up or down.
+    fs::create_dir_all(a.path("moved")).unwrap();
+    fs::rename(a.path("big.bin"), a.path("moved/big.bin")).unwrap();
+    server.meter.reset();
     let renamed = a.sync().await;
-    assert_eq!(renamed.bytes_uploaded, 0, "{renamed:?}");
+    assert_eq!(server.meter.snapshot().bytes_in, 0, "{renamed:?}");
     let down = b.sync().await;
+    let meter = server.meter.snapshot();
     assert_eq!(
-        down.chunks_downloaded, 0,
+        (down.chunks_downloaded, meter.bytes_out),
+        (0, 0),
         "renames reuse local chunks: {down:?}"
     );
     assert_eq!(b.read("moved/big.bin"), big);
 
-    // An 8 KiB insert in the middle uploads only the chunks it touched.
+    // An 8 KiB insert in the middle uploads only the chunks it touched: at most three
+    // maximum-size chunks (the one cut by the insert and its neighbours while the cut
+    // points resynchronise), plus the padding and AEAD overhead of each sealed chunk.
     let mut edited = big.clone();
     let mid = edited.len() / 2;
     edited.splice(mid..mid, pseudo_random(8 * 1024, 9));
     a.write("moved/big.bin", &edited);
+    server.meter.reset();
     let insert = a.sync().await;
+    let uploaded = server.meter.snapshot().bytes_in;
     let max_chunk = u64::from(dooz_client::ChunkerConfig::DEFAULT.max());
-    assert!(insert.bytes_uploaded > 0);
-    assert!(insert.bytes_uploaded <= 3 * max_chunk, "{insert:?}");
+    assert!(uploaded > 8 * 1024, "{insert:?}");
+    assert!(
+        uploaded <= 3 * max_chunk,
+        "uploaded {uploaded} B: {insert:?}"
+    );
     b.sync().await;
     assert_eq!(b.read("moved/big.bin"), edited);
 }
@@ -522,4 +542,330 @@ async fn downloads_follow_the_local_ignore_rules() {
     assert!(!b.path("noise.log").exists());
     a.sync().await;
     assert_eq!(a.read(".doozignore"), b"*.log\n");
+}
+
+// ---- watch mode and progress ----
+
+/// Collects a watcher's events and waits, with a bounded deadline, for one that matches.
+struct Events {
+    rx: tokio::sync::mpsc::UnboundedReceiver<dooz_client::WatchEvent>,
+    seen: Vec<String>,
+    /// Entries committed by the syncs seen so far.
+    committed: u64,
+}
+
+impl Events {
+    fn new() -> (Self, impl FnMut(dooz_client::WatchEvent) + Send + 'static) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let sink = move |e| {
+            let _ = tx.send(e);
+        };
+        (
+            Self {
+                rx,
+                seen: Vec::new(),
+                committed: 0,
+            },
+            sink,
+        )
+    }
+
+    /// The first event from now on for which `pred` holds; fails after 60 s.
+    async fn until(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&dooz_client::WatchEvent) -> bool,
+    ) -> dooz_client::WatchEvent {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let e = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} within 60 s; events: {:#?}", self.seen))
+                .unwrap_or_else(|| panic!("the watcher ended before {what}: {:#?}", self.seen));
+            self.seen.push(format!("{e:?}"));
+            if let dooz_client::WatchEvent::Synced { report, .. } = &e {
+                self.committed += report.committed;
+            }
+            if pred(&e) {
+                return e;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_watcher_follows_pushes_and_local_edits_without_echo() {
+    use dooz_client::{Trigger, WatchEvent, WatchOptions, Watcher};
+    let server = TestServer::start().await;
+    let (mut a, b) = pair(&server).await;
+    let Device {
+        connector,
+        folder: b_folder,
+        _index_dir: _b_index,
+        engine,
+    } = b;
+    // No periodic rescan: only pushes and file notifications can trigger these syncs.
+    let options = WatchOptions {
+        rescan_interval: None,
+        ..WatchOptions::default()
+    };
+    let watcher = Watcher::new(vec![engine], connector, options).unwrap();
+    let stop = watcher.stop_handle();
+    let (mut events, sink) = Events::new();
+    let task = tokio::spawn(watcher.run(sink));
+    events
+        .until("Watching", |e| {
+            matches!(
+                e,
+                WatchEvent::Watching {
+                    vaults: 1,
+                    file_notifications: true
+                }
+            )
+        })
+        .await;
+
+    // A commits; the server's push makes B pull and apply it.
+    a.write("from-a/notes.txt", b"written on alpha\n");
+    a.sync().await;
+    let down = events
+        .until("the pushed change applied", |e| {
+            matches!(e, WatchEvent::Synced { trigger: Trigger::RemoteChange, report, .. }
+                if report.applied >= 2)
+        })
+        .await;
+    assert_eq!(
+        fs::read(b_folder.path().join("from-a/notes.txt")).unwrap(),
+        b"written on alpha\n"
+    );
+    let WatchEvent::Synced { report, .. } = down else {
+        unreachable!()
+    };
+    assert_eq!(report.committed, 0, "{report:?}");
+
+    // B is notified of its own download's writes and finds nothing to do: no echo.
+    events
+        .until("the download's own writes checked", |e| {
+            matches!(
+                e,
+                WatchEvent::NothingToSync {
+                    trigger: Trigger::LocalChange,
+                    ..
+                }
+            )
+        })
+        .await;
+
+    // A file written into B's folder is noticed and uploaded.
+    fs::write(b_folder.path().join("from-b.txt"), b"written on beta\n").unwrap();
+    events
+        .until("the local file uploaded", |e| {
+            matches!(e, WatchEvent::Synced { trigger: Trigger::LocalChange, report, .. }
+                if report.committed == 1)
+        })
+        .await;
+    // The server pushes B's own commit back; a pull shows there is nothing to apply.
+    events
+        .until("the push of B's own commit checked", |e| {
+            matches!(
+                e,
+                WatchEvent::NothingToSync {
+                    trigger: Trigger::RemoteChange,
+                    ..
+                }
+            )
+        })
+        .await;
+    a.sync().await;
+    assert_eq!(a.read("from-b.txt"), b"written on beta\n");
+    assert_eq!(tree(a.folder.path()), tree(b_folder.path()));
+
+    stop.stop();
+    let engines = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the watcher stops")
+        .unwrap();
+    assert_eq!(engines.len(), 1);
+    events
+        .until("Stopped", |e| matches!(e, WatchEvent::Stopped))
+        .await;
+    // Over the whole run B committed exactly one entry: its own new file.
+    assert_eq!(events.committed, 1, "{:#?}", events.seen);
+}
+
+#[tokio::test]
+async fn one_watcher_serves_several_vaults_and_stops_cleanly() {
+    use dooz_client::{StopHandle, Trigger, WatchError, WatchEvent, WatchOptions, Watcher};
+    let server = TestServer::start().await;
+    let (_a1, b1) = pair(&server).await;
+    let (mut a2, b2) = pair(&server).await;
+    let vault2 = b2.engine.vault_index().vault();
+    let b2_folder = b2.folder;
+    let b1_folder = b1.folder;
+
+    // Stopped before it runs: it returns at once, having synced nothing.
+    let watcher = Watcher::new(
+        vec![b1.engine, b2.engine],
+        b1.connector,
+        WatchOptions::default(),
+    )
+    .unwrap();
+    watcher.stop_handle().stop();
+    let (mut events, sink) = Events::new();
+    let engines = tokio::time::timeout(Duration::from_secs(30), watcher.run(sink))
+        .await
+        .expect("a stopped watcher returns");
+    assert_eq!(engines.len(), 2);
+    events
+        .until("Stopped", |e| matches!(e, WatchEvent::Stopped))
+        .await;
+    assert!(
+        !events.seen.iter().any(|e| e.starts_with("SyncStarted")),
+        "{:#?}",
+        events.seen
+    );
+
+    // Bad input is refused up front.
+    let keys = DeviceSecretKeys::generate().unwrap();
+    let other = || {
+        Connector::new(
+            server.addr(),
+            server.fingerprint,
+            DeviceSecretKeys::from_bytes(&keys.to_bytes()),
+        )
+    };
+    assert!(matches!(
+        Watcher::new(Vec::new(), other(), WatchOptions::default()),
+        Err(WatchError::NoVaults)
+    ));
+
+    // Running: a file in the second folder is uploaded to the second vault.
+    server.enrol(&keys, "watcher").await;
+    let watcher = Watcher::new(engines, other(), WatchOptions::default()).unwrap();
+    let stop: StopHandle = watcher.stop_handle();
+    let (mut events, sink) = Events::new();
+    let task = tokio::spawn(watcher.run(sink));
+    events
+        .until("Watching", |e| {
+            matches!(e, WatchEvent::Watching { vaults: 2, .. })
+        })
+        .await;
+    fs::write(b2_folder.path().join("second.txt"), b"for vault two\n").unwrap();
+    events
+        .until("the second vault's upload", |e| {
+            matches!(e, WatchEvent::Synced { vault, trigger: Trigger::LocalChange, report }
+                if *vault == vault2 && report.committed == 1)
+        })
+        .await;
+    a2.sync().await;
+    assert_eq!(a2.read("second.txt"), b"for vault two\n");
+
+    // Stopped while watching: it returns promptly with the engines, which still work.
+    stop.stop();
+    assert!(stop.is_stopped());
+    let mut engines = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the watcher stops")
+        .unwrap();
+    events
+        .until("Stopped", |e| matches!(e, WatchEvent::Stopped))
+        .await;
+    assert!(
+        events.rx.recv().await.is_none(),
+        "Stopped is the last event"
+    );
+    for engine in &mut engines {
+        let idle = engine.sync().await.unwrap();
+        assert_eq!((idle.committed, idle.applied), (0, 0), "{idle:?}");
+    }
+    assert!(b1_folder.path().exists());
+}
+
+#[tokio::test]
+async fn progress_is_reported_and_downloaded_files_match_the_index() {
+    use dooz_client::{ProgressEvent, SyncPhase};
+    use std::sync::Mutex;
+    let server = TestServer::start().await;
+    let (mut a, mut b) = pair(&server).await;
+    type Log = Arc<Mutex<Vec<ProgressEvent>>>;
+    let record = |log: &Log| -> Arc<dyn dooz_client::Progress> {
+        let log = Arc::clone(log);
+        Arc::new(move |e: ProgressEvent| log.lock().unwrap().push(e))
+    };
+    let (log_a, log_b): (Log, Log) = Default::default();
+    a.engine.set_progress(Some(record(&log_a)));
+    b.engine.set_progress(Some(record(&log_b)));
+
+    let data = pseudo_random(300_000, 5);
+    a.write("dir/data.bin", &data);
+    a.write("small.txt", b"small\n");
+    let up = a.sync().await;
+    let totals = |log: &Log, want: SyncPhase| -> (Vec<Option<u64>>, u64, usize) {
+        let log = log.lock().unwrap();
+        let mut begun = Vec::new();
+        let mut done = 0;
+        let mut finished = 0;
+        for e in log.iter() {
+            match *e {
+                ProgressEvent::Begin { phase, total, .. } if phase == want => begun.push(total),
+                ProgressEvent::Advance { phase, delta, .. } if phase == want => done += delta,
+                ProgressEvent::Finish { phase, .. } if phase == want => finished += 1,
+                _ => {}
+            }
+        }
+        (begun, done, finished)
+    };
+    let bytes = data.len() as u64 + 6;
+    assert_eq!(
+        totals(&log_a, SyncPhase::Uploading),
+        (vec![Some(bytes)], bytes, 1)
+    );
+    assert_eq!(
+        totals(&log_a, SyncPhase::Committing),
+        (vec![Some(up.committed)], up.committed, 1)
+    );
+    let (scans, scanned, scans_done) = totals(&log_a, SyncPhase::Scanning);
+    assert!(scans.len() >= 2 && scans_done == scans.len() && scanned >= 3);
+    assert_eq!(
+        totals(&log_a, SyncPhase::Downloading).0.len(),
+        0,
+        "nothing to download"
+    );
+
+    let down = b.sync().await;
+    assert_eq!(
+        totals(&log_b, SyncPhase::Downloading),
+        (vec![Some(bytes)], bytes, 1),
+        "{down:?}"
+    );
+    let (_, pulled, _) = totals(&log_b, SyncPhase::Pulling);
+    assert_eq!(pulled, up.committed);
+
+    // What the download wrote matches the index exactly: a watcher told about these writes
+    // finds nothing to scan, and nothing to upload.
+    let written = [b.path("dir/data.bin"), b.path("small.txt"), b.path("dir")];
+    assert!(!b.engine.local_paths_changed(&written).unwrap());
+    assert!(
+        !b.engine
+            .local_paths_changed(&[b.path(".dooz-tmp-leftover"), b.path("never-there")])
+            .unwrap()
+    );
+    assert_eq!(b.engine.upload().await.unwrap().committed, 0);
+    assert!(!b.engine.pull_has_changes().await.unwrap());
+
+    // Real local edits are seen.
+    b.write("small.txt", b"edited\n");
+    assert!(b.engine.local_paths_changed(&written).unwrap());
+    b.write("new.txt", b"new\n");
+    assert!(b.engine.local_paths_changed(&[b.path("new.txt")]).unwrap());
+    b.sync().await;
+    // (A file written just now stays "racily clean" until a later scan rehashes it, so only
+    // the older download is known unchanged.)
+    assert!(
+        !b.engine
+            .local_paths_changed(&[b.path("dir/data.bin")])
+            .unwrap()
+    );
+    // A's next pull has something to apply.
+    assert!(a.engine.pull_has_changes().await.unwrap());
 }

@@ -50,8 +50,8 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 
 /// ALPN id of enrolment connections: a device that is not enrolled yet connects with it to
 /// redeem an enrolment token (see `docs/PROTOCOL.md`, "Enrolment"). The server serves both this
-/// and [`ALPN`] on one endpoint.
-pub const ENROL_ALPN: &[u8] = b"dooz-enrol/1";
+/// and [`ALPN`] on one endpoint. Defined in `dooz-protocol`.
+pub const ENROL_ALPN: &[u8] = dooz_protocol::ENROL_ALPN;
 
 /// File name of the server's private key (PKCS#8 DER) in the data dir.
 pub const SERVER_KEY_FILE: &str = "server-key.pk8";

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dooz_crypto::{ChunkId, EntryKey, Keyring, VersionId};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::progress::{Reporter, SyncPhase};
 use super::upload::p_chunk;
 use super::{Engine, EngineError, SyncReport, conflicted_copy_name, utc_date};
 use crate::TEMP_FILE_PREFIX;
@@ -65,13 +66,13 @@ fn set_mode(file: &File, mode: u32) -> std::io::Result<()> {
 }
 
 #[cfg(unix)]
-fn inode_of(meta: &fs::Metadata) -> u64 {
+pub(super) fn inode_of(meta: &fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
     meta.ino()
 }
 
 #[cfg(not(unix))]
-fn inode_of(_meta: &fs::Metadata) -> u64 {
+pub(super) fn inode_of(_meta: &fs::Metadata) -> u64 {
     0
 }
 
@@ -100,8 +101,10 @@ impl Engine {
         let vault = self.protocol_vault();
         let mut count = 0u64;
         let mut cursor = self.vault.cursor()?;
+        let phase = self.progress.begin(SyncPhase::Pulling, None);
         loop {
             let page = self.conn.pull(vault, cursor, 0).await?;
+            phase.advance(page.changes.len() as u64);
             let mut entries = Vec::with_capacity(page.changes.len());
             for c in &page.changes {
                 let entry = EntryKey::from_bytes(*c.entry.as_bytes());
@@ -177,6 +180,7 @@ impl Engine {
         let changes = self.vault.remote_changes()?;
         // Chunks already on disk, looked up once for every file to write.
         let mut wanted = HashSet::new();
+        let mut file_bytes = 0u64;
         for change in &changes {
             if let Change::Added { path, .. }
             | Change::Modified { path, .. }
@@ -184,8 +188,18 @@ impl Engine {
                 && let Some(remote) = self.vault.remote(path)?
             {
                 wanted.extend(remote.chunks.iter().map(|c| c.id));
+                if let Some(state) = &remote.state
+                    && state.kind == EntryKind::File
+                    && !self.ignored(path, false)
+                {
+                    file_bytes += state.size;
+                }
             }
         }
+        let phase = (!changes.is_empty()).then(|| {
+            self.progress
+                .begin(SyncPhase::Downloading, Some(file_bytes))
+        });
         let mut applier = Applier {
             writer: FileWriter {
                 conn: self.conn.clone(),
@@ -194,6 +208,7 @@ impl Engine {
                 vault: self.protocol_vault(),
                 window: self.options.parallel_transfers.max(1),
                 local: Arc::new(self.vault.find_local_chunks(&wanted)?),
+                progress: self.progress.clone(),
             },
             files: JoinSet::new(),
             batch: VaultBatch::new(),
@@ -203,6 +218,7 @@ impl Engine {
         // Whatever happened, let running writes finish and record what was written.
         let drained = self.drain_files(&mut applier, &mut report).await;
         let flushed = self.flush_applied(&mut applier);
+        drop(phase);
         result?;
         drained?;
         flushed?;
@@ -452,6 +468,8 @@ struct FileWriter {
     window: usize,
     /// Where chunks of the files to write already are on disk.
     local: Arc<HashMap<ChunkId, ChunkLocation>>,
+    /// Reports bytes written ([`SyncPhase::Downloading`]).
+    progress: Reporter,
 }
 
 impl FileWriter {
@@ -580,6 +598,8 @@ impl FileWriter {
             written += data.len() as u64;
             file.write_all(&data)
                 .map_err(EngineError::io("write", tmp))?;
+            self.progress
+                .advance(SyncPhase::Downloading, data.len() as u64);
         }
         if written != state.size || hasher.finalize().as_bytes() != &state.content_hash.0 {
             return Err(EngineError::Integrity {
@@ -609,7 +629,7 @@ struct DiskStat {
     inode: u64,
 }
 
-fn mtime_ns_of(meta: &fs::Metadata) -> i64 {
+pub(super) fn mtime_ns_of(meta: &fs::Metadata) -> i64 {
     match meta.modified().map(|t| t.duration_since(UNIX_EPOCH)) {
         Ok(Ok(d)) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
         Ok(Err(e)) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),

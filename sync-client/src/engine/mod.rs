@@ -23,8 +23,20 @@
 //!    ids at the new path, so it moves no chunk bytes. A `Conflict` answer drops the pending
 //!    upload and leaves the path to the next download. After a kill, the journal gives back
 //!    the same version ids and the acknowledged chunks are not sent again.
+//!
+//! **Progress.** [`Engine::set_progress`] installs a [`Progress`] sink that hears each phase
+//! begin, advance and finish ([`SyncPhase`]: scanning, pulling, downloading and uploading N of
+//! M bytes, committing), enough to draw progress bars. Without one, a report costs a branch.
+//!
+//! **Watch mode** ([`Watcher`](crate::Watcher), in `watch.rs`) runs
+//! [`Engine::sync_with_reconnect`] when files change, when the server pushes a change and
+//! periodically. Two cheap checks let it skip syncs that would do nothing:
+//! [`Engine::local_paths_changed`] compares notified paths with the local-state tree (the
+//! engine's own downloads match it, so they do not echo back), and
+//! [`Engine::pull_has_changes`] pulls and looks for anything to apply.
 
 mod download;
+mod progress;
 mod upload;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +49,9 @@ use crate::net::{Connection, Connector, NetError};
 use crate::record::RecordError;
 use crate::scanner::{ScanError, ScanReport, Scanner};
 use crate::{Chunker, ChunkerConfig, IgnoreRules};
+
+use progress::Reporter;
+pub use progress::{Progress, ProgressEvent, SyncPhase};
 
 /// Tuning of an [`Engine`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +139,15 @@ pub enum EngineError {
         /// The limit.
         max: usize,
     },
+    /// The server kept answering that chunks it had acknowledged are gone.
+    #[error(
+        "the server no longer has chunks it acknowledged for {entries} entries, even after they \
+         were sent again; sync again later, and if it persists check the server's blob storage"
+    )]
+    ChunksLost {
+        /// Entries left uncommitted (still journalled).
+        entries: u64,
+    },
     /// A background task failed.
     #[error("an internal task failed: {0}")]
     Task(String),
@@ -143,6 +167,7 @@ impl EngineError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Net(e) => e.is_retryable(),
+            Self::ChunksLost { .. } => true,
             _ => false,
         }
     }
@@ -179,6 +204,9 @@ pub struct SyncReport {
     pub chunks_reused: u64,
     /// Conflicts resolved by keeping a conflicted copy (or the surviving modification).
     pub conflicts: u64,
+    /// Entries not committed because the server no longer had chunks this device had seen
+    /// acknowledged (lost in a server crash, or collected): they are re-sent next round.
+    pub missing_on_server: u64,
     /// Sync rounds run.
     pub rounds: u32,
 }
@@ -196,6 +224,7 @@ impl SyncReport {
         self.chunks_downloaded += o.chunks_downloaded;
         self.chunks_reused += o.chunks_reused;
         self.conflicts += o.conflicts;
+        self.missing_on_server += o.missing_on_server;
         self.rounds += o.rounds;
     }
 }
@@ -225,6 +254,8 @@ pub struct Engine {
     options: EngineOptions,
     /// The ignore rules of the last scan: downloads skip what they ignore.
     ignore: Option<IgnoreRules>,
+    /// Where progress goes (nowhere by default).
+    progress: Reporter,
 }
 
 impl std::fmt::Debug for Engine {
@@ -247,6 +278,7 @@ impl Engine {
         options: EngineOptions,
     ) -> Result<Self, EngineError> {
         let root = vault.meta()?.root;
+        let progress = Reporter::new(vault.vault(), None);
         Ok(Self {
             vault,
             root,
@@ -255,7 +287,19 @@ impl Engine {
             device_name: device_name.into(),
             options,
             ignore: None,
+            progress,
         })
+    }
+
+    /// Sends [`ProgressEvent`]s to `sink` from now on (`None`: stop reporting). Without a
+    /// sink, reporting costs one branch per report.
+    pub fn set_progress(&mut self, sink: Option<Arc<dyn Progress>>) {
+        self.progress = Reporter::new(self.vault.vault(), sink);
+    }
+
+    /// The folder this engine syncs.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The connection (for its byte counters, or to reconnect).
@@ -283,7 +327,13 @@ impl Engine {
         let identity = self.keyring.identity();
         let chunker = Chunker::new(self.options.chunker, identity.chunker_seed().as_bytes());
         let mut scanner = Scanner::new(chunker, |data: &[u8]| identity.chunk_id(data));
-        let report = scanner.scan(&self.vault)?;
+        let phase = self.progress.begin(SyncPhase::Scanning, None);
+        let mut scanned = 0;
+        let report = scanner.scan_with_progress(&self.vault, &mut |p| {
+            phase.advance(p.scanned.saturating_sub(scanned));
+            scanned = scanned.max(p.scanned);
+        })?;
+        drop(phase);
         self.ignore = scanner.ignore_rules().cloned();
         Ok(report)
     }
@@ -299,6 +349,7 @@ impl Engine {
     /// [`EngineOptions::max_rounds`]) while uploads meet conflicts.
     pub async fn sync(&mut self) -> Result<SyncReport, EngineError> {
         let mut total = SyncReport::default();
+        let mut lost = 0;
         for _ in 0..self.options.max_rounds.max(1) {
             self.scan()?;
             let down = self.download().await?;
@@ -307,14 +358,126 @@ impl Engine {
             total.add(&down);
             total.add(&up);
             total.rounds += 1;
+            lost = up.missing_on_server;
             if up.commit_conflicts == 0
                 && up.changed_during_upload == 0
+                && up.missing_on_server == 0
                 && down.changed_locally == 0
             {
                 break;
             }
         }
+        if lost > 0 {
+            return Err(EngineError::ChunksLost { entries: lost });
+        }
         Ok(total)
+    }
+}
+
+/// Cheap checks that let a watcher skip a sync that would find nothing to do.
+impl Engine {
+    /// Whether any of `paths` (file system paths, as a file notification names them) differs
+    /// from what the local-state tree holds, so that a scan would find a local change: a new,
+    /// deleted or modified file or directory. Only metadata is read (size, mtime, inode, mode),
+    /// as the scanner's cheap check does; a racily clean entry counts as changed.
+    ///
+    /// Paths outside the folder, the engine's own temp files (`.dooz-tmp-*`), the index
+    /// directory and paths the last scan's `.doozignore` rules ignore do not count. A file the
+    /// engine itself wrote while downloading matches its entry (the download records the
+    /// inode, size and mtime it left on disk), so notifications of the engine's own writes
+    /// find nothing here: watch mode does not echo downloads back as uploads.
+    pub fn local_paths_changed<P: AsRef<Path>>(&self, paths: &[P]) -> Result<bool, EngineError> {
+        let index_dir = self.vault.index().path();
+        for path in paths {
+            let path = path.as_ref();
+            if path.starts_with(index_dir) {
+                continue;
+            }
+            let Ok(rel) = crate::index::RelPath::from_path_under(&self.root, path) else {
+                // Outside the folder, the folder itself, or a name the scanner skips.
+                continue;
+            };
+            if rel.file_name().starts_with(crate::TEMP_FILE_PREFIX) {
+                continue;
+            }
+            let entry = self.vault.local(&rel)?;
+            let meta = match std::fs::symlink_metadata(path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if entry.is_some() {
+                        return Ok(true);
+                    }
+                    continue;
+                }
+                // Let a scan find out (and report) what is wrong.
+                Err(_) => return Ok(true),
+            };
+            if self.ignored(&rel, meta.is_dir()) {
+                continue;
+            }
+            let Some(entry) = entry else {
+                if meta.is_dir() || meta.is_file() {
+                    return Ok(true);
+                }
+                // Symlinks and special files are not synced.
+                continue;
+            };
+            let same = match entry.state.kind {
+                crate::index::EntryKind::Dir => {
+                    meta.is_dir() && entry.state.mode == disk_mode(&meta)
+                }
+                crate::index::EntryKind::File => {
+                    meta.is_file()
+                        && !entry.racy
+                        && entry.state.size == meta.len()
+                        && entry.state.mtime_ns == download::mtime_ns_of(&meta)
+                        && entry.inode == download::inode_of(&meta)
+                        && entry.state.mode == disk_mode(&meta)
+                }
+                crate::index::EntryKind::Symlink => false,
+            };
+            if !same {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Pulls the vault's log since the cursor (as [`Engine::pull`]) and tells whether a
+    /// download would have anything to apply: a remote change or conflict on a path the last
+    /// scan's rules do not ignore. Commits this device made itself are already in its synced
+    /// base, so being told about them (as `Subscribe` does) finds nothing.
+    pub async fn pull_has_changes(&self) -> Result<bool, EngineError> {
+        self.pull().await?;
+        for change in self.vault.remote_changes()? {
+            let path = change.path();
+            let is_dir = self
+                .vault
+                .remote(path)?
+                .and_then(|r| r.state)
+                .is_some_and(|st| st.kind == crate::index::EntryKind::Dir);
+            if !self.ignored(path, is_dir) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Permission bits as the scanner records them.
+#[cfg(unix)]
+fn disk_mode(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mode() & 0o7777
+}
+
+/// Permission bits as the scanner records them.
+#[cfg(not(unix))]
+fn disk_mode(meta: &std::fs::Metadata) -> u32 {
+    if meta.permissions().readonly() {
+        0o444
+    } else {
+        0o644
     }
 }
 

@@ -12,6 +12,7 @@ use dooz_protocol::limits::{MAX_CHUNKS_PER_ENTRY, MAX_COMMIT_ENTRIES, MAX_HAVE_I
 use dooz_protocol::{CommitEntry, CommitResult, ErrorCode};
 use tokio::task::JoinSet;
 
+use super::progress::SyncPhase;
 use super::{Engine, EngineError, SyncReport};
 use crate::index::{
     Change, ChunkRef, EntryState, PendingUpload, RelPath, RemoteEntry, SyncedEntry, VaultBatch,
@@ -250,6 +251,14 @@ impl Engine {
         }
         let parallel = self.options.parallel_transfers.max(1);
         let budget = self.options.memory_budget.max(1);
+        let phase = (!missing.is_empty()).then(|| {
+            let total = missing
+                .iter()
+                .filter_map(|id| sources.get(id))
+                .map(|s| u64::from(s.len))
+                .sum();
+            self.progress.begin(SyncPhase::Uploading, Some(total))
+        });
         let mut tasks: JoinSet<Result<(ChunkId, Option<u64>), EngineError>> = JoinSet::new();
         let mut unreadable = HashSet::new();
         let mut in_flight_bytes = 0usize;
@@ -289,6 +298,9 @@ impl Engine {
                 Ok((id, Some(n))) => {
                     if let Some(src) = sources.get(&id) {
                         in_flight_bytes = in_flight_bytes.saturating_sub(src.len as usize);
+                        if let Some(phase) = &phase {
+                            phase.advance(u64::from(src.len));
+                        }
                     }
                     report.chunks_uploaded += 1;
                     report.bytes_uploaded += n;
@@ -301,6 +313,9 @@ impl Engine {
                 Ok((id, None)) => {
                     if let Some(src) = sources.get(&id) {
                         in_flight_bytes = in_flight_bytes.saturating_sub(src.len as usize);
+                        if let Some(phase) = &phase {
+                            phase.advance(u64::from(src.len));
+                        }
                     }
                     unreadable.insert(id);
                 }
@@ -330,6 +345,10 @@ impl Engine {
         let mut batch: Vec<(Upload, CommitEntry)> = Vec::new();
         let mut batch_bytes = 0usize;
         let total = uploads.len();
+        let phase = (total > 0).then(|| {
+            self.progress
+                .begin(SyncPhase::Committing, Some(total as u64))
+        });
         for (i, u) in uploads.into_iter().enumerate() {
             let record =
                 EntryRecord::new(u.path.clone(), u.pending.state.as_ref(), u.chunks.clone());
@@ -352,8 +371,12 @@ impl Engine {
                 || batch_bytes >= COMMIT_BATCH_BYTES
                 || i + 1 == total
             {
+                let entries = batch.len() as u64;
                 self.commit_batch(vault, std::mem::take(&mut batch), report)
                     .await?;
+                if let Some(phase) = &phase {
+                    phase.advance(entries);
+                }
                 batch_bytes = 0;
             }
         }
@@ -388,7 +411,11 @@ impl Engine {
                     }
                 }
                 self.vault.commit(forget)?;
-                return Err(e.into());
+                // The entries stay journalled: the next round asks `Have` for their chunks,
+                // re-sends the missing ones and commits again.
+                tracing::warn!(error = %e, "the server lacks acknowledged chunks; re-sending");
+                report.missing_on_server += batch.len() as u64;
+                return Ok(());
             }
             Err(e) => return Err(e.into()),
         };

@@ -3,6 +3,7 @@
 mod codec;
 mod diff;
 mod entry;
+mod names;
 mod path;
 
 use std::collections::{HashMap, HashSet};
@@ -214,6 +215,8 @@ impl Default for IndexOptions {
 /// | `base-v1/<vault>` | path | [`SyncedEntry`]: the last state both sides agreed on |
 /// | `pending-v1/<vault>` | path | [`PendingUpload`]: an upload in progress |
 /// | `acked-v1/<vault>` | chunk id (32 bytes) | when the server acknowledged the chunk (unix seconds) |
+/// | `vault-names-v1` | name (UTF-8) | `1` then the vault id: names given on this device ([`Index::vault_by_name`]) |
+/// | `last-sync-v1` | vault id (16 bytes) | `1` then unix seconds (u64 big-endian) of the last finished sync |
 ///
 /// Local vs base gives the local changes, remote vs base the remote changes, both changed with
 /// different content a conflict (see [`VaultIndex::local_changes`],

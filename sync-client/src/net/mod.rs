@@ -12,11 +12,14 @@
 //!   BLAKE3 of the sealed bytes, then the raw bytes; [`Connection::get_chunk`] hashes the raw
 //!   body as it arrives and refuses bytes whose BLAKE3 is not the one the `ChunkData` header
 //!   announced ([`NetError::Integrity`]).
+//! - **Enrolment.** [`Connection::enrol`] redeems an enrolment code over ALPN `dooz-enrol/1`
+//!   with the same device certificate and pinning, before the device may connect to sync.
 //! - **Errors.** An `Error` response becomes [`NetError::Server`]; a connection the server
 //!   closed with one of its close codes becomes a typed error saying what to do
 //!   ([`NetError::NotEnrolled`], [`NetError::Revoked`], [`NetError::ServerShuttingDown`]).
 //!   [`NetError::is_retryable`] tells the engine whether to reconnect and try again.
 
+mod enrol;
 mod frame_io;
 mod tls;
 mod transport;
@@ -91,6 +94,14 @@ pub enum NetError {
     NotEnrolled {
         /// The server.
         server: String,
+    },
+    /// The server refused an enrolment code: its token is unknown, expired or used up.
+    #[error("{}", enrol::refused_message(server, reason))]
+    EnrolmentRefused {
+        /// The server.
+        server: String,
+        /// What the server said.
+        reason: String,
     },
     /// This device was revoked.
     #[error(
@@ -176,6 +187,7 @@ impl NetError {
             Self::Setup { .. }
             | Self::ServerCertMismatch { .. }
             | Self::NotEnrolled { .. }
+            | Self::EnrolmentRefused { .. }
             | Self::Revoked { .. }
             | Self::Protocol { .. } => false,
         }

@@ -1,0 +1,181 @@
+//! `dooz`: the Dooz Sync command-line client.
+//!
+//! ```text
+//! dooz [--home DIR] [--json] <command>
+//!   init [--name NAME]                     make this device's keys, print its id
+//!   enroll <CODE> [--name NAME]            enrol on the server named in the code
+//!   vault create <NAME> [--folder DIR]     create a vault, keep its key, optionally bind DIR
+//!   vault list
+//!   vault invite <NAME>                    print a secret vault code for another device
+//!   vault join <CODE> --folder DIR [--name NAME]
+//!   add <VAULT> <DIR>                      bind a folder to a vault
+//!   sync [VAULT] [--watch]                 sync once, or keep watching
+//!   status [VAULT]
+//! ```
+//!
+//! State lives in the home directory (`--home`, else `$DOOZ_HOME`, else `$XDG_DATA_HOME/dooz`,
+//! else `~/.local/share/dooz`): the local index (`index/`, sled) with the device's keys, vault
+//! keys, vault names and the per-vault sync state. Exit code 0 on success, 1 on error (the
+//! message says what went wrong and what to do), 2 on usage errors. With `--json` every command
+//! prints JSON lines on stdout.
+
+mod device;
+mod home;
+mod output;
+mod sync;
+mod vault;
+mod wait;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::home::Home;
+use crate::output::Out;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dooz",
+    version,
+    about = "Dooz Sync: end-to-end encrypted folder sync",
+    after_help = "Start: `dooz enroll <code>` (a code from `dooz-server admin enrol-code`), then \
+                  `dooz vault create NAME --folder DIR` and `dooz sync`."
+)]
+struct Cli {
+    /// Home directory of this device's state [default: $XDG_DATA_HOME/dooz or ~/.local/share/dooz]
+    #[arg(long, global = true, env = "DOOZ_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print JSON lines on stdout instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Make this device's keys (idempotent) and print its device id
+    Init {
+        /// A name for this device, shown to the account's other devices [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Enrol this device on the server named in an enrolment code (runs `init` if needed)
+    Enroll {
+        /// The enrolment code, `dooz1-...` (from `dooz-server admin enrol-code`)
+        code: String,
+        /// A name for this device [default: the host name]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Create, list, share and join vaults
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
+    /// Bind a folder to a vault
+    Add {
+        /// The vault's name on this device
+        vault: String,
+        /// The folder to sync (created if missing)
+        dir: PathBuf,
+    },
+    /// Sync every bound vault (or one) once, or keep watching
+    Sync {
+        /// Only this vault
+        vault: Option<String>,
+        /// Keep running: sync again whenever the folder or the server changes
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Show this device, its vaults and their sync state
+    Status {
+        /// Only this vault
+        vault: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VaultCommand {
+    /// Create a vault on the server and keep its key on this device
+    Create {
+        /// A name for the vault on this device (the server sees only its id)
+        name: String,
+        /// Bind this folder to it (created if missing)
+        #[arg(long, value_name = "DIR")]
+        folder: Option<PathBuf>,
+    },
+    /// List the vaults this device knows
+    List,
+    /// Print a secret vault code that gives another device of your account this vault
+    Invite {
+        /// The vault's name
+        name: String,
+    },
+    /// Join a vault with a code from `dooz vault invite`, syncing it into a folder
+    Join {
+        /// The vault code, `dooz-vault1-...`
+        code: String,
+        /// The folder to sync it into (created if missing)
+        #[arg(long, value_name = "DIR")]
+        folder: PathBuf,
+        /// A name for the vault on this device [default: its name on the inviting device]
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let out = Out::new(cli.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, &out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, out: &Out) -> anyhow::Result<()> {
+    let home = Home::resolve(cli.home)?;
+    match cli.command {
+        Command::Init { name } => device::init(&home.open()?, name, out),
+        Command::Enroll { code, name } => device::enroll(&home.open()?, &code, name, out).await,
+        Command::Vault { command } => {
+            let home = home.open()?;
+            match command {
+                VaultCommand::Create { name, folder } => {
+                    vault::create(&home, &name, folder.as_deref(), out).await
+                }
+                VaultCommand::List => vault::list(&home, out),
+                VaultCommand::Invite { name } => vault::invite(&home, &name, out),
+                VaultCommand::Join { code, folder, name } => {
+                    vault::join(&home, &code, &folder, name, out).await
+                }
+            }
+        }
+        Command::Add { vault, dir } => vault::add(&home.open()?, &vault, &dir, out),
+        Command::Sync { vault, watch } => {
+            sync::sync(&home.open()?, vault.as_deref(), watch, out).await
+        }
+        Command::Status { vault } => sync::status(&home.open()?, vault.as_deref(), out),
+    }
+}

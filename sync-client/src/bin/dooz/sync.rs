@@ -1,0 +1,423 @@
+//! `dooz sync [VAULT] [--watch]` and `dooz status [VAULT]`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use dooz_client::{
+    Connection, Connector, Engine, EngineError, EngineOptions, NetError, SyncReport, VaultMeta,
+    keyring_from_index,
+};
+use serde_json::json;
+
+use crate::home::{Enrolled, Opened};
+use crate::output::{Out, bytes, peak_rss_bytes, unix_now, utc_time};
+use crate::wait::{Waiter, Wake};
+
+/// How long an unreachable server is retried before giving up.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+/// First and longest pause between tries.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A connection attempt slower than this is reported as "server unreachable, retrying".
+const SLOW_CONNECT: Duration = Duration::from_secs(3);
+
+/// Prints "server unreachable, retrying" once per run, however many retries follow.
+static ANNOUNCED: AtomicBool = AtomicBool::new(false);
+
+fn announce_retry(out: &Out, server: &str, error: &dyn std::fmt::Display) {
+    tracing::debug!(%error, "retrying");
+    if !ANNOUNCED.swap(true, Ordering::Relaxed) {
+        out.warn(&format!(
+            "server unreachable, retrying (for up to {} s): {server}",
+            RETRY_FOR.as_secs()
+        ));
+    }
+}
+
+fn gave_up(server: &str, e: impl Into<anyhow::Error>) -> anyhow::Error {
+    e.into().context(format!(
+        "gave up reaching the server at {server} after {} s; check that it is running and \
+         reachable, then run the command again",
+        RETRY_FOR.as_secs()
+    ))
+}
+
+/// Connects, retrying retryable failures with back-off for up to [`RETRY_FOR`].
+pub(crate) async fn connect(connector: &Connector, out: &Out) -> anyhow::Result<Connection> {
+    let started = Instant::now();
+    let mut delay = FIRST_BACKOFF;
+    loop {
+        // A server that is down does not answer: the attempt waits for the handshake to time
+        // out. Say so early rather than sit silent.
+        let attempt = connector.connect();
+        tokio::pin!(attempt);
+        let result = tokio::select! {
+            result = &mut attempt => result,
+            () = tokio::time::sleep(SLOW_CONNECT) => {
+                announce_retry(out, connector.server_addr(), &"no answer yet");
+                attempt.await
+            }
+        };
+        match result {
+            Ok(conn) => return Ok(conn),
+            Err(e) if e.is_retryable() && started.elapsed() < RETRY_FOR => {
+                announce_retry(out, connector.server_addr(), &e);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+            Err(e) if e.is_retryable() => return Err(gave_up(connector.server_addr(), e)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// One sync of `engine`'s vault through [`Engine::sync_with_reconnect`] (which reconnects a
+/// lost connection), retried with back-off while the failure is retryable, for up to
+/// [`RETRY_FOR`] since the first failure.
+async fn sync_retrying(
+    engine: &mut Engine,
+    connector: &Connector,
+    out: &Out,
+) -> Result<SyncReport, EngineError> {
+    let mut failing_since: Option<Instant> = None;
+    let mut delay = FIRST_BACKOFF;
+    loop {
+        match engine.sync_with_reconnect(connector, 1).await {
+            Ok(report) => return Ok(report),
+            Err(e)
+                if e.is_retryable()
+                    && failing_since.get_or_insert_with(Instant::now).elapsed() < RETRY_FOR =>
+            {
+                announce_retry(out, connector.server_addr(), &e);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The vaults to sync: every bound one, or the one named.
+fn selected(home: &Opened, vault: Option<&str>) -> anyhow::Result<Vec<(String, VaultMeta)>> {
+    let bound = home.index.vaults()?;
+    match vault {
+        Some(name) => {
+            let id = home.vault(name)?;
+            let meta = bound.into_iter().find(|m| m.vault == id).ok_or_else(|| {
+                anyhow!("vault {name:?} is not bound to a folder on this device: run `dooz add {name} DIR`")
+            })?;
+            Ok(vec![(name.to_owned(), meta)])
+        }
+        None => {
+            if bound.is_empty() {
+                bail!(
+                    "no vault is bound to a folder on this device, so there is nothing to sync: \
+                     `dooz vault create NAME --folder DIR`, `dooz vault join CODE --folder DIR` \
+                     or `dooz add VAULT DIR`"
+                );
+            }
+            bound
+                .into_iter()
+                .map(|m| Ok((home.vault_name(m.vault)?, m)))
+                .collect()
+        }
+    }
+}
+
+/// Whether a failure ends `--watch` (the device cannot sync until a person acts).
+fn is_fatal(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Net(
+            NetError::NotEnrolled { .. }
+                | NetError::Revoked { .. }
+                | NetError::ServerCertMismatch { .. }
+                | NetError::Setup { .. }
+        )
+    )
+}
+
+/// `dooz sync [VAULT] [--watch]`.
+pub(crate) async fn sync(
+    home: &Opened,
+    vault: Option<&str>,
+    watch: bool,
+    out: &Out,
+) -> anyhow::Result<()> {
+    let enrolled = home.enrolled()?;
+    let vaults = selected(home, vault)?;
+    let connector = enrolled.connector();
+    let mut conn = connect(&connector, out).await?;
+    let session = Session {
+        home,
+        enrolled: &enrolled,
+        connector: &connector,
+        out,
+    };
+    if !watch {
+        let failed = sync_round(&session, &vaults, &mut conn, false).await?;
+        conn.close().await;
+        return match failed {
+            0 => Ok(()),
+            n => Err(anyhow!(
+                "{n} of {} vaults did not sync (see above); fix what the messages say and run \
+                 `dooz sync` again",
+                vaults.len()
+            )),
+        };
+    }
+    let mut waiter = Waiter::new(home, &vaults);
+    out.hint("watching for changes; press Ctrl-C to stop");
+    let mut quiet = false;
+    loop {
+        sync_round(&session, &vaults, &mut conn, quiet).await?;
+        // After the first round, rounds that changed nothing are not reported.
+        quiet = true;
+        match waiter.wait(&conn).await {
+            Wake::Stop => break,
+            Wake::Changed | Wake::Tick => {}
+        }
+    }
+    conn.close().await;
+    Ok(())
+}
+
+/// Syncs each vault once; returns how many failed. Errors that end a `--watch` (not
+/// enrolled, revoked, another server) are returned.
+async fn sync_round(
+    session: &Session<'_>,
+    vaults: &[(String, VaultMeta)],
+    conn: &mut Connection,
+    quiet: bool,
+) -> anyhow::Result<usize> {
+    let mut failed = 0;
+    for (name, meta) in vaults {
+        match sync_vault(session, name, meta, conn, quiet).await {
+            Ok(()) => {}
+            Err(e) if e.downcast_ref::<EngineError>().is_some_and(is_fatal) => return Err(e),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    Ok(failed)
+}
+
+/// What every sync of one run shares.
+struct Session<'a> {
+    home: &'a Opened,
+    enrolled: &'a Enrolled,
+    connector: &'a Connector,
+    out: &'a Out,
+}
+
+/// Syncs one vault and reports it (unless `quiet` and nothing changed).
+async fn sync_vault(
+    session: &Session<'_>,
+    name: &str,
+    meta: &VaultMeta,
+    conn: &mut Connection,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let Session {
+        home,
+        enrolled,
+        connector,
+        out,
+    } = *session;
+    let vault = meta.vault;
+    let keyring = keyring_from_index(&home.index, vault)
+        .with_context(|| format!("cannot sync vault {name:?}"))?;
+    let mut engine = Engine::new(
+        home.index.vault(vault)?,
+        keyring,
+        conn.clone(),
+        enrolled.record.device_name.clone(),
+        EngineOptions::default(),
+    )?;
+    let spinner = out.spinner(format!("{name}: syncing"));
+    let ticker = {
+        // The engine reports no progress yet: show the bytes moving on the connection.
+        let bar = spinner.handle();
+        let conn = conn.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let s = conn.stats();
+                bar.set_message(format!(
+                    "{name}: syncing, ↑ {} ({} chunks) ↓ {} ({} chunks)",
+                    bytes(s.chunk_bytes_sent),
+                    s.chunks_sent,
+                    bytes(s.chunk_bytes_received),
+                    s.chunks_received
+                ));
+            }
+        })
+    };
+    let started = Instant::now();
+    let result = sync_retrying(&mut engine, connector, out).await;
+    ticker.abort();
+    drop(spinner);
+    *conn = engine.connection().clone();
+    let report = result
+        .map_err(|e| anyhow::Error::new(e).context(format!("vault {name:?} did not sync")))?;
+    let elapsed = started.elapsed();
+    home.index.set_last_sync(vault, unix_now())?;
+    let r = &report;
+    if quiet && r.committed == 0 && r.applied == 0 && r.conflicts == 0 {
+        return Ok(());
+    }
+    out.emit(
+        json!({
+            "vault": name,
+            "id": vault.to_string(),
+            "committed": r.committed,
+            "chunks_uploaded": r.chunks_uploaded,
+            "bytes_uploaded": r.bytes_uploaded,
+            "chunks_skipped": r.chunks_skipped,
+            "commit_conflicts": r.commit_conflicts,
+            "changed_during_upload": r.changed_during_upload,
+            "applied": r.applied,
+            "changed_locally": r.changed_locally,
+            "chunks_downloaded": r.chunks_downloaded,
+            "chunks_reused": r.chunks_reused,
+            "conflicts": r.conflicts,
+            "missing_on_server": r.missing_on_server,
+            "rounds": r.rounds,
+            "elapsed_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "peak_rss_bytes": peak_rss_bytes(),
+        }),
+        || describe(name, r, elapsed),
+    );
+    Ok(())
+}
+
+fn describe(name: &str, r: &SyncReport, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    if r.committed == 0 && r.applied == 0 && r.conflicts == 0 {
+        return format!("{name}: up to date ({secs:.1} s)");
+    }
+    let mut parts = Vec::new();
+    if r.committed > 0 {
+        parts.push(format!(
+            "sent {} ({}, {})",
+            plural(r.committed, "change"),
+            plural(r.chunks_uploaded, "chunk"),
+            bytes(r.bytes_uploaded)
+        ));
+    }
+    if r.applied > 0 {
+        parts.push(format!(
+            "received {} ({} downloaded, {} reused)",
+            plural(r.applied, "change"),
+            plural(r.chunks_downloaded, "chunk"),
+            r.chunks_reused
+        ));
+    }
+    if r.conflicts > 0 {
+        parts.push(format!(
+            "{} (both versions kept)",
+            plural(r.conflicts, "conflict")
+        ));
+    }
+    format!("{name}: {} ({secs:.1} s)", parts.join(", "))
+}
+
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// `dooz status [VAULT]`.
+pub(crate) fn status(home: &Opened, vault: Option<&str>, out: &Out) -> anyhow::Result<()> {
+    let device = home.device()?;
+    match &device {
+        None => {
+            out.emit(
+                json!({ "device": null, "enrolled": false, "home": home.dir.to_string_lossy() }),
+                || format!("no device set up in {}", home.dir.display()),
+            );
+            out.hint("next: `dooz enroll <code>` (or `dooz init` to only make the keys)");
+            return Ok(());
+        }
+        Some(record) => {
+            let enrolled = record.server_addr != crate::home::NOT_ENROLLED_ADDR;
+            let id = record.keys.device_id();
+            out.emit(
+                json!({
+                    "device": id.to_string(),
+                    "name": record.device_name,
+                    "enrolled": enrolled,
+                    "server": enrolled.then_some(&record.server_addr),
+                    "home": home.dir.to_string_lossy(),
+                }),
+                || {
+                    let server = if enrolled {
+                        format!("enrolled on {}", record.server_addr)
+                    } else {
+                        "not enrolled: run `dooz enroll <code>`".to_owned()
+                    };
+                    format!("device {id} ({:?}), {server}", record.device_name)
+                },
+            );
+        }
+    }
+    let names = match vault {
+        Some(name) => vec![(name.to_owned(), home.vault(name)?)],
+        None => home.index.vault_names()?,
+    };
+    let bound = home.index.vaults()?;
+    for (name, id) in names {
+        let meta = bound.iter().find(|m| m.vault == id);
+        let last_sync = home.index.last_sync(id)?;
+        let (pending, local_changes) = match meta {
+            Some(_) => {
+                let v = home.index.vault(id)?;
+                (
+                    Some(v.pending_uploads()?.len()),
+                    Some(v.local_changes()?.len()),
+                )
+            }
+            None => (None, None),
+        };
+        out.emit(
+            json!({
+                "vault": name,
+                "id": id.to_string(),
+                "folder": meta.map(|m| m.root.to_string_lossy()),
+                "cursor": meta.map(|m| m.cursor.get()),
+                "pending_uploads": pending,
+                "local_changes": local_changes,
+                "last_sync": last_sync,
+            }),
+            || {
+                let mut s = format!("vault {name} ({id})\n");
+                match meta {
+                    Some(m) => {
+                        s.push_str(&format!("  folder:          {}\n", m.root.display()));
+                        s.push_str(&format!("  cursor:          {}\n", m.cursor));
+                        s.push_str(&format!(
+                            "  pending uploads: {} (interrupted: {}; changes seen by the last scan: {})\n",
+                            pending.unwrap_or(0) + local_changes.unwrap_or(0),
+                            pending.unwrap_or(0),
+                            local_changes.unwrap_or(0)
+                        ));
+                    }
+                    None => s.push_str(&format!(
+                        "  folder:          none (`dooz add {name} DIR`)\n"
+                    )),
+                }
+                let last = last_sync.map_or_else(|| "never".to_owned(), utc_time);
+                s.push_str(&format!("  last sync:       {last}"));
+                s
+            },
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,534 @@
+//! The `dooz` CLI end to end: an in-process `dooz-server` on loopback QUIC and real `dooz`
+//! processes, each device with its own home (`--home`) and folder in temp dirs. Also the
+//! library's enrolment ([`Connection::enrol`]) against the same server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dooz_client::{
+    Connection, DeviceRecord, EnrolmentCode, Index, NetError, parse_server_fingerprint,
+};
+use dooz_crypto::{DeviceSecretKeys, Epoch, VaultId, VaultKey};
+use dooz_server::service::{Server, ServerParts, mint_enrolment_code};
+use dooz_server::tls::ServerIdentity;
+use dooz_server::transport::TransportTuning;
+use dooz_server::{AccountId, MetaStore, SledStore};
+use dooz_storage::LocalDir;
+use tempfile::TempDir;
+
+struct TestServer {
+    server: Option<Server>,
+    store: Arc<SledStore>,
+    account: AccountId,
+    listen: SocketAddr,
+    /// The TLS identity (so a restart keeps the fingerprint) and the blobs.
+    dir: TempDir,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let tenant = store.create_tenant("test").await.unwrap();
+        let account = store.create_account(tenant, "ana").await.unwrap();
+        let mut this = Self {
+            server: None,
+            store,
+            account,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        this.restart();
+        this
+    }
+
+    /// Starts the server (again), on the same address and with the same identity and data.
+    fn restart(&mut self) {
+        let parts = ServerParts {
+            store: self.store.clone(),
+            blobs: Arc::new(LocalDir::open(self.dir.path().join("blobs")).unwrap()),
+            identity: ServerIdentity::load_or_create(self.dir.path()).unwrap(),
+            listen: self.listen,
+            tuning: TransportTuning::default(),
+            limits: Default::default(),
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let server = Server::start(parts).unwrap();
+        self.listen = server.local_addr();
+        self.server = Some(server);
+    }
+
+    async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    fn addr(&self) -> String {
+        self.listen.to_string()
+    }
+
+    fn fingerprint(&self) -> [u8; 32] {
+        parse_server_fingerprint(self.server().fingerprint()).unwrap()
+    }
+
+    /// A fresh enrolment code, as `dooz-server admin enrol-code` mints it.
+    async fn code(&self, reusable: bool) -> EnrolmentCode {
+        mint_enrolment_code(
+            self.server().store().as_ref(),
+            self.account,
+            &self.addr(),
+            self.server().fingerprint(),
+            reusable,
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// What one `dooz` run did.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(self) -> Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "dooz failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    fn fails(self, code: i32) -> Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "dooz should have failed with {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Every stdout line as JSON.
+    fn json(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+            .collect()
+    }
+}
+
+/// Runs the real `dooz` binary with `--home home`, off the async runtime so the in-process
+/// server keeps serving.
+async fn dooz(home: &Path, args: &[&str]) -> Run {
+    let home = home.to_owned();
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let out: Output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_dooz"))
+            .arg("--home")
+            .arg(&home)
+            .args(&args)
+            .env_remove("DOOZ_HOME")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// Every file and directory under `root` (relative path, content or `None` for a dir, mode).
+fn tree(root: &Path) -> Vec<(String, Option<Vec<u8>>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Option<Vec<u8>>, u32)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = fs::metadata(&p).unwrap();
+            if meta.is_dir() {
+                out.push((rel, None, 0));
+                walk(root, &p, out);
+            } else {
+                let mode = meta.permissions().mode() & 0o7777;
+                out.push((rel, Some(fs::read(&p).unwrap()), mode));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn write(root: &Path, rel: &str, data: &[u8]) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_sync_a_folder_through_the_cli() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (home_a, home_b) = (dir.path().join("home-a"), dir.path().join("home-b"));
+    let (folder_a, folder_b) = (dir.path().join("folder-a"), dir.path().join("folder-b"));
+
+    // Enrol both devices with one reusable code.
+    let code = server.code(true).await.to_string();
+    let init = dooz(&home_a, &["--json", "init", "--name", "alpha"])
+        .await
+        .ok();
+    assert_eq!(init.json()[0]["enrolled"], false);
+    let enrolled = dooz(&home_a, &["--json", "enroll", &code]).await.ok();
+    assert_eq!(enrolled.json()[0]["account"], "ana");
+    assert_eq!(enrolled.json()[0]["device"], init.json()[0]["device"]);
+    dooz(&home_b, &["enroll", &code, "--name", "beta"])
+        .await
+        .ok();
+    // init is idempotent.
+    let again = dooz(&home_a, &["--json", "init"]).await.ok();
+    assert_eq!(again.json()[0]["device"], init.json()[0]["device"]);
+    assert_eq!(again.json()[0]["enrolled"], true);
+
+    write(&folder_a, "hello.txt", b"hello world\n");
+    write(&folder_a, "empty", b"");
+    write(&folder_a, "nested/deeper/data.bin", &[7u8; 100_000]);
+    fs::set_permissions(
+        folder_a.join("hello.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let folder_a_arg = folder_a.to_str().unwrap();
+    let created = dooz(
+        &home_a,
+        &[
+            "--json",
+            "vault",
+            "create",
+            "docs",
+            "--folder",
+            folder_a_arg,
+        ],
+    )
+    .await
+    .ok();
+    let vault_id = created.json()[0]["id"].as_str().unwrap().to_owned();
+
+    // A's code brings the vault to B.
+    let invite = dooz(&home_a, &["vault", "invite", "docs"]).await.ok();
+    let vault_code = invite.stdout.trim();
+    assert!(vault_code.starts_with("dooz-vault1-"), "{vault_code}");
+    let folder_b_arg = folder_b.to_str().unwrap();
+    let joined = dooz(
+        &home_b,
+        &[
+            "--json",
+            "vault",
+            "join",
+            vault_code,
+            "--folder",
+            folder_b_arg,
+        ],
+    )
+    .await
+    .ok();
+    assert_eq!(joined.json()[0]["vault"], "docs", "B takes A's name");
+    assert_eq!(joined.json()[0]["id"], vault_id.as_str());
+
+    let up = dooz(&home_a, &["--json", "sync"]).await.ok();
+    let report = &up.json()[0];
+    assert_eq!(report["vault"], "docs");
+    assert!(report["committed"].as_u64().unwrap() >= 4, "{report}");
+    assert!(report["bytes_uploaded"].as_u64().unwrap() > 0, "{report}");
+    for field in [
+        "chunks_uploaded",
+        "chunks_downloaded",
+        "applied",
+        "conflicts",
+        "elapsed_ms",
+    ] {
+        assert!(report[field].is_u64(), "{field} in {report}");
+    }
+    assert!(report["peak_rss_bytes"].as_u64().unwrap() > 0, "{report}");
+    let down = dooz(&home_b, &["--json", "sync", "docs"]).await.ok();
+    assert!(
+        down.json()[0]["applied"].as_u64().unwrap() >= 4,
+        "{}",
+        down.stdout
+    );
+    assert_eq!(tree(&folder_a), tree(&folder_b));
+
+    // And back: an edit and a delete on B reach A.
+    write(&folder_b, "hello.txt", b"hello again\n");
+    fs::remove_file(folder_b.join("empty")).unwrap();
+    dooz(&home_b, &["sync"]).await.ok();
+    dooz(&home_a, &["sync"]).await.ok();
+    assert_eq!(tree(&folder_a), tree(&folder_b));
+    assert_eq!(
+        fs::read(folder_a.join("hello.txt")).unwrap(),
+        b"hello again\n"
+    );
+
+    // Status and lists are JSON lines too.
+    let status = dooz(&home_b, &["--json", "status"]).await.ok().json();
+    assert_eq!(status[0]["enrolled"], true);
+    assert_eq!(status[1]["vault"], "docs");
+    assert_eq!(status[1]["pending_uploads"], 0);
+    assert!(status[1]["cursor"].as_u64().unwrap() >= 5, "{}", status[1]);
+    assert!(status[1]["last_sync"].as_u64().unwrap() > 0);
+    let list = dooz(&home_a, &["--json", "vault", "list"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        list[0]["folder"],
+        folder_a.canonicalize().unwrap().to_str().unwrap()
+    );
+
+    // Unknown vault names list the known ones.
+    let unknown = dooz(&home_a, &["sync", "photos"]).await.fails(1);
+    assert!(
+        unknown.stderr.contains("no vault named \"photos\"") && unknown.stderr.contains("docs"),
+        "{}",
+        unknown.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_that_are_not_enrolled_are_told_to_enrol() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // Nothing set up at all.
+    let fresh = dir.path().join("fresh");
+    let run = dooz(&fresh, &["sync"]).await.fails(1);
+    assert!(run.stderr.contains("dooz enroll"), "{}", run.stderr);
+    let run = dooz(&fresh, &["vault", "create", "docs"]).await.fails(1);
+    assert!(run.stderr.contains("dooz enroll"), "{}", run.stderr);
+
+    // A device that believes it is enrolled, but the server has never heard of it: the server
+    // refuses it, and the message says to enrol.
+    let home = dir.path().join("stranger");
+    let folder = dir.path().join("folder");
+    fs::create_dir_all(&folder).unwrap();
+    {
+        let index = Index::open(home.join("index")).unwrap();
+        index
+            .set_device(&DeviceRecord {
+                server_addr: server.addr(),
+                server_fingerprint: server.fingerprint(),
+                device_name: "stranger".to_owned(),
+                keys: DeviceSecretKeys::generate().unwrap(),
+            })
+            .unwrap();
+        let vault = VaultId::generate().unwrap();
+        index
+            .put_vault_key(vault, Epoch::FIRST, &VaultKey::generate().unwrap())
+            .unwrap();
+        index.set_vault_name("docs", vault).unwrap();
+        index.add_vault(vault, &folder).unwrap();
+    }
+    let run = dooz(&home, &["sync"]).await.fails(1);
+    assert!(
+        run.stderr.contains("not enrolled") && run.stderr.contains("dooz enroll"),
+        "{}",
+        run.stderr
+    );
+    let run = dooz(&home, &["vault", "create", "other"]).await.fails(1);
+    assert!(run.stderr.contains("dooz enroll"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_enrolment_codes_get_clear_errors() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+
+    let run = dooz(&home, &["enroll", "hello"]).await.fails(1);
+    assert!(
+        run.stderr.contains("not a dooz enrolment code"),
+        "{}",
+        run.stderr
+    );
+
+    let good = server.code(false).await.to_string();
+    let mut typo: Vec<char> = good.chars().collect();
+    let i = typo.len() / 2;
+    typo[i] = if typo[i] == 'a' { 'b' } else { 'a' };
+    let typo: String = typo.into_iter().collect();
+    let run = dooz(&home, &["enroll", &typo]).await.fails(1);
+    assert!(run.stderr.contains("mistyped"), "{}", run.stderr);
+
+    // A one-use code works once; the second device is told to ask for a new code.
+    dooz(&home, &["enroll", &good]).await.ok();
+    let other = dir.path().join("other");
+    let run = dooz(&other, &["enroll", &good]).await.fails(1);
+    assert!(
+        run.stderr.contains("already used") && run.stderr.contains("new enrolment code"),
+        "{}",
+        run.stderr
+    );
+
+    // A code pinning another certificate is refused before anything is sent.
+    let mut wrong_pin = server.code(false).await;
+    wrong_pin.fingerprint = [0x55; 32];
+    let run = dooz(&other, &["enroll", &wrong_pin.to_string()])
+        .await
+        .fails(1);
+    assert!(run.stderr.contains("fingerprint"), "{}", run.stderr);
+
+    // Usage errors exit with 2.
+    dooz(&other, &["enroll"]).await.fails(2);
+    dooz(&other, &["frobnicate"]).await.fails(2);
+}
+
+#[tokio::test]
+async fn the_library_enrols_and_then_connects() {
+    let server = TestServer::start().await;
+    let keys = DeviceSecretKeys::generate().unwrap();
+
+    // Not enrolled yet: the sync connection is refused.
+    let refused = Connection::connect(&server.addr(), &server.fingerprint(), &keys).await;
+    assert!(
+        matches!(refused, Err(NetError::NotEnrolled { .. })),
+        "{refused:?}"
+    );
+
+    let code = server.code(true).await;
+    let hello = Connection::enrol(&code, &keys, "laptop").await.unwrap();
+    assert_eq!(hello.device.as_bytes(), keys.device_id().as_bytes());
+    assert_eq!(
+        (hello.tenant.as_str(), hello.account.as_str()),
+        ("test", "ana")
+    );
+    // Enrolling again is fine while the device stands.
+    Connection::enrol(&code, &keys, "laptop").await.unwrap();
+    let conn = Connection::connect(&server.addr(), &server.fingerprint(), &keys)
+        .await
+        .unwrap();
+    assert_eq!(conn.device(), hello.device);
+    conn.close().await;
+
+    // A token the server never issued.
+    let mut bogus = code.clone();
+    bogus.token = "et1_aaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned();
+    let other = DeviceSecretKeys::generate().unwrap();
+    let e = Connection::enrol(&bogus, &other, "phone")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, NetError::EnrolmentRefused { .. })
+            && e.to_string().contains("new enrolment code"),
+        "{e}"
+    );
+    assert!(!e.is_retryable());
+
+    // A revoked device may not enrol again.
+    let device = dooz_protocol::DeviceId::from_bytes(*keys.device_id().as_bytes());
+    server.store.revoke_device(device, now()).await.unwrap();
+    let e = Connection::enrol(&code, &keys, "laptop").await.unwrap_err();
+    assert!(matches!(e, NetError::Revoked { .. }), "{e}");
+
+    // A pin that does not match the server's certificate.
+    let mut wrong = code.clone();
+    wrong.fingerprint = [1; 32];
+    let e = Connection::enrol(&wrong, &other, "phone")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NetError::ServerCertMismatch { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_waits_for_a_server_that_is_down() {
+    let mut server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let folder = dir.path().join("folder");
+    let code = server.code(false).await.to_string();
+    dooz(&home, &["enroll", &code]).await.ok();
+    write(&folder, "a.txt", b"written while the server is down\n");
+    let folder_arg = folder.to_str().unwrap();
+    dooz(&home, &["vault", "create", "docs", "--folder", folder_arg])
+        .await
+        .ok();
+
+    server.stop().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dooz"))
+        .arg("--home")
+        .arg(&home)
+        .args(["--json", "sync"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until dooz says it is retrying, then bring the server back.
+    let stderr = child.stderr.take().unwrap();
+    let (seen, rest) = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut seen = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let done = line.contains("server unreachable, retrying");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        (seen, lines)
+    })
+    .await
+    .unwrap();
+    assert!(
+        seen.last()
+            .unwrap()
+            .contains("server unreachable, retrying"),
+        "{seen:?}"
+    );
+    server.restart();
+    let (out, rest) = tokio::task::spawn_blocking(move || {
+        let out = child.wait_with_output().unwrap();
+        let rest: Vec<String> = rest.map(Result::unwrap).collect();
+        (out, rest)
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{seen:?} {rest:?}");
+    assert!(
+        !rest.iter().any(|l| l.contains("server unreachable")),
+        "said once: {rest:?}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert!(report["committed"].as_u64().unwrap() >= 1, "{report}");
+}
