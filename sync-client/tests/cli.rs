@@ -532,3 +532,183 @@ async fn sync_waits_for_a_server_that_is_down() {
     let report: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
     assert!(report["committed"].as_u64().unwrap() >= 1, "{report}");
 }
+
+/// A spawned `dooz` that is killed if the test fails before it stops.
+struct Spawned {
+    child: Option<std::process::Child>,
+    stdout: Option<std::thread::JoinHandle<Vec<String>>>,
+    stderr: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Spawned {
+    fn start(home: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dooz"))
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .env_remove("DOOZ_HOME")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = |r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                std::io::BufReader::new(r)
+                    .lines()
+                    .map(Result::unwrap)
+                    .collect::<Vec<String>>()
+            })
+        };
+        let stdout = lines(Box::new(child.stdout.take().unwrap()));
+        let stderr = lines(Box::new(child.stderr.take().unwrap()));
+        Self {
+            child: Some(child),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Sends Ctrl-C (SIGINT) and waits up to `within` for the process to exit; returns its
+    /// exit code and output lines.
+    async fn interrupt(mut self, within: Duration) -> (Option<i32>, Vec<String>, Vec<String>) {
+        let mut child = self.child.take().unwrap();
+        let killed = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = tokio::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if tokio::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("dooz did not stop within {within:?} of Ctrl-C");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        (status.code(), stdout, stderr)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it holds, failing the test after `within`.
+async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_watch_keeps_a_device_in_sync_both_ways() {
+    const WITHIN: Duration = Duration::from_secs(60);
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (home_a, home_b) = (dir.path().join("home-a"), dir.path().join("home-b"));
+    let (folder_a, folder_b) = (dir.path().join("folder-a"), dir.path().join("folder-b"));
+    let code = server.code(true).await.to_string();
+    dooz(&home_a, &["enroll", &code, "--name", "alpha"])
+        .await
+        .ok();
+    dooz(&home_b, &["enroll", &code, "--name", "beta"])
+        .await
+        .ok();
+    write(&folder_a, "first.txt", b"there before B watches\n");
+    let folder_a_arg = folder_a.to_str().unwrap();
+    dooz(
+        &home_a,
+        &["vault", "create", "docs", "--folder", folder_a_arg],
+    )
+    .await
+    .ok();
+    dooz(&home_a, &["sync"]).await.ok();
+    let invite = dooz(&home_a, &["vault", "invite", "docs"]).await.ok();
+    let folder_b_arg = folder_b.to_str().unwrap();
+    dooz(
+        &home_b,
+        &[
+            "vault",
+            "join",
+            invite.stdout.trim(),
+            "--folder",
+            folder_b_arg,
+        ],
+    )
+    .await
+    .ok();
+
+    let watcher = Spawned::start(&home_b, &["--json", "sync", "--watch"]);
+    // The start-up sync brings what A had.
+    let first = folder_b.join("first.txt");
+    eventually(WITHIN, "the start-up sync on B", async || {
+        fs::read(&first).is_ok_and(|d| d == b"there before B watches\n")
+    })
+    .await;
+
+    // What A syncs later reaches B's folder by itself.
+    write(&folder_a, "from-a.txt", b"written on A\n");
+    dooz(&home_a, &["sync"]).await.ok();
+    let from_a = folder_b.join("from-a.txt");
+    eventually(WITHIN, "A's file on B", async || {
+        fs::read(&from_a).is_ok_and(|d| d == b"written on A\n")
+    })
+    .await;
+
+    // A file written into B's folder while it watches reaches A.
+    write(&folder_b, "from-b.txt", b"written on B\n");
+    let from_b = folder_a.join("from-b.txt");
+    eventually(WITHIN, "B's file on A", async || {
+        dooz(&home_a, &["sync"]).await.ok();
+        fs::read(&from_b).is_ok_and(|d| d == b"written on B\n")
+    })
+    .await;
+
+    // Ctrl-C stops the watch cleanly; every stdout line is a sync report.
+    let (code, stdout, stderr) = watcher.interrupt(WITHIN).await;
+    assert_eq!(code, Some(0), "stdout: {stdout:?}\nstderr: {stderr:?}");
+    assert!(stderr.iter().any(|l| l.contains("stopping")), "{stderr:?}");
+    let reports: Vec<serde_json::Value> = stdout
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    for r in &reports {
+        assert_eq!(r["vault"], "docs", "{r}");
+        for field in [
+            "committed",
+            "applied",
+            "conflicts",
+            "bytes_uploaded",
+            "elapsed_ms",
+        ] {
+            assert!(r[field].is_u64(), "{field} in {r}");
+        }
+        assert!(r["trigger"].is_string(), "{r}");
+    }
+    assert_eq!(reports[0]["trigger"], "startup", "{stdout:?}");
+    assert!(
+        reports.iter().any(|r| r["applied"].as_u64() >= Some(1)),
+        "B reported receiving: {stdout:?}"
+    );
+    assert!(
+        reports.iter().any(|r| r["committed"].as_u64() >= Some(1)),
+        "B reported sending: {stdout:?}"
+    );
+    assert_eq!(tree(&folder_a), tree(&folder_b));
+}

@@ -22,9 +22,10 @@
 mod device;
 mod home;
 mod output;
+mod progress;
 mod sync;
 mod vault;
-mod wait;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,7 +130,9 @@ enum VaultCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // The library logs each retry; the CLI says what matters itself, once (see `watch.rs`).
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,dooz_client=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,5 +1,5 @@
 //! What the commands print: text for people or JSON lines for scripts on stdout, hints and
-//! warnings on stderr, and progress spinners (on a terminal, without `--json`).
+//! warnings on stderr, and progress spinners and bars (on a terminal, without `--json`).
 
 use std::io::IsTerminal as _;
 use std::time::Duration;
@@ -42,6 +42,11 @@ impl Out {
         eprintln!("warning: {text}");
     }
 
+    /// Whether progress is shown: stderr is a terminal and `--json` is off.
+    pub(crate) fn progress(&self) -> bool {
+        self.progress
+    }
+
     /// A spinner with `message`, hidden when stderr is not a terminal or with `--json`.
     pub(crate) fn spinner(&self, message: String) -> Spinner {
         let bar = if self.progress {
@@ -63,13 +68,6 @@ impl Out {
 #[derive(Debug)]
 pub(crate) struct Spinner {
     bar: ProgressBar,
-}
-
-impl Spinner {
-    /// A handle for another task to update the message.
-    pub(crate) fn handle(&self) -> ProgressBar {
-        self.bar.clone()
-    }
 }
 
 impl Drop for Spinner {

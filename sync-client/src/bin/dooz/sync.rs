@@ -1,18 +1,18 @@
-//! `dooz sync [VAULT] [--watch]` and `dooz status [VAULT]`.
+//! `dooz sync [VAULT]` and `dooz status [VAULT]` (`--watch` is in `watch.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use dooz_client::{
-    Connection, Connector, Engine, EngineError, EngineOptions, NetError, SyncReport, VaultMeta,
-    keyring_from_index,
+    Connection, Connector, Engine, EngineError, EngineOptions, NetError, SyncReport, Trigger,
+    VaultMeta, keyring_from_index,
 };
+use dooz_crypto::VaultId;
 use serde_json::json;
 
 use crate::home::{Enrolled, Opened};
 use crate::output::{Out, bytes, peak_rss_bytes, unix_now, utc_time};
-use crate::wait::{Waiter, Wake};
 
 /// How long an unreachable server is retried before giving up.
 const RETRY_FOR: Duration = Duration::from_secs(120);
@@ -25,12 +25,16 @@ const SLOW_CONNECT: Duration = Duration::from_secs(3);
 /// Prints "server unreachable, retrying" once per run, however many retries follow.
 static ANNOUNCED: AtomicBool = AtomicBool::new(false);
 
-fn announce_retry(out: &Out, server: &str, error: &dyn std::fmt::Display) {
+fn announce_retry(out: &Out, server: &str, error: &dyn std::fmt::Display, patient: bool) {
     tracing::debug!(%error, "retrying");
     if !ANNOUNCED.swap(true, Ordering::Relaxed) {
+        let how_long = if patient {
+            "until it answers; Ctrl-C to stop".to_owned()
+        } else {
+            format!("for up to {} s", RETRY_FOR.as_secs())
+        };
         out.warn(&format!(
-            "server unreachable, retrying (for up to {} s): {server}",
-            RETRY_FOR.as_secs()
+            "server unreachable, retrying ({how_long}): {server}"
         ));
     }
 }
@@ -45,6 +49,16 @@ fn gave_up(server: &str, e: impl Into<anyhow::Error>) -> anyhow::Error {
 
 /// Connects, retrying retryable failures with back-off for up to [`RETRY_FOR`].
 pub(crate) async fn connect(connector: &Connector, out: &Out) -> anyhow::Result<Connection> {
+    connect_retrying(connector, out, false).await
+}
+
+/// Connects, retrying retryable failures with back-off: for up to [`RETRY_FOR`], or for as
+/// long as it takes if `patient` (watch mode, which the caller stops on Ctrl-C).
+pub(crate) async fn connect_retrying(
+    connector: &Connector,
+    out: &Out,
+    patient: bool,
+) -> anyhow::Result<Connection> {
     let started = Instant::now();
     let mut delay = FIRST_BACKOFF;
     loop {
@@ -55,14 +69,14 @@ pub(crate) async fn connect(connector: &Connector, out: &Out) -> anyhow::Result<
         let result = tokio::select! {
             result = &mut attempt => result,
             () = tokio::time::sleep(SLOW_CONNECT) => {
-                announce_retry(out, connector.server_addr(), &"no answer yet");
+                announce_retry(out, connector.server_addr(), &"no answer yet", patient);
                 attempt.await
             }
         };
         match result {
             Ok(conn) => return Ok(conn),
-            Err(e) if e.is_retryable() && started.elapsed() < RETRY_FOR => {
-                announce_retry(out, connector.server_addr(), &e);
+            Err(e) if e.is_retryable() && (patient || started.elapsed() < RETRY_FOR) => {
+                announce_retry(out, connector.server_addr(), &e, patient);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_BACKOFF);
             }
@@ -89,7 +103,7 @@ async fn sync_retrying(
                 if e.is_retryable()
                     && failing_since.get_or_insert_with(Instant::now).elapsed() < RETRY_FOR =>
             {
-                announce_retry(out, connector.server_addr(), &e);
+                announce_retry(out, connector.server_addr(), &e, false);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(MAX_BACKOFF);
             }
@@ -125,17 +139,21 @@ fn selected(home: &Opened, vault: Option<&str>) -> anyhow::Result<Vec<(String, V
     }
 }
 
-/// Whether a failure ends `--watch` (the device cannot sync until a person acts).
-fn is_fatal(e: &EngineError) -> bool {
+/// Whether a connection failure means the device cannot sync until a person acts (not
+/// enrolled, revoked, another server, broken local set-up).
+pub(crate) fn is_fatal_net(e: &NetError) -> bool {
     matches!(
         e,
-        EngineError::Net(
-            NetError::NotEnrolled { .. }
-                | NetError::Revoked { .. }
-                | NetError::ServerCertMismatch { .. }
-                | NetError::Setup { .. }
-        )
+        NetError::NotEnrolled { .. }
+            | NetError::Revoked { .. }
+            | NetError::ServerCertMismatch { .. }
+            | NetError::Setup { .. }
     )
+}
+
+/// [`is_fatal_net`] for a sync failure.
+pub(crate) fn is_fatal(e: &EngineError) -> bool {
+    matches!(e, EngineError::Net(n) if is_fatal_net(n))
 }
 
 /// `dooz sync [VAULT] [--watch]`.
@@ -148,151 +166,117 @@ pub(crate) async fn sync(
     let enrolled = home.enrolled()?;
     let vaults = selected(home, vault)?;
     let connector = enrolled.connector();
+    if watch {
+        return crate::watch::watch(home, &enrolled, &vaults, connector, out).await;
+    }
     let mut conn = connect(&connector, out).await?;
-    let session = Session {
-        home,
-        enrolled: &enrolled,
-        connector: &connector,
-        out,
-    };
-    if !watch {
-        let failed = sync_round(&session, &vaults, &mut conn, false).await?;
-        conn.close().await;
-        return match failed {
-            0 => Ok(()),
-            n => Err(anyhow!(
-                "{n} of {} vaults did not sync (see above); fix what the messages say and run \
-                 `dooz sync` again",
-                vaults.len()
-            )),
-        };
-    }
-    let mut waiter = Waiter::new(home, &vaults);
-    out.hint("watching for changes; press Ctrl-C to stop");
-    let mut quiet = false;
-    loop {
-        sync_round(&session, &vaults, &mut conn, quiet).await?;
-        // After the first round, rounds that changed nothing are not reported.
-        quiet = true;
-        match waiter.wait(&conn).await {
-            Wake::Stop => break,
-            Wake::Changed | Wake::Tick => {}
-        }
-    }
-    conn.close().await;
-    Ok(())
-}
-
-/// Syncs each vault once; returns how many failed. Errors that end a `--watch` (not
-/// enrolled, revoked, another server) are returned.
-async fn sync_round(
-    session: &Session<'_>,
-    vaults: &[(String, VaultMeta)],
-    conn: &mut Connection,
-    quiet: bool,
-) -> anyhow::Result<usize> {
     let mut failed = 0;
-    for (name, meta) in vaults {
-        match sync_vault(session, name, meta, conn, quiet).await {
+    for (name, meta) in &vaults {
+        match sync_vault(home, &enrolled, &connector, name, meta, &mut conn, out).await {
             Ok(()) => {}
-            Err(e) if e.downcast_ref::<EngineError>().is_some_and(is_fatal) => return Err(e),
+            Err(e) if e.downcast_ref::<EngineError>().is_some_and(is_fatal) => {
+                conn.close().await;
+                return Err(e);
+            }
             Err(e) => {
                 eprintln!("error: {e:#}");
                 failed += 1;
             }
         }
     }
-    Ok(failed)
+    conn.close().await;
+    match failed {
+        0 => Ok(()),
+        n => Err(anyhow!(
+            "{n} of {} vaults did not sync (see above); fix what the messages say and run \
+             `dooz sync` again",
+            vaults.len()
+        )),
+    }
 }
 
-/// What every sync of one run shares.
-struct Session<'a> {
-    home: &'a Opened,
-    enrolled: &'a Enrolled,
-    connector: &'a Connector,
-    out: &'a Out,
-}
-
-/// Syncs one vault and reports it (unless `quiet` and nothing changed).
-async fn sync_vault(
-    session: &Session<'_>,
+/// An engine for the vault `name` over `conn`, reporting progress to bars when they are shown.
+pub(crate) fn engine(
+    home: &Opened,
+    enrolled: &Enrolled,
     name: &str,
     meta: &VaultMeta,
-    conn: &mut Connection,
-    quiet: bool,
-) -> anyhow::Result<()> {
-    let Session {
-        home,
-        enrolled,
-        connector,
-        out,
-    } = *session;
-    let vault = meta.vault;
-    let keyring = keyring_from_index(&home.index, vault)
+    conn: Connection,
+    out: &Out,
+) -> anyhow::Result<Engine> {
+    let keyring = keyring_from_index(&home.index, meta.vault)
         .with_context(|| format!("cannot sync vault {name:?}"))?;
     let mut engine = Engine::new(
-        home.index.vault(vault)?,
+        home.index.vault(meta.vault)?,
         keyring,
-        conn.clone(),
+        conn,
         enrolled.record.device_name.clone(),
         EngineOptions::default(),
     )?;
-    let spinner = out.spinner(format!("{name}: syncing"));
-    let ticker = {
-        // The engine reports no progress yet: show the bytes moving on the connection.
-        let bar = spinner.handle();
-        let conn = conn.clone();
-        let name = name.to_owned();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let s = conn.stats();
-                bar.set_message(format!(
-                    "{name}: syncing, ↑ {} ({} chunks) ↓ {} ({} chunks)",
-                    bytes(s.chunk_bytes_sent),
-                    s.chunks_sent,
-                    bytes(s.chunk_bytes_received),
-                    s.chunks_received
-                ));
-            }
-        })
-    };
+    engine.set_progress(crate::progress::sink(out, name));
+    Ok(engine)
+}
+
+/// Syncs one vault and reports it.
+async fn sync_vault(
+    home: &Opened,
+    enrolled: &Enrolled,
+    connector: &Connector,
+    name: &str,
+    meta: &VaultMeta,
+    conn: &mut Connection,
+    out: &Out,
+) -> anyhow::Result<()> {
+    let mut engine = engine(home, enrolled, name, meta, conn.clone(), out)?;
     let started = Instant::now();
     let result = sync_retrying(&mut engine, connector, out).await;
-    ticker.abort();
-    drop(spinner);
     *conn = engine.connection().clone();
     let report = result
         .map_err(|e| anyhow::Error::new(e).context(format!("vault {name:?} did not sync")))?;
-    let elapsed = started.elapsed();
-    home.index.set_last_sync(vault, unix_now())?;
-    let r = &report;
-    if quiet && r.committed == 0 && r.applied == 0 && r.conflicts == 0 {
-        return Ok(());
-    }
-    out.emit(
-        json!({
-            "vault": name,
-            "id": vault.to_string(),
-            "committed": r.committed,
-            "chunks_uploaded": r.chunks_uploaded,
-            "bytes_uploaded": r.bytes_uploaded,
-            "chunks_skipped": r.chunks_skipped,
-            "commit_conflicts": r.commit_conflicts,
-            "changed_during_upload": r.changed_during_upload,
-            "applied": r.applied,
-            "changed_locally": r.changed_locally,
-            "chunks_downloaded": r.chunks_downloaded,
-            "chunks_reused": r.chunks_reused,
-            "conflicts": r.conflicts,
-            "missing_on_server": r.missing_on_server,
-            "rounds": r.rounds,
-            "elapsed_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            "peak_rss_bytes": peak_rss_bytes(),
-        }),
-        || describe(name, r, elapsed),
-    );
+    home.index.set_last_sync(meta.vault, unix_now())?;
+    report_sync(out, name, meta.vault, &report, started.elapsed(), None);
     Ok(())
+}
+
+/// Whether a sync changed anything (sent, received or a conflict).
+pub(crate) fn did_something(r: &SyncReport) -> bool {
+    r.committed > 0 || r.applied > 0 || r.conflicts > 0
+}
+
+/// Prints a sync report: a line for people, or with `--json` one object with the
+/// [`SyncReport`] fields, `vault`, `id`, `elapsed_ms` and `peak_rss_bytes` (and `trigger` in
+/// watch mode).
+pub(crate) fn report_sync(
+    out: &Out,
+    name: &str,
+    vault: VaultId,
+    r: &SyncReport,
+    elapsed: Duration,
+    trigger: Option<Trigger>,
+) {
+    let mut value = json!({
+        "vault": name,
+        "id": vault.to_string(),
+        "committed": r.committed,
+        "chunks_uploaded": r.chunks_uploaded,
+        "bytes_uploaded": r.bytes_uploaded,
+        "chunks_skipped": r.chunks_skipped,
+        "commit_conflicts": r.commit_conflicts,
+        "changed_during_upload": r.changed_during_upload,
+        "applied": r.applied,
+        "changed_locally": r.changed_locally,
+        "chunks_downloaded": r.chunks_downloaded,
+        "chunks_reused": r.chunks_reused,
+        "conflicts": r.conflicts,
+        "missing_on_server": r.missing_on_server,
+        "rounds": r.rounds,
+        "elapsed_ms": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    if let (Some(trigger), Some(object)) = (trigger, value.as_object_mut()) {
+        object.insert("trigger".to_owned(), trigger.name().into());
+    }
+    out.emit(value, || describe(name, r, elapsed));
 }
 
 fn describe(name: &str, r: &SyncReport, elapsed: Duration) -> String {
