@@ -15,10 +15,11 @@ use dooz_client::{
     Connection, DeviceRecord, EnrolmentCode, Index, NetError, parse_server_fingerprint,
 };
 use dooz_crypto::{DeviceSecretKeys, Epoch, VaultId, VaultKey};
+use dooz_server::policy::{Access, AccountPolicy, Limit, Limits, PolicySource, Unlimited};
 use dooz_server::service::{Server, ServerParts, mint_enrolment_code};
 use dooz_server::tls::ServerIdentity;
 use dooz_server::transport::TransportTuning;
-use dooz_server::{AccountId, MetaStore, SledStore};
+use dooz_server::{AccountId, MetaStore, SledStore, StoreError, TenantId};
 use dooz_storage::LocalDir;
 use tempfile::TempDir;
 
@@ -27,12 +28,18 @@ struct TestServer {
     store: Arc<SledStore>,
     account: AccountId,
     listen: SocketAddr,
+    /// Where account policies come from (quotas, subscription access).
+    policy: Arc<dyn PolicySource>,
     /// The TLS identity (so a restart keeps the fingerprint) and the blobs.
     dir: TempDir,
 }
 
 impl TestServer {
     async fn start() -> Self {
+        Self::start_with_policy(Arc::new(Unlimited)).await
+    }
+
+    async fn start_with_policy(policy: Arc<dyn PolicySource>) -> Self {
         let store = Arc::new(SledStore::temporary().unwrap());
         let tenant = store.create_tenant("test").await.unwrap();
         let account = store.create_account(tenant, "ana").await.unwrap();
@@ -41,6 +48,7 @@ impl TestServer {
             store,
             account,
             listen: "127.0.0.1:0".parse().unwrap(),
+            policy,
             dir: tempfile::tempdir().unwrap(),
         };
         this.restart();
@@ -57,6 +65,7 @@ impl TestServer {
             tuning: TransportTuning::default(),
             limits: Default::default(),
             shutdown_grace: Duration::from_secs(1),
+            policy: Arc::clone(&self.policy),
         };
         let server = Server::start(parts).unwrap();
         self.listen = server.local_addr();
@@ -711,4 +720,212 @@ async fn sync_watch_keeps_a_device_in_sync_both_ways() {
         "B reported sending: {stdout:?}"
     );
     assert_eq!(tree(&folder_a), tree(&folder_b));
+}
+
+/// A policy source whose one policy the test changes at will.
+#[derive(Clone)]
+struct TestPolicy(Arc<std::sync::Mutex<AccountPolicy>>);
+
+impl TestPolicy {
+    /// Sets the policy and makes the server see it at once.
+    fn set(&self, server: &TestServer, policy: AccountPolicy) {
+        *self.0.lock().unwrap() = policy;
+        server.server().forget_cached_policies();
+    }
+}
+
+#[async_trait::async_trait]
+impl PolicySource for TestPolicy {
+    async fn account_policy(
+        &self,
+        _tenant: TenantId,
+        _account: AccountId,
+        _now: u64,
+    ) -> Result<AccountPolicy, StoreError> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+}
+
+/// Bytes that do not compress or repeat (xorshift).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_inactive_subscriptions_are_explained_and_lose_nothing() {
+    let policy = TestPolicy(Arc::new(std::sync::Mutex::new(AccountPolicy::unlimited())));
+    let server = TestServer::start_with_policy(Arc::new(policy.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (home_a, home_b) = (dir.path().join("home-a"), dir.path().join("home-b"));
+    let (folder_a, folder_b) = (dir.path().join("folder-a"), dir.path().join("folder-b"));
+    let code = server.code(true).await.to_string();
+    dooz(&home_a, &["enroll", &code, "--name", "alpha"])
+        .await
+        .ok();
+    dooz(&home_b, &["enroll", &code, "--name", "beta"])
+        .await
+        .ok();
+    write(&folder_a, "small.txt", b"small\n");
+    dooz(
+        &home_a,
+        &[
+            "vault",
+            "create",
+            "docs",
+            "--folder",
+            folder_a.to_str().unwrap(),
+        ],
+    )
+    .await
+    .ok();
+    dooz(&home_a, &["sync"]).await.ok();
+    let invite = dooz(&home_a, &["vault", "invite", "docs"]).await.ok();
+    dooz(
+        &home_b,
+        &[
+            "vault",
+            "join",
+            invite.stdout.trim(),
+            "--folder",
+            folder_b.to_str().unwrap(),
+        ],
+    )
+    .await
+    .ok();
+
+    // The storage quota is nearly full: a big file does not fit.
+    let used = server
+        .server()
+        .store()
+        .account_usage(server.account)
+        .await
+        .unwrap()
+        .stored_bytes;
+    let limits = |max| Limits {
+        storage_bytes: Some(Limit::hard(max)),
+        ..Limits::default()
+    };
+    policy.set(
+        &server,
+        AccountPolicy {
+            access: Access::Full,
+            limits: limits(used + 10_000),
+        },
+    );
+    write(&folder_a, "big.bin", &noise(300_000, 7));
+    let full = dooz(&home_a, &["sync"]).await.fails(1);
+    assert!(
+        full.stderr
+            .contains("the account's storage quota is full: ")
+            && full
+                .stderr
+                .contains("ask the operator to upgrade the plan or delete files"),
+        "{}",
+        full.stderr
+    );
+    // Said once, not retried for minutes.
+    assert!(!full.stderr.contains("retrying"), "{}", full.stderr);
+    let status = dooz(&home_a, &["--json", "status", "docs"])
+        .await
+        .ok()
+        .json();
+    assert!(
+        status[1]["pending_uploads"].as_u64().unwrap() > 0,
+        "the change waits: {}",
+        status[1]
+    );
+
+    // A bigger plan: the same sync goes through, and the file reaches the other device.
+    policy.set(
+        &server,
+        AccountPolicy {
+            access: Access::Full,
+            limits: limits(used + 10_000_000),
+        },
+    );
+    dooz(&home_a, &["sync"]).await.ok();
+    dooz(&home_b, &["sync"]).await.ok();
+    assert_eq!(tree(&folder_a), tree(&folder_b));
+
+    // Read-only: uploads are refused with a clear message, downloads still work.
+    policy.set(
+        &server,
+        AccountPolicy {
+            access: Access::ReadOnly,
+            limits: Limits::default(),
+        },
+    );
+    write(&folder_a, "later.txt", b"written while read-only\n");
+    let refused = dooz(&home_a, &["sync"]).await.fails(1);
+    assert!(
+        refused
+            .stderr
+            .contains("subscription is not active: uploads are refused (downloads still work)"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("local changes are kept"),
+        "{}",
+        refused.stderr
+    );
+    dooz(&home_b, &["sync"]).await.ok();
+    assert!(!folder_b.join("later.txt").exists());
+
+    // Blocked: even connecting says why.
+    policy.set(
+        &server,
+        AccountPolicy {
+            access: Access::Blocked,
+            limits: Limits::default(),
+        },
+    );
+    let blocked = dooz(&home_b, &["sync"]).await.fails(1);
+    assert!(
+        blocked.stderr.contains("subscription is not active"),
+        "{}",
+        blocked.stderr
+    );
+
+    // Active again: the change made while read-only syncs.
+    policy.set(&server, AccountPolicy::unlimited());
+    dooz(&home_a, &["sync"]).await.ok();
+    dooz(&home_b, &["sync"]).await.ok();
+    assert_eq!(
+        fs::read(folder_b.join("later.txt")).unwrap(),
+        b"written while read-only\n"
+    );
+
+    // A full device plan refuses a third device, and says what to do.
+    policy.set(
+        &server,
+        AccountPolicy {
+            access: Access::Full,
+            limits: Limits {
+                devices: Some(Limit::hard(2)),
+                ..Limits::default()
+            },
+        },
+    );
+    let third = dooz(
+        &dir.path().join("home-c"),
+        &["enroll", &code, "--name", "gamma"],
+    )
+    .await
+    .fails(1);
+    assert!(
+        third
+            .stderr
+            .contains("the account has 2 of the 2 devices its plan allows: revoke a device"),
+        "{}",
+        third.stderr
+    );
 }

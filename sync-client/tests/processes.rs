@@ -75,6 +75,7 @@ impl ServerProc {
             .arg(self.data_dir.path())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .args(["--http-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

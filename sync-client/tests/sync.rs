@@ -52,6 +52,7 @@ impl TestServer {
             tuning: TransportTuning::default(),
             limits: Default::default(),
             shutdown_grace: Duration::from_secs(1),
+            policy: Arc::new(dooz_server::policy::Unlimited),
         };
         let server = Server::start(parts).unwrap();
         Self {

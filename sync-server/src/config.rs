@@ -15,6 +15,10 @@ use crate::transport::TransportTuning;
 
 /// Default listen address of the data plane.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7300";
+/// Default listen address of the control-plane HTTP API.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7071";
+/// Default grace period of a `past_due` subscription: 7 days.
+pub const DEFAULT_PAST_DUE_GRACE_SECS: u64 = 7 * 24 * 3600;
 /// Default data dir (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "./dooz-data";
 
@@ -32,6 +36,17 @@ pub struct ServerSettings {
     /// `host:port` devices use to reach this server, written into enrolment codes. Default: the
     /// listen address (which must then not be a wildcard like `0.0.0.0`).
     pub advertise: Option<String>,
+    /// TCP address the control-plane HTTP API (`/v1`) listens on. Default `127.0.0.1:7071`;
+    /// port 0 picks a free port.
+    pub http_listen: SocketAddr,
+    /// How long a `past_due` subscription keeps full access before it becomes read-only, in
+    /// seconds. Default 604800 (7 days).
+    pub past_due_grace_secs: u64,
+    /// Control-plane requests refilled per minute for each credential (admin token or API key);
+    /// 0 turns rate limiting off. Default 6000 (100 a second).
+    pub api_rate_limit_per_minute: u32,
+    /// Most control-plane requests a credential may send in a burst. Default 200.
+    pub api_rate_limit_burst: u32,
     /// Blob store URL (`file:///abs/path`, a plain path, or `memory://` for tests). Default:
     /// `<data_dir>/blobs`.
     pub blobs: Option<String>,
@@ -68,6 +83,10 @@ impl Default for ServerSettings {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
             advertise: None,
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 7071)),
+            past_due_grace_secs: DEFAULT_PAST_DUE_GRACE_SECS,
+            api_rate_limit_per_minute: 6000,
+            api_rate_limit_burst: 200,
             blobs: None,
             max_streams_per_connection: tuning.max_concurrent_bidi_streams,
             max_inflight_bytes: 256 * 1024 * 1024,
@@ -134,6 +153,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Address for enrolment codes, if one was given.
     pub advertise: Option<String>,
+    /// The control-plane HTTP API's listen address.
+    pub http_listen: SocketAddr,
+    /// Full access of a `past_due` subscription lasts this long.
+    pub past_due_grace: Duration,
+    /// Rate limit of the control plane per credential; `None`: off.
+    pub api_rate_limit: Option<crate::control::rate_limit::RateLimit>,
     /// Where blobs go.
     pub blobs: BlobLocation,
     /// QUIC tuning.
@@ -254,6 +279,14 @@ impl ServerSettings {
             data_dir: self.data_dir,
             listen: self.listen,
             advertise: self.advertise,
+            http_listen: self.http_listen,
+            past_due_grace: Duration::from_secs(self.past_due_grace_secs),
+            api_rate_limit: (self.api_rate_limit_per_minute > 0).then_some(
+                crate::control::rate_limit::RateLimit {
+                    per_minute: self.api_rate_limit_per_minute,
+                    burst: self.api_rate_limit_burst.max(1),
+                },
+            ),
             blobs,
             tuning,
             limits: ServiceLimits {
@@ -335,6 +368,11 @@ mod tests {
     fn defaults_validate() {
         let config = ServerSettings::default().validate().unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.http_listen.to_string(), DEFAULT_HTTP_LISTEN);
+        assert_eq!(
+            config.past_due_grace,
+            Duration::from_secs(DEFAULT_PAST_DUE_GRACE_SECS)
+        );
         assert_eq!(config.tuning, TransportTuning::default());
         assert_eq!(config.limits, ServiceLimits::default());
         assert_eq!(

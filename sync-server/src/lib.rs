@@ -50,6 +50,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Account policies
+//!
+//! [`policy`] is the seam between the control plane and the data plane: a
+//! [`PolicySource`](policy::PolicySource) says what each account may do
+//! ([`Access`](policy::Access) and [`Limits`](policy::Limits)); the service refuses what it
+//! forbids with `SubscriptionInactive` or `QuotaExceeded`, before anything is accepted, and
+//! [`MetaStore::account_usage`] gives the usage it counts. Without a control plane every account
+//! is [`Unlimited`](policy::Unlimited).
+//!
 //! ## Data plane
 //!
 //! [`Server`] serves the QUIC data plane: mutual TLS where a device's certificate key is its
@@ -117,7 +126,9 @@
 //! ```
 
 pub mod config;
+pub mod control;
 pub mod frame_io;
+pub mod policy;
 pub mod service;
 pub mod tls;
 pub mod transport;
@@ -125,7 +136,7 @@ pub mod transport;
 mod store;
 
 pub use store::{
-    AccountId, AccountRecord, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
+    AccountId, AccountRecord, AccountUsage, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
     DeviceRegistration, EnrolmentToken, EntryHead, MAX_PAGE_BYTES, MetaStore, SledStore,
     StoreError, TenantId, TenantRecord, VaultRecord, VersionPage,
 };

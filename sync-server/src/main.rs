@@ -1,21 +1,29 @@
 //! `dooz-server`: the Dooz Sync server.
 //!
 //! ```text
-//! dooz-server [serve] [--data-dir DIR] [--listen ADDR] [--advertise HOST:PORT] [--config FILE]
+//! dooz-server [serve] [--data-dir DIR] [--listen ADDR] [--http-listen ADDR]
+//!             [--advertise HOST:PORT] [--config FILE]
 //! dooz-server admin enrol-code [--reusable] [--expires 1h] [--data-dir DIR]
+//! dooz-server admin tenant-create NAME [--scopes admin,devices,usage:read] [--data-dir DIR]
+//! dooz-server admin reset-admin-token [--data-dir DIR]
 //! ```
 //!
 //! Runs with embedded defaults and no set-up: the first start makes the data dir, the metadata
-//! store, the local blob store, the TLS identity and a default tenant and account.
+//! store, the local blob store, the TLS identity and a default tenant and account, and prints
+//! the control plane's admin token once (unless `DOOZ_ADMIN_TOKEN` sets it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use dooz_server::config::{DEFAULT_DATA_DIR, ServerConfig, ServerSettings};
+use dooz_server::control::{
+    ApiParts, CONTROL_DIR, ControlPolicy, ControlStore, EnrolTarget, Secret, ensure_admin_token,
+};
 use dooz_server::service::{Bootstrap, Server, ServerParts, mint_enrolment_code};
 use tracing_subscriber::EnvFilter;
 
@@ -46,6 +54,9 @@ struct Global {
     /// UDP address to listen on [default: 127.0.0.1:7300]
     #[arg(long, global = true, env = "DOOZ_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// TCP address of the control-plane HTTP API (/v1) [default: 127.0.0.1:7071]
+    #[arg(long, global = true, env = "DOOZ_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
     /// Address devices dial, written into enrolment codes [default: the listen address]
     #[arg(long, global = true, env = "DOOZ_ADVERTISE", value_name = "HOST:PORT")]
     advertise: Option<String>,
@@ -73,6 +84,16 @@ enum AdminCommand {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         expires: Duration,
     },
+    /// Make a tenant and print its first API key (server stopped; else use the HTTP API)
+    TenantCreate {
+        /// The tenant's name, unique on the server
+        name: String,
+        /// Scopes of the key, comma-separated: admin, devices, usage:read
+        #[arg(long, default_value = "admin", value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+    /// Replace the control plane's admin token with a new one and print it (server stopped)
+    ResetAdminToken,
 }
 
 /// Longest validity of an enrolment code.
@@ -112,6 +133,9 @@ impl Global {
         }
         if let Some(listen) = self.listen {
             settings.listen = listen;
+        }
+        if let Some(http_listen) = self.http_listen {
+            settings.http_listen = http_listen;
         }
         if let Some(advertise) = &self.advertise {
             settings.advertise = Some(advertise.clone());
@@ -154,6 +178,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin {
             command: AdminCommand::EnrolCode { reusable, expires },
         } => enrol_code(&config, reusable, expires).await,
+        Command::Admin {
+            command: AdminCommand::TenantCreate { name, scopes },
+        } => tenant_create(&config, &name, &scopes).await,
+        Command::Admin {
+            command: AdminCommand::ResetAdminToken,
+        } => reset_admin_token(&config).await,
     }
 }
 
@@ -165,11 +195,17 @@ fn open_context(config: &ServerConfig) -> String {
 }
 
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {
-    let (parts, bootstrap) = ServerParts::open(&config)
+    let (mut parts, bootstrap) = ServerParts::open(&config)
         .await
         .with_context(|| open_context(&config))?;
+    let control = ControlStore::open(config.data_dir.join(CONTROL_DIR))
+        .with_context(|| open_context(&config))?;
+    let operator_token = std::env::var("DOOZ_ADMIN_TOKEN").ok();
+    let new_admin_token = ensure_admin_token(&control, operator_token.as_deref()).await?;
+    let policy = ControlPolicy::new(control.clone(), config.past_due_grace.as_secs());
+    parts.policy = Arc::new(policy.clone());
     let store = parts.store.clone();
-    let server = Server::start(parts)?;
+    let server = Arc::new(Server::start(parts)?);
     let address = match config.enrol_address(Some(server.local_addr())) {
         Ok(address) => Some(address),
         Err(e) => {
@@ -178,6 +214,32 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         }
     };
     let cancel = server.shutdown_token();
+    let listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "could not listen on {} for the control plane; pick another address with \
+                 --http-listen",
+                config.http_listen
+            )
+        })?;
+    let http_addr = listener.local_addr()?;
+    let router = dooz_server::control::router(ApiParts {
+        meta: store.clone(),
+        control,
+        data_plane: server.clone(),
+        policy,
+        enrol: address.clone().map(|address| EnrolTarget {
+            address,
+            fingerprint: server.fingerprint().to_owned(),
+        }),
+        rate_limit: config.api_rate_limit,
+    });
+    let http = tokio::spawn(dooz_server::control::serve(
+        listener,
+        router,
+        cancel.clone(),
+    ));
     #[cfg(unix)]
     let admin = {
         let path = config
@@ -217,14 +279,26 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    print_banner(&config, &server, &bootstrap, first_code.as_ref());
+    print_banner(&config, &server, &bootstrap, first_code.as_ref(), &|| {
+        print_control_plane(http_addr, new_admin_token.as_ref());
+    });
 
     tokio::select! {
         () = shutdown_signal() => tracing::info!("shutdown requested"),
         () = cancel.cancelled() => {}
     }
     eprintln!("dooz-server: shutting down (finishing requests in flight) ...");
-    server.shutdown().await;
+    cancel.cancel();
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the control plane stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "the control plane task failed"),
+    }
+    // The API has stopped, so its handle on the server is gone.
+    match Arc::try_unwrap(server) {
+        Ok(server) => server.shutdown().await,
+        Err(_) => tracing::warn!("the data plane is still referenced; not waiting for it"),
+    }
     #[cfg(unix)]
     let _ = admin.await;
     eprintln!("dooz-server: stopped");
@@ -236,6 +310,7 @@ fn print_banner(
     server: &Server,
     bootstrap: &Bootstrap,
     first_code: Option<&dooz_server::service::EnrolmentCode>,
+    control_plane: &dyn Fn(),
 ) {
     let data_dir = config.data_dir.display();
     let dir_flag = if config.data_dir == std::path::Path::new(DEFAULT_DATA_DIR) {
@@ -267,7 +342,20 @@ fn print_banner(
     println!("    dooz-server admin enrol-code{dir_flag}              # one device, valid 1 hour");
     println!("    dooz-server admin enrol-code{dir_flag} --reusable --expires 7d");
     println!();
+    control_plane();
     println!("Press Ctrl-C to stop.");
+}
+
+fn print_control_plane(addr: SocketAddr, new_admin_token: Option<&Secret>) {
+    println!("Control plane (HTTP API): http://{addr}/v1  (docs/CONTROL-PLANE.md)");
+    if let Some(token) = new_admin_token {
+        println!();
+        println!("First start. The operator's admin token, shown this once (only its hash is");
+        println!("kept; set DOOZ_ADMIN_TOKEN to replace it):");
+        println!();
+        println!("    {}", token.expose());
+    }
+    println!();
 }
 
 async fn shutdown_signal() {
@@ -336,6 +424,48 @@ async fn enrol_code(
     )
     .await?;
     print_code(&code.to_string(), reusable, expires);
+    Ok(())
+}
+
+/// Opens the control store of a stopped server.
+fn open_control(config: &ServerConfig) -> anyhow::Result<ControlStore> {
+    ControlStore::open(config.data_dir.join(CONTROL_DIR)).with_context(|| {
+        format!(
+            "could not open the control store in {} (stop the server first, or use the HTTP API \
+             with the admin token)",
+            config.data_dir.display()
+        )
+    })
+}
+
+async fn tenant_create(config: &ServerConfig, name: &str, scopes: &[String]) -> anyhow::Result<()> {
+    let scopes = scopes
+        .iter()
+        .map(|s| {
+            serde_json::from_value(serde_json::Value::String(s.trim().to_owned())).map_err(|_| {
+                anyhow::anyhow!("unknown scope {s:?}: use admin, devices or usage:read")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let control = open_control(config)?;
+    let meta = dooz_server::SledStore::open(config.data_dir.join(dooz_server::service::STORE_DIR))
+        .with_context(|| open_context(config))?;
+    let (tenant, key, secret) =
+        dooz_server::control::create_tenant_with_key(&meta, &control, name, scopes).await?;
+    eprintln!(
+        "Tenant {name:?} made (id {tenant}). Its API key (id {}), shown this once; use it as \
+         Authorization: Bearer <key> on /v1/tenants/{tenant}/...:",
+        key.id
+    );
+    println!("{}", secret.expose());
+    Ok(())
+}
+
+async fn reset_admin_token(config: &ServerConfig) -> anyhow::Result<()> {
+    let control = open_control(config)?;
+    let secret = dooz_server::control::reset_admin_token(&control).await?;
+    eprintln!("New admin token, shown this once (the old one no longer works):");
+    println!("{}", secret.expose());
     Ok(())
 }
 

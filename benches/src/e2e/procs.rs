@@ -189,6 +189,7 @@ impl ServerProcess {
             .arg(data_dir)
             .arg("--listen")
             .arg(listen.to_string())
+            .args(["--http-listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(log).context("could not create the server log")?)

@@ -25,7 +25,8 @@ const COMMIT_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Acknowledgements older than this are not trusted: the server collects pending chunks that
 /// no commit references after a grace period, so such chunks are asked about again.
 const ACK_TRUST_SECS: u64 = 3600;
-/// Acknowledgements are made durable at least every this many chunks.
+/// Acknowledgements are written to the index (not flushed) every this many chunks; they are
+/// flushed at the end of the upload, on error, and by the index's background flush.
 const ACK_BATCH: usize = 64;
 
 /// One entry to commit.
@@ -306,7 +307,7 @@ impl Engine {
                     report.bytes_uploaded += n;
                     acked.push(id);
                     if acked.len() >= ACK_BATCH {
-                        self.vault.record_acked(&acked)?;
+                        self.vault.note_acked(&acked)?;
                         acked.clear();
                     }
                 }

@@ -141,8 +141,9 @@ pub enum NetError {
         /// Whether trying again may help.
         retryable: bool,
     },
-    /// The server answered the request with an `Error`.
-    #[error("the server refused the request ({code}): {message}")]
+    /// The server answered the request with an `Error`. Quotas (`QuotaExceeded`) and an
+    /// inactive subscription (`SubscriptionInactive`) read as what they mean for the user.
+    #[error("{}", server_message(code, message))]
     Server {
         /// What went wrong, for programs.
         code: ErrorCode,
@@ -169,6 +170,70 @@ pub enum NetError {
         /// The chunk.
         chunk: ChunkId,
     },
+}
+
+/// The message of [`NetError::Server`]: what went wrong and what to do.
+fn server_message(code: &ErrorCode, message: &str) -> String {
+    use dooz_protocol::Resource;
+    const KEPT: &str =
+        "local changes are kept on this device and sync once the server accepts them";
+    match code {
+        ErrorCode::QuotaExceeded {
+            resource: Resource::StorageBytes,
+            limit,
+            used,
+        } => format!(
+            "the account's storage quota is full: {} of {} used; ask the operator to upgrade the \
+             plan or delete files ({KEPT})",
+            human_bytes(*used),
+            human_bytes(*limit)
+        ),
+        ErrorCode::QuotaExceeded {
+            resource: Resource::Devices,
+            limit,
+            used,
+        } => format!(
+            "the account has {used} of the {limit} devices its plan allows: revoke a device you \
+             no longer use, or ask the operator to upgrade the plan"
+        ),
+        ErrorCode::QuotaExceeded {
+            resource: Resource::Vaults,
+            limit,
+            used,
+        } => format!(
+            "the account has {used} of the {limit} vaults its plan allows: ask the operator to \
+             upgrade the plan"
+        ),
+        ErrorCode::QuotaExceeded {
+            resource,
+            limit,
+            used,
+        } => format!(
+            "the account's quota of {resource} is used up ({used} of {limit}): ask the operator \
+             to upgrade the plan ({KEPT})"
+        ),
+        ErrorCode::SubscriptionInactive if message.is_empty() => format!(
+            "the account's subscription is not active: ask the operator to reactivate it ({KEPT})"
+        ),
+        ErrorCode::SubscriptionInactive => format!("{message}; ask the operator ({KEPT})"),
+        _ => format!("the server refused the request ({code}): {message}"),
+    }
+}
+
+/// `n` bytes for people: `512 B`, `10.0 MiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    // Display only: the precision lost converting to f64 does not show at one decimal.
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match UNITS.get(unit) {
+        Some(name) if unit > 0 => format!("{value:.1} {name}"),
+        _ => format!("{n} B"),
+    }
 }
 
 impl NetError {
@@ -891,6 +956,36 @@ mod tests {
             }
             .is_retryable()
         );
+    }
+
+    #[test]
+    fn quota_and_subscription_errors_read_as_what_they_mean() {
+        let mib = 1024 * 1024;
+        let e = NetError::Server {
+            code: ErrorCode::QuotaExceeded {
+                resource: dooz_protocol::Resource::StorageBytes,
+                limit: 10 * mib,
+                used: 10 * mib,
+            },
+            message: "raw".to_owned(),
+        };
+        assert!(
+            e.to_string().starts_with(
+                "the account's storage quota is full: 10.0 MiB of 10.0 MiB used; ask the \
+                 operator to upgrade the plan or delete files"
+            ),
+            "{e}"
+        );
+        assert!(!e.is_retryable());
+        let e = NetError::Server {
+            code: ErrorCode::SubscriptionInactive,
+            message: "the account's subscription is not active: uploads are refused".to_owned(),
+        };
+        assert!(e.to_string().contains("uploads are refused"), "{e}");
+        assert!(e.to_string().contains("local changes are kept"), "{e}");
+        assert!(!e.is_retryable());
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
     }
 
     #[test]

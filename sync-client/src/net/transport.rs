@@ -1,7 +1,8 @@
 //! The client's QUIC endpoint, tuned like the server's (see `dooz-server`'s `transport`
 //! module): 4 MiB UDP socket buffers (quinn leaves the kernel default), 16 MiB stream and
 //! 64 MiB connection windows (bandwidth × RTT, so one stream carries a whole chunk without
-//! waiting for window updates), GSO and MTU discovery on (quinn's defaults), keep-alive 5 s,
+//! waiting for window updates), a 16 MiB send window (the most unacknowledged data quinn buffers:
+//! it bounds the client's memory during an upload, and is still 1 Gbit/s × 128 ms), GSO and MTU discovery on (quinn's defaults), keep-alive 5 s,
 //! idle timeout 30 s, and no streams accepted from the server.
 
 use std::io;
@@ -15,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
+const SEND_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT_MS: u32 = 30_000;
 
@@ -26,7 +28,7 @@ pub(crate) fn transport_config() -> TransportConfig {
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW_BYTES))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW_BYTES))
-        .send_window(u64::from(CONNECTION_WINDOW_BYTES))
+        .send_window(SEND_WINDOW_BYTES)
         .keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
     config

@@ -4,15 +4,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dooz_protocol::{
-    DeviceId, ErrorCode, ErrorResponse, HelloOk, Message, PROTOCOL_VERSION, Request,
+    DeviceId, ErrorCode, ErrorResponse, HelloOk, Message, PROTOCOL_VERSION, Request, Resource,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::frame_io::{FrameReader, write_frame};
+use crate::policy::Access;
 use crate::service::codes::{CloseCode, SHUTTING_DOWN_REASON};
 use crate::service::enrolment::EnrolRequest;
+use crate::service::quota::check_limit;
 use crate::service::{Shared, handlers, log_join, unix_now};
 use crate::store::{AccountRecord, DeviceRegistration, StoreError, TenantRecord};
 use crate::tls::{ENROL_ALPN, device_id_from_key, negotiated_alpn, peer_identity_key};
@@ -122,6 +124,12 @@ async fn admit(shared: &Arc<Shared>, device: DeviceId) -> Result<ConnCtx, (Close
         Err(e) => return Err(internal(e)),
     };
     let (tenant, account) = names(shared, &record).await.map_err(internal)?;
+    // Fetch the policy now, so that requests find it cached. A failure does not refuse the
+    // connection: each request asks again, and a blocked account is refused request by request
+    // with a clear error.
+    if let Err(e) = shared.policies.get(tenant.id, account.id).await {
+        tracing::warn!(error = %e, "could not fetch the account's policy");
+    }
     Ok(ConnCtx {
         shared: Arc::clone(shared),
         device,
@@ -276,6 +284,12 @@ async fn redeem(
         exchange_key: req.exchange_key,
         name: req.device_name.clone(),
     };
+    // Checked and redeemed under one lock, so that two enrolments cannot both take the last
+    // place.
+    let _creating = shared.policies.creation_lock().await;
+    if let Err(refusal) = check_enrolment(shared, device, &req.token).await {
+        return refusal;
+    }
     let record = match shared
         .store
         .redeem_enrolment(&req.token, registration, unix_now())
@@ -311,6 +325,48 @@ async fn redeem(
             internal_error("enrol the device")
         }
     }
+}
+
+/// Refuses an enrolment that the account's policy does not allow: a blocked subscription, or
+/// a new device past a hard device limit. A device enrolled already is not new.
+async fn check_enrolment(shared: &Shared, device: DeviceId, token: &str) -> Result<(), Message> {
+    let failed = |e: StoreError| {
+        tracing::error!(error = %e, "could not check the account's device limit");
+        internal_error("enrol the device")
+    };
+    if shared.store.device(device).await.map_err(failed)?.is_some() {
+        return Ok(());
+    }
+    // An unknown token: redeeming it says why.
+    let Some((tenant, account)) = shared
+        .store
+        .enrolment_token_account(token)
+        .await
+        .map_err(failed)?
+    else {
+        return Ok(());
+    };
+    let policy = shared.policies.get(tenant, account).await.map_err(failed)?;
+    if policy.access == Access::Blocked {
+        return Err(ErrorResponse::new(
+            ErrorCode::SubscriptionInactive,
+            "the account's subscription is not active: no device can be enrolled until the \
+             operator reactivates it",
+        )
+        .into());
+    }
+    if policy.limits.devices.is_some() {
+        let usage = shared.store.account_usage(account).await.map_err(failed)?;
+        check_limit(
+            policy.limits.devices,
+            Resource::Devices,
+            usage.devices,
+            1,
+            account,
+        )
+        .map_err(|(code, message)| Message::from(ErrorResponse::new(code, message)))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn internal_error(what: &str) -> Message {

@@ -17,7 +17,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::frame_io::{FrameIoError, FrameReader, write_frame, write_frame_with_body};
+use crate::policy::AccountPolicy;
 use crate::service::connection::{ConnCtx, internal_error};
+use crate::service::quota::{Kind, Reservation, check_access, check_limit};
 use crate::service::unix_now;
 use crate::store::{ChunkState, StoreError, TenantId, VaultRecord};
 
@@ -74,6 +76,12 @@ impl Fail {
     }
 }
 
+impl From<(ErrorCode, String)> for Fail {
+    fn from((code, message): (ErrorCode, String)) -> Self {
+        Self::new(code, message)
+    }
+}
+
 impl From<FrameIoError> for Fail {
     fn from(e: FrameIoError) -> Self {
         match e.to_error_response() {
@@ -116,6 +124,20 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
     };
     let name = request.name();
     tracing::debug!(request = name, "request");
+    let kind = match &request {
+        Request::PutChunk(_)
+        | Request::Commit(_)
+        | Request::CreateVault(_)
+        | Request::PutEnvelope(_) => Kind::Write,
+        _ => Kind::Read,
+    };
+    if let Err(fail) = allowed(&ctx, kind).await {
+        if let Fail::Respond(err) = fail {
+            tracing::debug!(request = name, code = %err.code, "request refused by the account's policy");
+            send_final(&mut send, err.into(), None).await;
+        }
+        return;
+    }
     let handled = match request {
         Request::Subscribe(req) => {
             subscribe(&ctx, req, &mut send).await;
@@ -173,6 +195,20 @@ async fn send_final(send: &mut SendStream, msg: Message, body: Option<Bytes>) {
     let _ = send.stopped().await;
 }
 
+/// The account's policy (cached for up to a second).
+async fn policy(ctx: &ConnCtx) -> Result<AccountPolicy, Fail> {
+    ctx.shared
+        .policies
+        .get(ctx.tenant.id, ctx.account.id)
+        .await
+        .map_err(|e| Fail::store(e, "check the account's subscription"))
+}
+
+/// Refuses a request that the account's subscription does not allow.
+async fn allowed(ctx: &ConnCtx, kind: Kind) -> Result<(), Fail> {
+    check_access(&policy(ctx).await?, kind).map_err(Fail::from)
+}
+
 /// The vault, if the calling device's account owns it.
 async fn own_vault(ctx: &ConnCtx, vault: VaultId) -> Result<VaultRecord, Fail> {
     match ctx.shared.store.vault(vault).await {
@@ -215,6 +251,37 @@ fn hello(ctx: &ConnCtx, req: &Hello) -> Handled {
 }
 
 async fn create_vault(ctx: &ConnCtx, req: CreateVault) -> Handled {
+    let policy = policy(ctx).await?;
+    // Checked and created under one lock, so that two new vaults cannot both take the last
+    // place. An existing vault of the account is not new and costs nothing.
+    let _creating = match policy.limits.vaults {
+        Some(limit) => {
+            let lock = ctx.shared.policies.creation_lock().await;
+            let existing = ctx
+                .shared
+                .store
+                .vault(req.vault)
+                .await
+                .map_err(|e| Fail::store(e, "look the vault up"))?;
+            if existing.is_none() {
+                let usage = ctx
+                    .shared
+                    .store
+                    .account_usage(ctx.account.id)
+                    .await
+                    .map_err(|e| Fail::store(e, "count the account's vaults"))?;
+                check_limit(
+                    Some(limit),
+                    dooz_protocol::Resource::Vaults,
+                    usage.vaults,
+                    1,
+                    ctx.account.id,
+                )?;
+            }
+            Some(lock)
+        }
+        None => None,
+    };
     ctx.shared
         .store
         .create_vault(ctx.account.id, req.vault, unix_now())
@@ -317,7 +384,9 @@ async fn acquire(ctx: &ConnCtx, bytes: u64) -> Result<OwnedSemaphorePermit, Fail
 
 async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Handled {
     let vault = own_vault(ctx, req.vault).await?;
-    // The decoder checked `len` against MAX_CHUNK_LEN; quotas go here when they exist.
+    // The decoder checked `len` against MAX_CHUNK_LEN. The quota is checked before a byte of
+    // the body is read; the reservation lasts until the chunk is recorded.
+    let _reservation = reserve_storage(ctx, &req).await?;
     let _permit = acquire(ctx, u64::from(req.len)).await?;
     let body = reader.read_raw_body(req.len).await?;
     reader.expect_end("raw chunk body").await?;
@@ -369,6 +438,46 @@ async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Ha
         chunk: req.chunk,
         ext: Default::default(),
     }))
+}
+
+/// Checks the upload against the account's storage limit and reserves its cost: its sealed
+/// length, or nothing when the vault holds the chunk already (a pending chunk sealed again
+/// costs only what it grows by).
+async fn reserve_storage(ctx: &ConnCtx, req: &PutChunk) -> Result<Option<Reservation>, Fail> {
+    let Some(limit) = policy(ctx).await?.limits.storage_bytes else {
+        return Ok(None);
+    };
+    let store = &ctx.shared.store;
+    let len = u64::from(req.len);
+    let existing = store
+        .chunk(req.vault, req.chunk)
+        .await
+        .map_err(|e| Fail::store(e, "look the chunk up"))?;
+    let cost = match existing {
+        None => len,
+        Some(record) if matches!(record.state, ChunkState::Committed { .. }) => 0,
+        Some(record) if record.blake3 == req.blake3 => 0,
+        Some(record) => len.saturating_sub(record.sealed_len),
+    };
+    if cost == 0 {
+        return Ok(None);
+    }
+    // Reserve first, then read the stored bytes: an upload that finishes in between is then
+    // counted (perhaps twice, never not at all).
+    let (reservation, others) = ctx.shared.policies.reserve(ctx.account.id, cost);
+    let stored = store
+        .account_usage(ctx.account.id)
+        .await
+        .map_err(|e| Fail::store(e, "check the account's storage"))?
+        .stored_bytes;
+    check_limit(
+        Some(limit),
+        dooz_protocol::Resource::StorageBytes,
+        stored.saturating_add(others),
+        cost,
+        ctx.account.id,
+    )?;
+    Ok(Some(reservation))
 }
 
 async fn get_chunk(ctx: &ConnCtx, req: GetChunk) -> Handled {

@@ -15,10 +15,14 @@
 //! - Push `Changed{vault, seq}` to subscribed connections as commits land.
 //! - Shut down gracefully: stop accepting, let requests in flight finish (within a grace
 //!   period), close connections with [`CloseCode::ShuttingDown`].
+//! - Enforce each account's policy ([`crate::policy`]): a blocked subscription refuses every
+//!   request, a read-only one refuses writes, both with `SubscriptionInactive`; hard limits on
+//!   stored bytes, vaults and devices answer `QuotaExceeded` *before* the bytes or the new vault
+//!   or device are accepted.
 //!
 //! # Non-goals
 //!
-//! - Pairing slots (answered `Unsupported` for now), quotas and metering: later issues.
+//! - Pairing slots (answered `Unsupported` for now) and metering of traffic: later issues.
 //! - Several server instances sharing one store: commits are broadcast in-process only.
 
 mod admin;
@@ -26,6 +30,7 @@ mod codes;
 mod connection;
 mod enrolment;
 mod handlers;
+mod quota;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::{BlobLocation, ServerConfig, ServiceLimits};
+use crate::policy::{PolicySource, Unlimited};
 use crate::store::{AccountRecord, DeviceRecord, MetaStore, SledStore, StoreError, TenantRecord};
 use crate::tls::{ServerIdentity, TlsError};
 use crate::transport::{TransportError, TransportTuning, server_endpoint};
@@ -119,6 +125,9 @@ pub struct ServerParts {
     pub limits: ServiceLimits,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// Where account policies (access, limits) come from; [`Unlimited`] when no control plane
+    /// is configured.
+    pub policy: Arc<dyn PolicySource>,
 }
 
 impl std::fmt::Debug for ServerParts {
@@ -175,6 +184,7 @@ impl ServerParts {
                 tuning: config.tuning.clone(),
                 limits: config.limits,
                 shutdown_grace: config.shutdown_grace,
+                policy: Arc::new(Unlimited),
             },
             bootstrap,
         ))
@@ -190,6 +200,8 @@ pub(crate) struct Shared {
     /// Chunk bytes that may be held in memory at once; one permit per byte.
     pub(crate) inflight: Arc<Semaphore>,
     pub(crate) limits: ServiceLimits,
+    /// Account policies: source, cache, upload reservations.
+    pub(crate) policies: quota::Policies,
     pub(crate) grace: Duration,
     /// Cancelled when shutdown begins.
     pub(crate) cancel: CancellationToken,
@@ -299,6 +311,7 @@ impl Server {
             changes: broadcast::channel(CHANGES_CAPACITY).0,
             inflight: Arc::new(Semaphore::new(permits)),
             limits: parts.limits,
+            policies: quota::Policies::new(parts.policy),
             grace: parts.shutdown_grace,
             cancel: CancellationToken::new(),
             connections: Mutex::new(HashMap::new()),
@@ -362,6 +375,13 @@ impl Server {
     /// Closes every open connection of `device` with `code` and `reason`; returns how many.
     pub fn disconnect_device(&self, device: DeviceId, code: CloseCode, reason: &str) -> usize {
         self.shared.disconnect(device, code, reason)
+    }
+
+    /// Forgets the account policies cached from the [`PolicySource`] (each is cached for up
+    /// to a second), so that the next request of every account sees its policy as it is now.
+    /// Call it after changing a plan or a subscription for the change to apply at once.
+    pub fn forget_cached_policies(&self) {
+        self.shared.policies.forget();
     }
 
     /// A token that starts the shutdown when cancelled (for signal handlers).

@@ -181,6 +181,19 @@ pub struct ChunkRecord {
     pub state: ChunkState,
 }
 
+/// What an account uses, as quotas count it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountUsage {
+    /// Sealed bytes stored: the sum of `sealed_len` over the chunk records of the account's
+    /// vaults (pending and committed). Kept as a counter updated atomically with each chunk
+    /// record, so a crash neither loses nor counts twice an upload.
+    pub stored_bytes: u64,
+    /// Devices enrolled and not revoked.
+    pub devices: u64,
+    /// Vaults the account owns.
+    pub vaults: u64,
+}
+
 /// An entry's current version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryHead {
@@ -279,6 +292,15 @@ pub trait MetaStore: Send + Sync + 'static {
         now: u64,
     ) -> Result<DeviceRecord, StoreError>;
 
+    /// The account (and its tenant) an enrolment token would enrol a device into, if the token
+    /// is known; expired and used tokens too ([`redeem_enrolment`](Self::redeem_enrolment) says
+    /// why it refuses them). Redeems nothing: the service uses it to check the account's device
+    /// limit before redeeming.
+    async fn enrolment_token_account(
+        &self,
+        token: &str,
+    ) -> Result<Option<(TenantId, AccountId)>, StoreError>;
+
     // --- devices -----------------------------------------------------------------------------
 
     /// The device, revoked or not.
@@ -294,6 +316,17 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// The account's devices, revoked ones included, by device id.
     async fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// What the account uses now: stored bytes, devices not revoked, vaults. Fails with
+    /// [`StoreError::NotFound`] for an unknown account.
+    ///
+    /// `stored_bytes` is the sum of `sealed_len` over the chunk records of the account's vaults.
+    /// Engines keep it as a counter changed in the same atomic write as the chunk record
+    /// ([`record_chunk`](Self::record_chunk)), so a crash keeps both or neither: the counter is
+    /// never short of, nor past, the records that survived. Re-recording a chunk with the same
+    /// bytes, or a committed chunk, changes nothing; a pending chunk re-uploaded with other
+    /// bytes counts its new length instead of its old one.
+    async fn account_usage(&self, account: AccountId) -> Result<AccountUsage, StoreError>;
 
     // --- vaults ------------------------------------------------------------------------------
 

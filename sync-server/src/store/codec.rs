@@ -21,6 +21,12 @@
 //! | `heads-v1` | vault (16) \|\| entry (32) | [`HeadV1`] |
 //! | `versions-v1` | vault (16) \|\| entry (32) \|\| seq `u64 BE` | empty |
 //! | `envelopes-v1` | vault (16) \|\| recipient (32) \|\| epoch `u32 BE` \|\| sender (32) | [`EnvelopeV1`] |
+//! | `usage-v1` | account `u64 BE` | stored bytes `u64 BE` |
+//!
+//! `usage-v1` holds each account's stored bytes: the sum of `sealed_len` over the chunk records
+//! of its vaults. It is updated in the same sled transaction as the chunk record it accounts for,
+//! so a crash keeps both or neither. Stores written before it existed get it built from
+//! `chunks-v1` when opened (marked done by `b"usage-built"` in `meta-v1`).
 
 use std::fmt;
 
@@ -48,10 +54,13 @@ pub(crate) const LOG: &str = "log-v1";
 pub(crate) const HEADS: &str = "heads-v1";
 pub(crate) const VERSIONS: &str = "versions-v1";
 pub(crate) const ENVELOPES: &str = "envelopes-v1";
+pub(crate) const USAGE: &str = "usage-v1";
 
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const NEXT_TENANT_KEY: &[u8] = b"next-tenant";
 pub(crate) const NEXT_ACCOUNT_KEY: &[u8] = b"next-account";
+/// Present once `usage-v1` has been built from `chunks-v1` (empty value).
+pub(crate) const USAGE_BUILT_KEY: &[u8] = b"usage-built";
 
 // ---------------------------------------------------------------------------------------------
 // Keys
@@ -149,6 +158,20 @@ pub(crate) fn envelope_key_parts(k: &[u8]) -> Result<(Epoch, DeviceId), StoreErr
         .map(DeviceId::from_bytes)
         .ok_or_else(bad)?;
     Ok((epoch, sender))
+}
+
+/// The vault of a `chunks-v1` key (the first 16 bytes).
+pub(crate) fn chunk_key_vault(k: &[u8]) -> Result<VaultId, StoreError> {
+    if k.len() != 48 {
+        return Err(StoreError::corrupt(
+            CHUNKS,
+            format!("a key of {} bytes", k.len()),
+        ));
+    }
+    k.get(..16)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .map(VaultId::from_bytes)
+        .ok_or_else(|| StoreError::corrupt(CHUNKS, format!("a key of {} bytes", k.len())))
 }
 
 /// The member id after the 8-byte account prefix of an `account-*-v1` key.

@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             history_pages,
             envelopes,
             unknown_vault_is_not_found,
+            account_usage_counts,
         );
     };
     (@each $make:expr; $($check:ident,)*) => {
@@ -1105,4 +1106,150 @@ pub(crate) async fn unknown_vault_is_not_found(store: Store) {
         .await);
     nf(store.envelopes_for(v, f.device).await.map(drop));
     assert_eq!(store.vault(v).await.unwrap(), None);
+}
+
+pub(crate) async fn account_usage_counts(store: Store) {
+    let f = fixture(&store, "usage").await;
+    let usage = store.account_usage(f.account).await.unwrap();
+    assert_eq!(
+        (usage.stored_bytes, usage.devices, usage.vaults),
+        (0, 1, 1),
+        "a fresh account with one device and one vault"
+    );
+
+    // New chunks count their sealed length; the same bytes again cost nothing.
+    let (c0, c1) = (chunk("usage", 0), chunk("usage", 1));
+    store
+        .record_chunk(f.vault, c0, 100, [1; 32], NOW)
+        .await
+        .unwrap();
+    store
+        .record_chunk(f.vault, c1, 40, [2; 32], NOW)
+        .await
+        .unwrap();
+    store
+        .record_chunk(f.vault, c0, 100, [1; 32], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        140
+    );
+
+    // A pending chunk re-sealed with other bytes counts its new length instead of the old.
+    store
+        .record_chunk(f.vault, c1, 50, [3; 32], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        150
+    );
+
+    // A committed chunk never changes, nor does its cost.
+    commit_one(
+        &store,
+        &f,
+        commit_entry(entry("usage", 0), None, version("usage", 0), vec![c0]),
+    )
+    .await;
+    store
+        .record_chunk(f.vault, c0, 999, [9; 32], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        150
+    );
+
+    // A second vault of the account adds to it; the same chunk id in another vault is another
+    // chunk.
+    let second = vault_id("usage", 1);
+    store.create_vault(f.account, second, NOW).await.unwrap();
+    store.create_vault(f.account, second, NOW).await.unwrap();
+    store
+        .record_chunk(second, c0, 10, [4; 32], NOW)
+        .await
+        .unwrap();
+    let usage = store.account_usage(f.account).await.unwrap();
+    assert_eq!((usage.stored_bytes, usage.vaults), (160, 2));
+
+    // Devices: enrolled and not revoked.
+    let token = store
+        .create_enrolment_token(f.account, NOW + 3600, true)
+        .await
+        .unwrap();
+    for n in 1..=2 {
+        store
+            .redeem_enrolment(token.expose(), registration("usage", n), NOW)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.account_usage(f.account).await.unwrap().devices, 3);
+    store
+        .revoke_device(registration("usage", 1).device, NOW)
+        .await
+        .unwrap();
+    assert_eq!(store.account_usage(f.account).await.unwrap().devices, 2);
+
+    // An enrolment token tells its account without being used up.
+    assert_eq!(
+        store.enrolment_token_account(token.expose()).await.unwrap(),
+        Some((f.tenant, f.account))
+    );
+    assert_eq!(
+        store
+            .enrolment_token_account("dooz-not-a-token")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Another account's usage is its own.
+    let other = fixture(&store, "usage other").await;
+    store
+        .record_chunk(other.vault, c0, 7, [5; 32], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .account_usage(other.account)
+            .await
+            .unwrap()
+            .stored_bytes,
+        7
+    );
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        160
+    );
+
+    // Concurrent uploads of distinct chunks all count.
+    let mut tasks = Vec::new();
+    for n in 10..42 {
+        let store = Arc::clone(&store);
+        let vault = other.vault;
+        tasks.push(tokio::spawn(async move {
+            store
+                .record_chunk(vault, chunk("usage", n), 1000, [6; 32], NOW)
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        store
+            .account_usage(other.account)
+            .await
+            .unwrap()
+            .stored_bytes,
+        7 + 32 * 1000
+    );
+
+    match store.account_usage(AccountId::new(u64::MAX)).await {
+        Err(StoreError::NotFound { .. }) => {}
+        other => panic!("expected NotFound for an unknown account, got {other:?}"),
+    }
 }

@@ -22,7 +22,7 @@ mod sled_store;
 mod token;
 
 pub use api::{
-    AccountId, AccountRecord, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
+    AccountId, AccountRecord, AccountUsage, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
     DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, TenantId, TenantRecord, VaultRecord,
     VersionPage,
 };

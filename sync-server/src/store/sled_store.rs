@@ -20,14 +20,14 @@ use dooz_protocol::{
     Change, ChunkId, CommitEntry, CommitResult, DeviceId, EntryKey, EnvelopeInfo, Epoch, Seq,
     VaultId, VaultInfo,
 };
+use sled::Tree;
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError, Transactional,
     TransactionalTree,
 };
-use sled::{IVec, Tree};
 
 use crate::store::api::{
-    AccountId, AccountRecord, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
+    AccountId, AccountRecord, AccountUsage, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
     DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, TenantId, TenantRecord, VaultRecord,
     VersionPage, change_size_bound, check_name,
 };
@@ -70,6 +70,7 @@ struct Inner {
     heads: Tree,
     versions: Tree,
     envelopes: Tree,
+    usage: Tree,
 }
 
 impl SledStore {
@@ -102,6 +103,7 @@ impl SledStore {
             heads: tree(codec::HEADS)?,
             versions: tree(codec::VERSIONS)?,
             envelopes: tree(codec::ENVELOPES)?,
+            usage: tree(codec::USAGE)?,
             db,
         };
         match inner.meta.get(codec::FORMAT_KEY)? {
@@ -120,6 +122,9 @@ impl SledStore {
                     .insert(codec::FORMAT_KEY, &codec::FORMAT_VERSION.to_be_bytes())?;
                 inner.db.flush()?;
             }
+        }
+        if inner.meta.get(codec::USAGE_BUILT_KEY)?.is_none() {
+            inner.build_usage()?;
         }
         Ok(Self {
             inner: Arc::new(inner),
@@ -213,6 +218,25 @@ fn tx_next_id(
     Ok(next)
 }
 
+/// Adds `new` and takes `old` bytes from the account's stored bytes, in a transaction.
+fn tx_adjust_usage(
+    usage: &TransactionalTree,
+    account: u64,
+    old: u64,
+    new: u64,
+) -> ConflictableTransactionResult<(), StoreError> {
+    let key = account.to_be_bytes();
+    let current = match usage.get(key)? {
+        Some(v) => codec::decode_u64(codec::USAGE, &v).or_abort()?,
+        None => 0,
+    };
+    // The counter holds the sum of lengths it was given, so `old` is in it; saturate anyway
+    // rather than wrap on a damaged store.
+    let next = current.saturating_sub(old).saturating_add(new);
+    usage.insert(&key, &next.to_be_bytes())?;
+    Ok(())
+}
+
 fn vault_not_found(vault: &VaultId) -> StoreError {
     StoreError::not_found(format!("vault {vault}"))
 }
@@ -286,6 +310,60 @@ impl Inner {
     fn account_v1(&self, account: AccountId) -> Result<AccountV1, StoreError> {
         get_decoded::<AccountV1>(&self.accounts, &account.get().to_be_bytes())?
             .ok_or_else(|| StoreError::not_found(format!("account {account}")))
+    }
+
+    /// Builds `usage-v1` from `chunks-v1` (stores written before the counters existed), then
+    /// marks it built. Idempotent: a crash before the mark makes the next open build it again
+    /// from scratch.
+    fn build_usage(&self) -> Result<(), StoreError> {
+        let mut accounts: std::collections::HashMap<VaultId, u64> =
+            std::collections::HashMap::new();
+        let mut totals: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+        for item in &self.chunks {
+            let (k, v) = item?;
+            let vault = codec::chunk_key_vault(&k)?;
+            let account = match accounts.get(&vault) {
+                Some(a) => *a,
+                None => {
+                    let a = self.vault_v1(&vault)?.account;
+                    accounts.insert(vault, a);
+                    a
+                }
+            };
+            let c: ChunkV1 = decode(&v)?;
+            let total = totals.entry(account).or_default();
+            *total = total.saturating_add(c.sealed_len);
+        }
+        self.usage.clear()?;
+        for (account, total) in totals {
+            self.usage
+                .insert(account.to_be_bytes(), &total.to_be_bytes())?;
+        }
+        self.meta.insert(codec::USAGE_BUILT_KEY, &[])?;
+        self.flush()
+    }
+
+    fn account_usage(&self, account: AccountId) -> Result<AccountUsage, StoreError> {
+        self.account_v1(account)?;
+        let stored_bytes = match self.usage.get(account.get().to_be_bytes())? {
+            Some(v) => codec::decode_u64(codec::USAGE, &v)?,
+            None => 0,
+        };
+        let devices = self
+            .list_devices(account)?
+            .iter()
+            .filter(|d| !d.is_revoked())
+            .count();
+        let mut vaults = 0u64;
+        for item in self.account_vaults.scan_prefix(account.get().to_be_bytes()) {
+            item?;
+            vaults = vaults.saturating_add(1);
+        }
+        Ok(AccountUsage {
+            stored_bytes,
+            devices: u64::try_from(devices).unwrap_or(u64::MAX),
+            vaults,
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -568,37 +646,30 @@ impl Inner {
         blake3: [u8; 32],
         now: u64,
     ) -> Result<ChunkRecord, StoreError> {
-        self.vault_v1(vault)?;
+        // A vault's owner never changes, so it may be read outside the transaction.
+        let account = self.vault_v1(vault)?.account;
         let key = codec::chunk_key(vault, chunk);
         let fresh = ChunkV1 {
             sealed_len,
             blake3,
             state: ChunkStateV1::Pending { since: now },
         };
-        let fresh_bytes = encode(&fresh)?;
-        // A compare-and-swap loop on the one key: no transaction (and no global lock) needed.
-        loop {
-            let current = self.chunks.get(key)?;
-            let new = match &current {
-                None => &fresh,
-                Some(bytes) => {
-                    let existing: ChunkV1 = decode(bytes)?;
+        // The record and the account's stored bytes change together, or not at all.
+        tx_result((&self.chunks, &self.usage).transaction(|(chunks, usage)| {
+            let old_len = match tx_get_decoded::<ChunkV1>(chunks, &key)? {
+                None => 0,
+                Some(existing) => {
                     let same = existing.sealed_len == sealed_len && existing.blake3 == blake3;
                     if same || matches!(existing.state, ChunkStateV1::Committed { .. }) {
                         return Ok(chunk_record(*chunk, &existing));
                     }
-                    &fresh
+                    existing.sealed_len
                 }
             };
-            let swapped = self.chunks.compare_and_swap(
-                key,
-                current.as_ref(),
-                Some(IVec::from(fresh_bytes.as_slice())),
-            )?;
-            if swapped.is_ok() {
-                return Ok(chunk_record(*chunk, new));
-            }
-        }
+            tx_insert(chunks, &key, &fresh)?;
+            tx_adjust_usage(usage, account, old_len, sealed_len)?;
+            Ok(chunk_record(*chunk, &fresh))
+        }))
     }
 
     fn commit(
@@ -943,6 +1014,25 @@ impl MetaStore for SledStore {
             .await
     }
 
+    async fn enrolment_token_account(
+        &self,
+        token: &str,
+    ) -> Result<Option<(TenantId, AccountId)>, StoreError> {
+        let Some(hash) = token::presented_hash(token) else {
+            return Ok(None);
+        };
+        let Some(tok) = get_decoded::<TokenV1>(&self.inner.tokens, &hash)? else {
+            return Ok(None);
+        };
+        if !token::hashes_match(&tok.hash, &hash) {
+            return Ok(None);
+        }
+        Ok(Some((
+            TenantId::new(tok.tenant),
+            AccountId::new(tok.account),
+        )))
+    }
+
     async fn device(&self, device: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
         Ok(self
             .inner
@@ -981,6 +1071,10 @@ impl MetaStore for SledStore {
 
     async fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
         self.blocking(move |s| s.list_devices(account)).await
+    }
+
+    async fn account_usage(&self, account: AccountId) -> Result<AccountUsage, StoreError> {
+        self.blocking(move |s| s.account_usage(account)).await
     }
 
     async fn create_vault(
@@ -1179,6 +1273,44 @@ mod tests {
             .unwrap();
         assert!(r.iter().all(|r| matches!(r, CommitResult::Applied { .. })));
         (a, device, vault)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn usage_survives_reopen_and_is_rebuilt_for_old_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        let store = SledStore::open(&path).unwrap();
+        let (account, _device, vault) = populated(&store).await;
+        store
+            .record_chunk(vault, ChunkId::from_bytes([8; 32]), 36, [1; 32], NOW)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.account_usage(account).await.unwrap().stored_bytes,
+            100
+        );
+        store.inner.flush().unwrap();
+        drop(store);
+
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(
+            store.account_usage(account).await.unwrap().stored_bytes,
+            100
+        );
+        // A store written before the counters existed: no counters, no mark.
+        store.raw_tree(codec::USAGE).clear().unwrap();
+        store
+            .raw_tree(codec::META)
+            .remove(codec::USAGE_BUILT_KEY)
+            .unwrap();
+        store.inner.flush().unwrap();
+        drop(store);
+
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(
+            store.account_usage(account).await.unwrap().stored_bytes,
+            100
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use dooz_protocol::{
 };
 use dooz_server::config::ServerSettings;
 use dooz_server::frame_io::{FrameReader, RawBody, write_frame, write_frame_with_body};
+use dooz_server::policy::PolicySource;
 use dooz_server::service::{CloseCode, Server, ServerParts};
 use dooz_server::tls::{DeviceCert, SERVER_NAME};
 use dooz_server::transport::{TransportTuning, client_config, client_endpoint};
@@ -34,6 +36,11 @@ pub(crate) struct TestServer {
 
 impl TestServer {
     pub(crate) async fn start() -> Self {
+        Self::start_with_policy(Arc::new(dooz_server::policy::Unlimited)).await
+    }
+
+    /// A server whose account policies come from `policy`.
+    pub(crate) async fn start_with_policy(policy: Arc<dyn PolicySource>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = ServerSettings {
             data_dir: dir.path().to_owned(),
@@ -43,8 +50,9 @@ impl TestServer {
         }
         .validate()
         .unwrap();
-        let (parts, bootstrap) = ServerParts::open(&config).await.unwrap();
+        let (mut parts, bootstrap) = ServerParts::open(&config).await.unwrap();
         assert!(bootstrap.first_start);
+        parts.policy = policy;
         let server = Server::start(parts).unwrap();
         Self {
             server,

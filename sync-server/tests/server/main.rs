@@ -7,5 +7,6 @@ mod chunks;
 mod commit;
 mod connect;
 mod harness;
+mod policy;
 mod shutdown;
 mod subscribe;

@@ -265,9 +265,14 @@ impl Reporter<'_> {
     fn unreachable(&mut self, error: &NetError) {
         if !self.outage {
             self.outage = true;
-            self.out.warn(&format!(
-                "lost the server: {error}; local changes are kept and sent when it is back"
-            ));
+            // A refusal (an inactive subscription, say) explains itself and says what is kept.
+            let text = match error {
+                NetError::Server { .. } => format!("the server refuses to sync: {error}"),
+                _ => format!(
+                    "lost the server: {error}; local changes are kept and sent when it is back"
+                ),
+            };
+            self.out.warn(&text);
         } else {
             tracing::debug!(%error, "still unreachable");
         }

@@ -1,0 +1,296 @@
+//! The control plane: an HTTP API under `/v1` (axum) for operators and tenants, served by
+//! `dooz-server` next to the QUIC data plane and sharing its [`MetaStore`].
+//!
+//! # Goals
+//!
+//! - Tenants (operator's admin token), and in each tenant: API keys with scopes, accounts,
+//!   plans with hard or soft limits, subscriptions with Stripe's statuses and a transition
+//!   table, enrolment tokens, devices (list, revoke: live connections close at once), an audit
+//!   log, and an export of all of a tenant's control-plane data (GDPR).
+//! - Secrets shown once and stored hashed ([`secrets`]); a key of one tenant sees nothing of
+//!   another (404, as for a missing resource).
+//! - RFC 9457 problem+json for every failure ([`problem`]), cursor pagination,
+//!   `Idempotency-Key` on POST ([`idempotency`]), RateLimit headers and 429 per credential
+//!   ([`rate_limit`]), request ids in traces ([`request_id`]), `/healthz`, `/readyz` and
+//!   `/metrics` ([`metrics`]).
+//! - Account policies for the data plane from subscriptions and plans ([`ControlPolicy`]).
+//!
+//! # Non-goals (not built yet)
+//!
+//! Webhooks, OpenAPI, account deletion, device
+//! rename, egress and retention enforcement. See `docs/CONTROL-PLANE.md`.
+
+pub mod auth;
+pub mod idempotency;
+pub mod metrics;
+pub mod model;
+pub mod policy;
+pub mod problem;
+pub mod rate_limit;
+pub mod request_id;
+mod routes;
+pub mod secrets;
+pub mod store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::routing::{get, post};
+use dooz_protocol::DeviceId;
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+pub use policy::ControlPolicy;
+pub use problem::Problem;
+pub use secrets::{Secret, SecretKind};
+pub use store::ControlStore;
+
+use crate::service::Server;
+use crate::store::{DeviceRecord, MetaStore, StoreError};
+
+/// Directory of the control store inside the data dir.
+pub const CONTROL_DIR: &str = "control";
+
+/// What the control plane needs of the data plane.
+#[async_trait]
+pub trait DataPlane: Send + Sync + 'static {
+    /// Revokes a device and closes its live connections at once.
+    async fn revoke_device(&self, device: DeviceId) -> Result<DeviceRecord, StoreError>;
+    /// Plans or subscriptions changed: forget cached account policies.
+    fn policies_changed(&self);
+}
+
+#[async_trait]
+impl DataPlane for Server {
+    async fn revoke_device(&self, device: DeviceId) -> Result<DeviceRecord, StoreError> {
+        Server::revoke_device(self, device).await
+    }
+
+    fn policies_changed(&self) {
+        self.forget_cached_policies();
+    }
+}
+
+/// Where devices reach the data plane, for enrolment codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolTarget {
+    /// `host:port` devices dial.
+    pub address: String,
+    /// The server certificate's fingerprint.
+    pub fingerprint: String,
+}
+
+/// Everything the API is built from.
+pub struct ApiParts {
+    /// The data plane's metadata store.
+    pub meta: Arc<dyn MetaStore>,
+    /// The control store.
+    pub control: ControlStore,
+    /// The running data plane.
+    pub data_plane: Arc<dyn DataPlane>,
+    /// The policy source the data plane uses (the API shows its answers).
+    pub policy: ControlPolicy,
+    /// Address and fingerprint for enrolment codes; `None`: tokens only.
+    pub enrol: Option<EnrolTarget>,
+    /// Rate limit per credential; `None`: none.
+    pub rate_limit: Option<rate_limit::RateLimit>,
+}
+
+impl std::fmt::Debug for ApiParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiParts")
+            .field("enrol", &self.enrol)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the handlers.
+pub(crate) struct AppState {
+    pub(crate) meta: Arc<dyn MetaStore>,
+    pub(crate) control: ControlStore,
+    pub(crate) data_plane: Arc<dyn DataPlane>,
+    pub(crate) policy: ControlPolicy,
+    pub(crate) enrol: Option<EnrolTarget>,
+    pub(crate) in_flight: idempotency::InFlight,
+    pub(crate) metrics: Arc<metrics::Metrics>,
+}
+
+/// The API's router: `/healthz`, `/readyz` and `/v1/...` (routes in `docs/CONTROL-PLANE.md`).
+pub fn router(parts: ApiParts) -> Router {
+    use routes::*;
+    let state = Arc::new(AppState {
+        meta: parts.meta,
+        control: parts.control,
+        data_plane: parts.data_plane,
+        policy: parts.policy,
+        enrol: parts.enrol,
+        in_flight: idempotency::InFlight::default(),
+        metrics: Arc::new(metrics::Metrics::default()),
+    });
+    let metrics = Arc::clone(&state.metrics);
+    let t = "/v1/tenants/{tenant}";
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/tenants", post(create_tenant).get(list_tenants))
+        .route(t, get(get_tenant))
+        .route(
+            &format!("{t}/api_keys"),
+            post(create_api_key).get(list_api_keys),
+        )
+        .route(&format!("{t}/api_keys/{{key}}"), get(get_api_key))
+        .route(
+            &format!("{t}/api_keys/{{key}}/revoke"),
+            post(revoke_api_key),
+        )
+        .route(
+            &format!("{t}/accounts"),
+            post(create_account).get(list_accounts),
+        )
+        .route(&format!("{t}/accounts/{{account}}"), get(get_account))
+        .route(&format!("{t}/accounts/{{account}}/usage"), get(get_usage))
+        .route(
+            &format!("{t}/accounts/{{account}}/enrolment_tokens"),
+            post(create_enrolment_token),
+        )
+        .route(
+            &format!("{t}/accounts/{{account}}/devices"),
+            get(list_devices),
+        )
+        .route(
+            &format!("{t}/accounts/{{account}}/devices/{{device}}"),
+            get(get_device),
+        )
+        .route(
+            &format!("{t}/accounts/{{account}}/devices/{{device}}/revoke"),
+            post(revoke_device),
+        )
+        .route(&format!("{t}/plans"), post(create_plan).get(list_plans))
+        .route(
+            &format!("{t}/plans/{{plan}}"),
+            get(get_plan).patch(update_plan),
+        )
+        .route(
+            &format!("{t}/subscriptions"),
+            post(create_subscription).get(list_subscriptions),
+        )
+        .route(
+            &format!("{t}/subscriptions/{{subscription}}"),
+            get(get_subscription).patch(update_subscription),
+        )
+        .route(&format!("{t}/audit"), get(list_audit))
+        .route(&format!("{t}/export"), get(export))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            idempotency::idempotency,
+        ))
+        .with_state(state);
+    let router = match parts.rate_limit {
+        Some(limit) => router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(rate_limit::RateLimiter::new(limit)),
+            rate_limit::rate_limit,
+        )),
+        None => router,
+    };
+    router.layer(axum::middleware::from_fn_with_state(
+        metrics,
+        request_id::request_id,
+    ))
+}
+
+/// Serves `router` on `listener` until `cancel` fires, then finishes requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+/// Setting up the control plane failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The control store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The admin token given by the operator is not acceptable.
+    #[error(
+        "the admin token from DOOZ_ADMIN_TOKEN is not acceptable: use 32 to 256 printable ASCII \
+         characters without spaces, not starting with dzk_ (e.g. the output of \
+         `openssl rand -base64 33`)"
+    )]
+    BadAdminToken,
+}
+
+/// Makes sure an admin token is set. With `from_env` (the operator's token), its hash replaces
+/// the stored one and `None` is returned. Without it, a stored token is kept (`None`), and on
+/// first start a new token is made, its hash stored, and the token returned, to be shown once.
+pub async fn ensure_admin_token(
+    control: &ControlStore,
+    from_env: Option<&str>,
+) -> Result<Option<Secret>, ControlError> {
+    if let Some(text) = from_env {
+        let secret = Secret::parse_admin(text).ok_or(ControlError::BadAdminToken)?;
+        control.set_admin_token_hash(&secret.hash()).await?;
+        return Ok(None);
+    }
+    if control.admin_token_hash()?.is_some() {
+        return Ok(None);
+    }
+    let secret = Secret::generate(SecretKind::AdminToken)?;
+    control.set_admin_token_hash(&secret.hash()).await?;
+    Ok(Some(secret))
+}
+
+/// Makes a new admin token, replacing the stored one, and returns it (to be shown once): the
+/// way back when the token is lost (`dooz-server admin reset-admin-token`).
+pub async fn reset_admin_token(control: &ControlStore) -> Result<Secret, ControlError> {
+    let secret = Secret::generate(SecretKind::AdminToken)?;
+    control.set_admin_token_hash(&secret.hash()).await?;
+    Ok(secret)
+}
+
+/// Makes a tenant and a first API key with `scopes` in it, as `POST /v1/tenants` and
+/// `POST /v1/tenants/{t}/api_keys` would (`dooz-server admin tenant-create`). The key's secret
+/// is returned, to be shown once.
+pub async fn create_tenant_with_key(
+    meta: &dyn MetaStore,
+    control: &ControlStore,
+    name: &str,
+    scopes: Vec<model::Scope>,
+) -> Result<(crate::store::TenantId, model::ApiKeyRecord, Secret), ControlError> {
+    let now = crate::service::unix_now();
+    let tenant = meta.create_tenant(name).await?;
+    control.add_tenant(tenant.get(), now).await?;
+    let secret = Secret::generate(SecretKind::ApiKey)?;
+    let record = model::ApiKeyRecord {
+        id: 0,
+        tenant: tenant.get(),
+        name: "bootstrap".to_owned(),
+        scopes,
+        created_at: now,
+        expires_at: None,
+        last_used: None,
+        revoked_at: None,
+    };
+    let key = control.create_api_key(record, &secret.hash()).await?;
+    let audit = |action: &str, target: String| model::AuditRecord {
+        id: 0,
+        at: now,
+        tenant: tenant.get(),
+        actor: "admin".to_owned(),
+        action: action.to_owned(),
+        target,
+    };
+    control.audit(audit("tenant.create", format!("tenant/{tenant}")))?;
+    control.audit(audit("api_key.create", format!("api_key/{}", key.id)))?;
+    control.flush().await?;
+    Ok((tenant, key, secret))
+}

@@ -1,0 +1,1086 @@
+//! The `/v1` handlers. Each checks the caller first ([`Caller::require`]), so a key of another
+//! tenant is answered 404 before anything is looked up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dooz_protocol::DeviceId;
+use serde::{Deserialize, Serialize};
+
+use crate::control::AppState;
+use crate::control::auth::{Caller, JsonBody, PathParams, QueryParams};
+use crate::control::model::{
+    ApiKeyRecord, AuditRecord, PlanLimits, PlanRecord, Scope, SubscriptionRecord,
+    SubscriptionStatus,
+};
+use crate::control::problem::Problem;
+use crate::control::secrets::{Secret, SecretKind};
+use crate::control::store::Page;
+use crate::policy::{Access, PolicySource as _};
+use crate::service::{mint_enrolment_code, unix_now};
+use crate::store::{AccountId, AccountRecord, DeviceRecord, TenantId, TenantRecord};
+
+/// Page size when `limit` is not given.
+pub(crate) const DEFAULT_PAGE: u32 = 50;
+/// Largest `limit`.
+pub(crate) const MAX_PAGE: u32 = 200;
+/// Longest enrolment-token lifetime (seconds): 365 days.
+const MAX_TOKEN_LIFETIME: u64 = 365 * 24 * 3600;
+/// Default billing period when none is given: 30 days.
+const DEFAULT_PERIOD: u64 = 30 * 24 * 3600;
+
+type ApiResult<T> = Result<T, Problem>;
+type AppStateRef = State<Arc<AppState>>;
+
+// --- pagination -------------------------------------------------------------------------------
+
+/// `?limit&cursor`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// A page as the API returns it.
+#[derive(Debug, Serialize)]
+pub(crate) struct PageOut<T> {
+    data: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+fn page_args(limit: Option<u32>, cursor: Option<&str>) -> ApiResult<(usize, Option<u64>)> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(Problem::invalid(format!(
+            "limit must be between 1 and {MAX_PAGE}, not {limit}"
+        )));
+    }
+    let after = match cursor {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            Problem::bad_request("the cursor is not one this API gave out; pass next_cursor as is")
+        })?),
+    };
+    Ok((usize::try_from(limit).unwrap_or(usize::MAX), after))
+}
+
+fn page_out<T, U>(page: Page<T>, f: impl FnMut(T) -> U) -> PageOut<U> {
+    PageOut {
+        data: page.data.into_iter().map(f).collect(),
+        next_cursor: page.next.map(|n| n.to_string()),
+    }
+}
+
+fn created<T: Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+/// A response carrying a secret: 201, and `Cache-Control: no-store`.
+fn created_secret<T: Serialize>(value: T) -> Response {
+    let mut response = created(value);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn check_name(what: &str, name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(Problem::invalid(format!(
+            "{what} name must be 1 to 256 bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+// --- lookups ----------------------------------------------------------------------------------
+
+impl AppState {
+    fn audit(&self, caller: &Caller, tenant: u64, action: &str, target: String) {
+        let event = AuditRecord {
+            id: 0,
+            at: unix_now(),
+            tenant,
+            actor: caller.actor(),
+            action: action.to_owned(),
+            target,
+        };
+        if let Err(e) = self.control.audit(event) {
+            tracing::error!(error = %e, action, "could not write the audit log");
+        }
+    }
+
+    async fn tenant(
+        &self,
+        caller: &Caller,
+        id: u64,
+        scope: Option<Scope>,
+    ) -> ApiResult<TenantRecord> {
+        match scope {
+            Some(scope) => caller.require(id, scope)?,
+            None => caller.require_tenant(id)?,
+        }
+        self.meta
+            .tenant(TenantId::new(id))
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("tenant {id}")))
+    }
+
+    async fn account(&self, tenant: u64, id: u64) -> ApiResult<AccountRecord> {
+        match self.meta.account(AccountId::new(id)).await? {
+            Some(account) if account.tenant.get() == tenant => Ok(account),
+            _ => Err(Problem::not_found(format!("account {id}"))),
+        }
+    }
+
+    fn plan(&self, tenant: u64, id: u64) -> ApiResult<PlanRecord> {
+        self.control
+            .plan(tenant, id)?
+            .ok_or_else(|| Problem::not_found(format!("plan {id}")))
+    }
+
+    fn subscription(&self, tenant: u64, id: u64) -> ApiResult<SubscriptionRecord> {
+        self.control
+            .subscription(tenant, id)?
+            .ok_or_else(|| Problem::not_found(format!("subscription {id}")))
+    }
+}
+
+// --- health -----------------------------------------------------------------------------------
+
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub(crate) async fn readyz(State(state): AppStateRef) -> ApiResult<Json<serde_json::Value>> {
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "{what} is not ready");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "Not ready",
+            format!("the {what} does not answer; see the server log"),
+        )
+    };
+    state
+        .control
+        .check()
+        .map_err(|e| unavailable("control store", &e))?;
+    state
+        .meta
+        .tenant(TenantId::new(0))
+        .await
+        .map_err(|e| unavailable("metadata store", &e))?;
+    Ok(Json(serde_json::json!({ "status": "ready" })))
+}
+
+pub(crate) async fn metrics_text(State(state): AppStateRef, caller: Caller) -> ApiResult<Response> {
+    caller.require_operator()?;
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+pub(crate) async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "no such route; the API lives under /v1 (see docs/CONTROL-PLANE.md)",
+    )
+}
+
+pub(crate) async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this route does not take this method; see the Allow header",
+    )
+}
+
+// --- tenants ----------------------------------------------------------------------------------
+
+/// Body of `POST /v1/tenants` and `POST .../accounts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NameBody {
+    name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TenantOut {
+    id: u64,
+    name: String,
+}
+
+impl From<TenantRecord> for TenantOut {
+    fn from(t: TenantRecord) -> Self {
+        Self {
+            id: t.id.get(),
+            name: t.name,
+        }
+    }
+}
+
+pub(crate) async fn create_tenant(
+    State(state): AppStateRef,
+    caller: Caller,
+    JsonBody(body): JsonBody<NameBody>,
+) -> ApiResult<Response> {
+    caller.require_operator()?;
+    check_name("tenant", &body.name)?;
+    let id = state.meta.create_tenant(&body.name).await?;
+    state.control.add_tenant(id.get(), unix_now()).await?;
+    state.audit(&caller, id.get(), "tenant.create", format!("tenant/{id}"));
+    Ok(created(TenantOut {
+        id: id.get(),
+        name: body.name,
+    }))
+}
+
+pub(crate) async fn list_tenants(
+    State(state): AppStateRef,
+    caller: Caller,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<PageOut<TenantOut>>> {
+    caller.require_operator()?;
+    let (limit, after) = page_args(q.limit, q.cursor.as_deref())?;
+    let page = state.control.tenants(after, limit)?;
+    let mut data = Vec::with_capacity(page.data.len());
+    for id in &page.data {
+        if let Some(t) = state.meta.tenant(TenantId::new(*id)).await? {
+            data.push(TenantOut::from(t));
+        }
+    }
+    Ok(Json(PageOut {
+        data,
+        next_cursor: page.next.map(|n| n.to_string()),
+    }))
+}
+
+pub(crate) async fn get_tenant(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+) -> ApiResult<Json<TenantOut>> {
+    Ok(Json(state.tenant(&caller, tenant, None).await?.into()))
+}
+
+// --- API keys ---------------------------------------------------------------------------------
+
+/// Body of `POST .../api_keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateKey {
+    name: String,
+    scopes: Vec<Scope>,
+    #[serde(default)]
+    expires_at: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct CreatedKey {
+    #[serde(flatten)]
+    key: ApiKeyRecord,
+    /// The key itself, shown this once.
+    secret: String,
+}
+
+pub(crate) async fn create_api_key(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    JsonBody(body): JsonBody<CreateKey>,
+) -> ApiResult<Response> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    check_name("key", &body.name)?;
+    if body.scopes.is_empty() {
+        return Err(Problem::invalid(
+            "give the key at least one scope: admin, devices or usage:read",
+        ));
+    }
+    let now = unix_now();
+    if body.expires_at.is_some_and(|at| at <= now) {
+        return Err(Problem::invalid("expires_at must be in the future"));
+    }
+    let secret = Secret::generate(SecretKind::ApiKey)?;
+    let mut scopes = body.scopes;
+    scopes.dedup();
+    let record = ApiKeyRecord {
+        id: 0,
+        tenant,
+        name: body.name,
+        scopes,
+        created_at: now,
+        expires_at: body.expires_at,
+        last_used: None,
+        revoked_at: None,
+    };
+    let key = state.control.create_api_key(record, &secret.hash()).await?;
+    state.audit(
+        &caller,
+        tenant,
+        "api_key.create",
+        format!("api_key/{}", key.id),
+    );
+    Ok(created_secret(CreatedKey {
+        key,
+        secret: secret.expose().to_owned(),
+    }))
+}
+
+pub(crate) async fn list_api_keys(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<PageOut<ApiKeyRecord>>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let (limit, after) = page_args(q.limit, q.cursor.as_deref())?;
+    Ok(Json(page_out(
+        state.control.api_keys(tenant, after, limit)?,
+        |k| k,
+    )))
+}
+
+fn api_key_of(state: &AppState, tenant: u64, id: u64) -> ApiResult<ApiKeyRecord> {
+    state
+        .control
+        .api_key(tenant, id)?
+        .ok_or_else(|| Problem::not_found(format!("API key {id}")))
+}
+
+pub(crate) async fn get_api_key(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<Json<ApiKeyRecord>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    Ok(Json(api_key_of(&state, tenant, id)?))
+}
+
+pub(crate) async fn revoke_api_key(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<Json<ApiKeyRecord>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let mut key = api_key_of(&state, tenant, id)?;
+    if key.revoked_at.is_none() {
+        key.revoked_at = Some(unix_now());
+        state.control.update_api_key(&key)?;
+        state.control.flush().await?;
+        state.audit(&caller, tenant, "api_key.revoke", format!("api_key/{id}"));
+    }
+    Ok(Json(key))
+}
+
+// --- accounts ---------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub(crate) struct AccountOut {
+    id: u64,
+    tenant: u64,
+    name: String,
+    subscription: Option<u64>,
+}
+
+impl AppState {
+    fn account_out(&self, a: AccountRecord) -> ApiResult<AccountOut> {
+        let subscription = self
+            .control
+            .account_subscription(a.tenant.get(), a.id.get())?
+            .map(|s| s.id);
+        Ok(AccountOut {
+            id: a.id.get(),
+            tenant: a.tenant.get(),
+            name: a.name,
+            subscription,
+        })
+    }
+}
+
+pub(crate) async fn create_account(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    JsonBody(body): JsonBody<NameBody>,
+) -> ApiResult<Response> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    check_name("account", &body.name)?;
+    let id = state
+        .meta
+        .create_account(TenantId::new(tenant), &body.name)
+        .await?;
+    state
+        .control
+        .add_account(tenant, id.get(), unix_now())
+        .await?;
+    state.audit(&caller, tenant, "account.create", format!("account/{id}"));
+    Ok(created(AccountOut {
+        id: id.get(),
+        tenant,
+        name: body.name,
+        subscription: None,
+    }))
+}
+
+pub(crate) async fn list_accounts(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<PageOut<AccountOut>>> {
+    state
+        .tenant(&caller, tenant, Some(Scope::UsageRead))
+        .await?;
+    let (limit, after) = page_args(q.limit, q.cursor.as_deref())?;
+    let page = state.control.accounts(tenant, after, limit)?;
+    let mut data = Vec::with_capacity(page.data.len());
+    for id in &page.data {
+        if let Some(a) = state.meta.account(AccountId::new(*id)).await? {
+            data.push(state.account_out(a)?);
+        }
+    }
+    Ok(Json(PageOut {
+        data,
+        next_cursor: page.next.map(|n| n.to_string()),
+    }))
+}
+
+pub(crate) async fn get_account(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<Json<AccountOut>> {
+    state
+        .tenant(&caller, tenant, Some(Scope::UsageRead))
+        .await?;
+    let account = state.account(tenant, id).await?;
+    Ok(Json(state.account_out(account)?))
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct UsageOut {
+    stored_bytes: u64,
+    devices: u64,
+    vaults: u64,
+    /// `full`, `read_only` or `blocked`: what the data plane allows now.
+    access: &'static str,
+}
+
+pub(crate) async fn get_usage(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<Json<UsageOut>> {
+    state
+        .tenant(&caller, tenant, Some(Scope::UsageRead))
+        .await?;
+    let account = state.account(tenant, id).await?;
+    let usage = state.meta.account_usage(account.id).await?;
+    let policy = state
+        .policy
+        .account_policy(account.tenant, account.id, unix_now())
+        .await?;
+    Ok(Json(UsageOut {
+        stored_bytes: usage.stored_bytes,
+        devices: usage.devices,
+        vaults: usage.vaults,
+        access: access_name(policy.access),
+    }))
+}
+
+fn access_name(access: Access) -> &'static str {
+    match access {
+        Access::Full => "full",
+        Access::ReadOnly => "read_only",
+        _ => "blocked",
+    }
+}
+
+// --- enrolment tokens -------------------------------------------------------------------------
+
+/// Body of `POST .../enrolment_tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateToken {
+    #[serde(default)]
+    reusable: bool,
+    /// Lifetime in seconds; default 3600.
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct CreatedToken {
+    /// The enrolment token, shown this once.
+    token: String,
+    /// An enrolment code (`dooz enroll <code>`) holding the token, when the server knows the
+    /// address devices dial.
+    code: Option<String>,
+    account: u64,
+    reusable: bool,
+    expires_at: u64,
+}
+
+pub(crate) async fn create_enrolment_token(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+    JsonBody(body): JsonBody<CreateToken>,
+) -> ApiResult<Response> {
+    state.tenant(&caller, tenant, Some(Scope::Devices)).await?;
+    let account = state.account(tenant, id).await?;
+    let expires_in = body.expires_in.unwrap_or(3600);
+    if expires_in == 0 || expires_in > MAX_TOKEN_LIFETIME {
+        return Err(Problem::invalid(format!(
+            "expires_in must be between 1 and {MAX_TOKEN_LIFETIME} seconds"
+        )));
+    }
+    let expires_at = unix_now().saturating_add(expires_in);
+    let (token, code) = match &state.enrol {
+        Some(target) => {
+            let code = mint_enrolment_code(
+                state.meta.as_ref(),
+                account.id,
+                &target.address,
+                &target.fingerprint,
+                body.reusable,
+                Duration::from_secs(expires_in),
+            )
+            .await
+            .map_err(|e| Problem::internal(&e))?;
+            (code.token.clone(), Some(code.to_string()))
+        }
+        None => {
+            let token = state
+                .meta
+                .create_enrolment_token(account.id, expires_at, body.reusable)
+                .await?;
+            (token.expose().to_owned(), None)
+        }
+    };
+    state.audit(
+        &caller,
+        tenant,
+        "enrolment_token.create",
+        format!("account/{id}"),
+    );
+    Ok(created_secret(CreatedToken {
+        token,
+        code,
+        account: id,
+        reusable: body.reusable,
+        expires_at,
+    }))
+}
+
+// --- devices ----------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub(crate) struct DeviceOut {
+    id: String,
+    account: u64,
+    name: String,
+    created_at: u64,
+    last_seen: u64,
+    revoked_at: Option<u64>,
+}
+
+impl From<DeviceRecord> for DeviceOut {
+    fn from(d: DeviceRecord) -> Self {
+        Self {
+            id: d.device.to_hex(),
+            account: d.account.get(),
+            name: d.name,
+            created_at: d.created_at,
+            last_seen: d.last_seen,
+            revoked_at: d.revoked_at,
+        }
+    }
+}
+
+fn parse_device(text: &str) -> ApiResult<DeviceId> {
+    blake3::Hash::from_hex(text.trim())
+        .map(|h| DeviceId::from_bytes(*h.as_bytes()))
+        .map_err(|_| Problem::not_found(format!("device {text:.70}")))
+}
+
+pub(crate) async fn list_devices(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<PageOut<DeviceOut>>> {
+    state.tenant(&caller, tenant, Some(Scope::Devices)).await?;
+    let account = state.account(tenant, id).await?;
+    let (limit, _) = page_args(q.limit, None)?;
+    let after = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(parse_device(c).map_err(|_| {
+            Problem::bad_request("the cursor is not one this API gave out; pass next_cursor as is")
+        })?),
+    };
+    let devices = state.meta.list_devices(account.id).await?;
+    let mut rest = devices
+        .into_iter()
+        .filter(|d| after.is_none_or(|a| d.device > a));
+    let data: Vec<DeviceOut> = rest.by_ref().take(limit).map(DeviceOut::from).collect();
+    let next_cursor = if rest.next().is_some() {
+        data.last().map(|d| d.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(PageOut { data, next_cursor }))
+}
+
+async fn device_of(
+    state: &AppState,
+    tenant: u64,
+    account: u64,
+    device: &str,
+) -> ApiResult<DeviceRecord> {
+    let id = parse_device(device)?;
+    match state.meta.device(id).await? {
+        Some(d) if d.tenant.get() == tenant && d.account.get() == account => Ok(d),
+        _ => Err(Problem::not_found(format!("device {}", id.to_hex()))),
+    }
+}
+
+pub(crate) async fn get_device(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id, device)): PathParams<(u64, u64, String)>,
+) -> ApiResult<Json<DeviceOut>> {
+    state.tenant(&caller, tenant, Some(Scope::Devices)).await?;
+    state.account(tenant, id).await?;
+    Ok(Json(device_of(&state, tenant, id, &device).await?.into()))
+}
+
+pub(crate) async fn revoke_device(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id, device)): PathParams<(u64, u64, String)>,
+) -> ApiResult<Json<DeviceOut>> {
+    state.tenant(&caller, tenant, Some(Scope::Devices)).await?;
+    state.account(tenant, id).await?;
+    let record = device_of(&state, tenant, id, &device).await?;
+    let revoked = state.data_plane.revoke_device(record.device).await?;
+    state.audit(
+        &caller,
+        tenant,
+        "device.revoke",
+        format!("device/{}", record.device.to_hex()),
+    );
+    Ok(Json(revoked.into()))
+}
+
+// --- plans ------------------------------------------------------------------------------------
+
+/// Body of `POST .../plans`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreatePlan {
+    name: String,
+    #[serde(default)]
+    limits: PlanLimits,
+}
+
+/// Body of `PATCH .../plans/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdatePlan {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    limits: Option<PlanLimits>,
+}
+
+pub(crate) async fn create_plan(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    JsonBody(body): JsonBody<CreatePlan>,
+) -> ApiResult<Response> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    check_name("plan", &body.name)?;
+    let plan = PlanRecord {
+        id: 0,
+        tenant,
+        name: body.name,
+        limits: body.limits,
+        created_at: unix_now(),
+    };
+    let plan = state.control.create_plan(plan).await?;
+    // A tenant's first plan changes the policy of its accounts without a subscription.
+    state.data_plane.policies_changed();
+    state.audit(&caller, tenant, "plan.create", format!("plan/{}", plan.id));
+    Ok(created(plan))
+}
+
+pub(crate) async fn list_plans(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<PageOut<PlanRecord>>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let (limit, after) = page_args(q.limit, q.cursor.as_deref())?;
+    Ok(Json(page_out(
+        state.control.plans(tenant, after, limit)?,
+        |p| p,
+    )))
+}
+
+pub(crate) async fn get_plan(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<Json<PlanRecord>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    Ok(Json(state.plan(tenant, id)?))
+}
+
+pub(crate) async fn update_plan(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+    JsonBody(body): JsonBody<UpdatePlan>,
+) -> ApiResult<Json<PlanRecord>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let _lock = state.control.lock().await;
+    let mut plan = state.plan(tenant, id)?;
+    if let Some(name) = body.name {
+        check_name("plan", &name)?;
+        plan.name = name;
+    }
+    if let Some(limits) = body.limits {
+        plan.limits = limits;
+    }
+    state.control.update_plan(&plan).await?;
+    state.data_plane.policies_changed();
+    state.audit(&caller, tenant, "plan.update", format!("plan/{id}"));
+    Ok(Json(plan))
+}
+
+// --- subscriptions ----------------------------------------------------------------------------
+
+/// Body of `POST .../subscriptions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateSubscription {
+    account: u64,
+    plan: u64,
+    #[serde(default)]
+    status: Option<SubscriptionStatus>,
+    #[serde(default)]
+    current_period_start: Option<u64>,
+    #[serde(default)]
+    current_period_end: Option<u64>,
+    #[serde(default)]
+    trial_end: Option<u64>,
+    #[serde(default)]
+    cancel_at_period_end: bool,
+}
+
+/// Body of `PATCH .../subscriptions/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateSubscription {
+    #[serde(default)]
+    status: Option<SubscriptionStatus>,
+    #[serde(default)]
+    plan: Option<u64>,
+    #[serde(default)]
+    current_period_start: Option<u64>,
+    #[serde(default)]
+    current_period_end: Option<u64>,
+    #[serde(default)]
+    trial_end: Option<u64>,
+    #[serde(default)]
+    cancel_at_period_end: Option<bool>,
+}
+
+fn check_period(start: u64, end: u64) -> ApiResult<()> {
+    if end <= start {
+        return Err(Problem::invalid(
+            "current_period_end must be after current_period_start",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn create_subscription(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    JsonBody(body): JsonBody<CreateSubscription>,
+) -> ApiResult<Response> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let status = body.status.unwrap_or(SubscriptionStatus::Active);
+    if !status.is_initial() {
+        return Err(Problem::invalid(format!(
+            "a subscription starts as trialing or active, not {}",
+            status.as_str()
+        )));
+    }
+    if state.account(tenant, body.account).await.is_err() {
+        return Err(Problem::invalid(format!(
+            "there is no account {} in tenant {tenant}",
+            body.account
+        )));
+    }
+    if state.control.plan(tenant, body.plan)?.is_none() {
+        return Err(Problem::invalid(format!(
+            "there is no plan {} in tenant {tenant}",
+            body.plan
+        )));
+    }
+    let now = unix_now();
+    let start = body.current_period_start.unwrap_or(now);
+    let end = body
+        .current_period_end
+        .unwrap_or(start.saturating_add(DEFAULT_PERIOD));
+    check_period(start, end)?;
+    let _lock = state.control.lock().await;
+    if let Some(existing) = state.control.account_subscription(tenant, body.account)?
+        && existing.status != SubscriptionStatus::Canceled
+    {
+        return Err(Problem::conflict(
+            "subscription-exists",
+            "Subscription exists",
+            format!(
+                "account {} already has subscription {} ({}); change it with PATCH, or cancel it \
+                 before making a new one",
+                body.account,
+                existing.id,
+                existing.status.as_str()
+            ),
+        ));
+    }
+    let sub = SubscriptionRecord {
+        id: 0,
+        tenant,
+        account: body.account,
+        plan: body.plan,
+        status,
+        status_changed_at: now,
+        current_period_start: start,
+        current_period_end: end,
+        trial_end: body.trial_end,
+        cancel_at_period_end: body.cancel_at_period_end,
+        created_at: now,
+    };
+    let sub = state.control.create_subscription(sub).await?;
+    state.data_plane.policies_changed();
+    state.audit(
+        &caller,
+        tenant,
+        "subscription.create",
+        format!("subscription/{}", sub.id),
+    );
+    Ok(created(sub))
+}
+
+pub(crate) async fn list_subscriptions(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<PageOut<SubscriptionRecord>>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let (limit, after) = page_args(q.limit, q.cursor.as_deref())?;
+    Ok(Json(page_out(
+        state.control.subscriptions(tenant, after, limit)?,
+        |s| s,
+    )))
+}
+
+pub(crate) async fn get_subscription(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<Json<SubscriptionRecord>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    Ok(Json(state.subscription(tenant, id)?))
+}
+
+pub(crate) async fn update_subscription(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+    JsonBody(body): JsonBody<UpdateSubscription>,
+) -> ApiResult<Json<SubscriptionRecord>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let _lock = state.control.lock().await;
+    let mut sub = state.subscription(tenant, id)?;
+    if let Some(to) = body.status {
+        let from = sub.status;
+        if !from.can_become(to) {
+            let allowed: Vec<&str> = from.next().iter().map(|s| s.as_str()).collect();
+            let allowed = if allowed.is_empty() {
+                "none: it is final; make a new subscription".to_owned()
+            } else {
+                allowed.join(", ")
+            };
+            return Err(Problem::conflict(
+                "invalid-transition",
+                "Invalid subscription transition",
+                format!(
+                    "subscription {id} cannot go from {} to {}; from {} it may go to: {allowed}",
+                    from.as_str(),
+                    to.as_str(),
+                    from.as_str()
+                ),
+            ));
+        }
+        if from != to {
+            sub.status = to;
+            sub.status_changed_at = unix_now();
+        }
+    }
+    if let Some(plan) = body.plan {
+        if state.control.plan(tenant, plan)?.is_none() {
+            return Err(Problem::invalid(format!(
+                "there is no plan {plan} in tenant {tenant}"
+            )));
+        }
+        sub.plan = plan;
+    }
+    let start = body
+        .current_period_start
+        .unwrap_or(sub.current_period_start);
+    let end = body.current_period_end.unwrap_or(sub.current_period_end);
+    check_period(start, end)?;
+    sub.current_period_start = start;
+    sub.current_period_end = end;
+    if let Some(trial_end) = body.trial_end {
+        sub.trial_end = Some(trial_end);
+    }
+    if let Some(cancel) = body.cancel_at_period_end {
+        sub.cancel_at_period_end = cancel;
+    }
+    state.control.update_subscription(&sub).await?;
+    state.data_plane.policies_changed();
+    state.audit(
+        &caller,
+        tenant,
+        "subscription.update",
+        format!("subscription/{id}"),
+    );
+    Ok(Json(sub))
+}
+
+// --- audit ------------------------------------------------------------------------------------
+
+/// `GET .../audit` filters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+    /// Exact action, e.g. `device.revoke`.
+    action: Option<String>,
+    /// Exact actor, e.g. `admin` or `key:3`.
+    actor: Option<String>,
+    /// Exact target, e.g. `subscription/7`.
+    target: Option<String>,
+    /// Events at or after this time (unix seconds).
+    since: Option<u64>,
+    /// Events before this time (unix seconds).
+    until: Option<u64>,
+}
+
+pub(crate) async fn list_audit(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    QueryParams(q): QueryParams<AuditQuery>,
+) -> ApiResult<Json<PageOut<AuditRecord>>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let (limit, after) = page_args(q.limit, q.cursor.as_deref())?;
+    let page = state.control.audit_events(tenant, after, limit, |e| {
+        q.action.as_ref().is_none_or(|a| *a == e.action)
+            && q.actor.as_ref().is_none_or(|a| *a == e.actor)
+            && q.target.as_ref().is_none_or(|t| *t == e.target)
+            && q.since.is_none_or(|s| e.at >= s)
+            && q.until.is_none_or(|u| e.at < u)
+    })?;
+    Ok(Json(page_out(page, |e| e)))
+}
+
+// --- export -----------------------------------------------------------------------------------
+
+/// Every record of a page-walking lister.
+fn all<T>(
+    mut page: impl FnMut(Option<u64>) -> Result<Page<T>, crate::StoreError>,
+) -> ApiResult<Vec<T>> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let p = page(after)?;
+        out.extend(p.data);
+        match p.next {
+            Some(next) => after = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ExportedAccount {
+    #[serde(flatten)]
+    account: AccountOut,
+    devices: Vec<DeviceOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Export {
+    tenant: TenantOut,
+    accounts: Vec<ExportedAccount>,
+    plans: Vec<PlanRecord>,
+    subscriptions: Vec<SubscriptionRecord>,
+    api_keys: Vec<ApiKeyRecord>,
+    audit: Vec<AuditRecord>,
+}
+
+pub(crate) async fn export(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+) -> ApiResult<Json<Export>> {
+    let record = state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let max = usize::try_from(MAX_PAGE).unwrap_or(200);
+    let ids = all(|after| state.control.accounts(tenant, after, max))?;
+    let mut accounts = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(account) = state.meta.account(AccountId::new(id)).await? else {
+            continue;
+        };
+        let devices = state.meta.list_devices(account.id).await?;
+        accounts.push(ExportedAccount {
+            account: state.account_out(account)?,
+            devices: devices.into_iter().map(DeviceOut::from).collect(),
+        });
+    }
+    let export = Export {
+        tenant: record.into(),
+        accounts,
+        plans: all(|after| state.control.plans(tenant, after, max))?,
+        subscriptions: all(|after| state.control.subscriptions(tenant, after, max))?,
+        api_keys: all(|after| state.control.api_keys(tenant, after, max))?,
+        audit: all(|after| state.control.audit_events(tenant, after, max, |_| true))?,
+    };
+    state.audit(&caller, tenant, "tenant.export", format!("tenant/{tenant}"));
+    Ok(Json(export))
+}

@@ -1,0 +1,538 @@
+//! The control store: plans, subscriptions, API keys (hashed), the admin token (hashed), the
+//! audit log, idempotency records, and indexes of the tenants and accounts made through the
+//! API. Tenants, accounts, devices and enrolment tokens themselves live in the
+//! [`MetaStore`](crate::MetaStore).
+//!
+//! It is a sled database of its own (`control/` in the data dir), with versioned tree names
+//! (`cp1/...`); records are JSON. Keys are big-endian ids, so trees iterate in id order, and a
+//! tenant's records share the tenant id as key prefix. Writes of one operation that touch
+//! several trees run under one lock (this server is the store's only writer).
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::Tree;
+
+use crate::control::model::{ApiKeyRecord, AuditRecord, PlanRecord, SubscriptionRecord};
+use crate::control::secrets::SecretHash;
+use crate::store::StoreError;
+
+const ADMIN_TOKEN_KEY: &[u8] = b"admin_token";
+
+/// The control store. Cheap to clone.
+#[derive(Clone)]
+pub struct ControlStore {
+    inner: std::sync::Arc<Inner>,
+}
+
+impl std::fmt::Debug for ControlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlStore").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    db: sled::Db,
+    meta: Tree,
+    tenants: Tree,
+    accounts: Tree,
+    plans: Tree,
+    subs: Tree,
+    account_subs: Tree,
+    keys: Tree,
+    key_ids: Tree,
+    audit: Tree,
+    idem: Tree,
+    /// Serialises multi-tree writes.
+    write: tokio::sync::Mutex<()>,
+}
+
+/// A page of records and the cursor of the next page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The records, in id order.
+    pub data: Vec<T>,
+    /// The id to continue after, when there may be more.
+    pub next: Option<u64>,
+}
+
+/// A stored response to a POST with an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct IdempotentResponse {
+    /// BLAKE3 of the request (method, path, body).
+    pub request_hash: [u8; 32],
+    /// The HTTP status.
+    pub status: u16,
+    /// The body, encrypted with a key derived from the caller's credential and the
+    /// idempotency key, neither of which the server stores.
+    pub body: Vec<u8>,
+    /// When it was stored (unix seconds).
+    pub at: u64,
+}
+
+fn sled_err(e: sled::Error) -> StoreError {
+    StoreError::from(e)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::InvalidInput {
+        what: "control record",
+        reason: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        detail: e.to_string(),
+    })
+}
+
+fn key2(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+fn tail_id(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    if let Some(tail) = key.len().checked_sub(8).and_then(|s| key.get(s..)) {
+        b.copy_from_slice(tail);
+    }
+    u64::from_be_bytes(b)
+}
+
+impl ControlStore {
+    /// Opens (or creates) the store in directory `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::from_config(sled::Config::new().path(path.as_ref()))
+    }
+
+    /// A store in a temporary directory, gone when dropped (tests).
+    pub fn temporary() -> Result<Self, StoreError> {
+        Self::from_config(sled::Config::new().temporary(true))
+    }
+
+    fn from_config(config: sled::Config) -> Result<Self, StoreError> {
+        let db = config.open().map_err(sled_err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(sled_err);
+        let inner = Inner {
+            meta: tree("cp1/meta")?,
+            tenants: tree("cp1/tenants")?,
+            accounts: tree("cp1/accounts")?,
+            plans: tree("cp1/plans")?,
+            subs: tree("cp1/subscriptions")?,
+            account_subs: tree("cp1/account_subscriptions")?,
+            keys: tree("cp1/api_keys")?,
+            key_ids: tree("cp1/api_key_ids")?,
+            audit: tree("cp1/audit")?,
+            idem: tree("cp1/idempotency")?,
+            write: tokio::sync::Mutex::new(()),
+            db,
+        };
+        Ok(Self {
+            inner: std::sync::Arc::new(inner),
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.flush_async().await.map_err(sled_err)?;
+        Ok(())
+    }
+
+    /// Whether the store answers (for `/readyz`).
+    pub fn check(&self) -> Result<(), StoreError> {
+        self.inner.meta.get(ADMIN_TOKEN_KEY).map_err(sled_err)?;
+        Ok(())
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        // generate_id starts at 0; ids start at 1.
+        Ok(self.inner.db.generate_id().map_err(sled_err)? + 1)
+    }
+
+    // --- admin token -----------------------------------------------------------------------
+
+    /// The stored hash of the admin token, if one was set.
+    pub fn admin_token_hash(&self) -> Result<Option<SecretHash>, StoreError> {
+        let Some(v) = self.inner.meta.get(ADMIN_TOKEN_KEY).map_err(sled_err)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = v
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::corrupt("cp1/meta", "admin token hash is not 32 bytes"))?;
+        Ok(Some(SecretHash(bytes)))
+    }
+
+    /// Stores the hash of the admin token (replacing any).
+    pub async fn set_admin_token_hash(&self, hash: &SecretHash) -> Result<(), StoreError> {
+        self.inner
+            .meta
+            .insert(ADMIN_TOKEN_KEY, hash.as_bytes().as_slice())
+            .map_err(sled_err)?;
+        self.flush().await
+    }
+
+    // --- tenant and account indexes --------------------------------------------------------
+
+    /// Remembers a tenant made through the API.
+    pub async fn add_tenant(&self, tenant: u64, at: u64) -> Result<(), StoreError> {
+        self.inner
+            .tenants
+            .insert(tenant.to_be_bytes(), &at.to_be_bytes())
+            .map_err(sled_err)?;
+        self.flush().await
+    }
+
+    /// Tenants made through the API, by id, after `after`.
+    pub fn tenants(&self, after: Option<u64>, limit: usize) -> Result<Page<u64>, StoreError> {
+        page_ids(&self.inner.tenants, &[], after, limit)
+    }
+
+    /// Remembers an account made through the API.
+    pub async fn add_account(&self, tenant: u64, account: u64, at: u64) -> Result<(), StoreError> {
+        self.inner
+            .accounts
+            .insert(key2(tenant, account), &at.to_be_bytes())
+            .map_err(sled_err)?;
+        self.flush().await
+    }
+
+    /// A tenant's accounts made through the API, by id, after `after`.
+    pub fn accounts(
+        &self,
+        tenant: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<u64>, StoreError> {
+        page_ids(&self.inner.accounts, &tenant.to_be_bytes(), after, limit)
+    }
+
+    // --- plans -----------------------------------------------------------------------------
+
+    /// Stores a new plan; `plan.id` is assigned.
+    pub async fn create_plan(&self, mut plan: PlanRecord) -> Result<PlanRecord, StoreError> {
+        plan.id = self.next_id()?;
+        self.put(&self.inner.plans, key2(plan.tenant, plan.id), &plan)?;
+        self.flush().await?;
+        Ok(plan)
+    }
+
+    /// Replaces a plan.
+    pub async fn update_plan(&self, plan: &PlanRecord) -> Result<(), StoreError> {
+        self.put(&self.inner.plans, key2(plan.tenant, plan.id), plan)?;
+        self.flush().await
+    }
+
+    /// A plan of `tenant`.
+    pub fn plan(&self, tenant: u64, id: u64) -> Result<Option<PlanRecord>, StoreError> {
+        self.get(&self.inner.plans, "cp1/plans", key2(tenant, id))
+    }
+
+    /// A tenant's plans.
+    pub fn plans(
+        &self,
+        tenant: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<PlanRecord>, StoreError> {
+        page_records(
+            &self.inner.plans,
+            "cp1/plans",
+            &tenant.to_be_bytes(),
+            after,
+            limit,
+        )
+    }
+
+    /// Whether the tenant uses the control plane (has a plan).
+    pub fn tenant_has_plans(&self, tenant: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .plans
+            .scan_prefix(tenant.to_be_bytes())
+            .next()
+            .transpose()
+            .map_err(sled_err)?
+            .is_some())
+    }
+
+    // --- subscriptions ---------------------------------------------------------------------
+
+    /// Holds the write lock (for check-then-write sequences of the API).
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.write.lock().await
+    }
+
+    /// Stores a new subscription and makes it the account's current one; `sub.id` is assigned.
+    /// Call under [`lock`](Self::lock).
+    pub async fn create_subscription(
+        &self,
+        mut sub: SubscriptionRecord,
+    ) -> Result<SubscriptionRecord, StoreError> {
+        sub.id = self.next_id()?;
+        self.put(&self.inner.subs, key2(sub.tenant, sub.id), &sub)?;
+        self.inner
+            .account_subs
+            .insert(sub.account.to_be_bytes(), &sub.id.to_be_bytes())
+            .map_err(sled_err)?;
+        self.flush().await?;
+        Ok(sub)
+    }
+
+    /// Replaces a subscription.
+    pub async fn update_subscription(&self, sub: &SubscriptionRecord) -> Result<(), StoreError> {
+        self.put(&self.inner.subs, key2(sub.tenant, sub.id), sub)?;
+        self.flush().await
+    }
+
+    /// A subscription of `tenant`.
+    pub fn subscription(
+        &self,
+        tenant: u64,
+        id: u64,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        self.get(&self.inner.subs, "cp1/subscriptions", key2(tenant, id))
+    }
+
+    /// A tenant's subscriptions.
+    pub fn subscriptions(
+        &self,
+        tenant: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<SubscriptionRecord>, StoreError> {
+        page_records(
+            &self.inner.subs,
+            "cp1/subscriptions",
+            &tenant.to_be_bytes(),
+            after,
+            limit,
+        )
+    }
+
+    /// The account's current (latest) subscription.
+    pub fn account_subscription(
+        &self,
+        tenant: u64,
+        account: u64,
+    ) -> Result<Option<SubscriptionRecord>, StoreError> {
+        let Some(id) = self
+            .inner
+            .account_subs
+            .get(account.to_be_bytes())
+            .map_err(sled_err)?
+        else {
+            return Ok(None);
+        };
+        self.subscription(tenant, tail_id(&id))
+    }
+
+    // --- API keys --------------------------------------------------------------------------
+
+    /// Stores a new API key under its hash; `key.id` is assigned.
+    pub async fn create_api_key(
+        &self,
+        mut key: ApiKeyRecord,
+        hash: &SecretHash,
+    ) -> Result<ApiKeyRecord, StoreError> {
+        key.id = self.next_id()?;
+        self.put(&self.inner.keys, hash.as_bytes(), &key)?;
+        self.inner
+            .key_ids
+            .insert(key2(key.tenant, key.id), hash.as_bytes().as_slice())
+            .map_err(sled_err)?;
+        self.flush().await?;
+        Ok(key)
+    }
+
+    /// The key with this hash.
+    pub fn api_key_by_hash(&self, hash: &SecretHash) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.get(&self.inner.keys, "cp1/api_keys", hash.as_bytes())
+    }
+
+    fn key_hash(&self, tenant: u64, id: u64) -> Result<Option<SecretHash>, StoreError> {
+        let Some(v) = self.inner.key_ids.get(key2(tenant, id)).map_err(sled_err)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = v
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::corrupt("cp1/api_key_ids", "hash is not 32 bytes"))?;
+        Ok(Some(SecretHash(bytes)))
+    }
+
+    /// A key of `tenant` by id.
+    pub fn api_key(&self, tenant: u64, id: u64) -> Result<Option<ApiKeyRecord>, StoreError> {
+        match self.key_hash(tenant, id)? {
+            Some(hash) => self.api_key_by_hash(&hash),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces a key's record (revocation, last use).
+    pub fn update_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        if let Some(hash) = self.key_hash(key.tenant, key.id)? {
+            self.put(&self.inner.keys, hash.as_bytes(), key)?;
+        }
+        Ok(())
+    }
+
+    /// A tenant's keys.
+    pub fn api_keys(
+        &self,
+        tenant: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<ApiKeyRecord>, StoreError> {
+        let ids = page_ids(&self.inner.key_ids, &tenant.to_be_bytes(), after, limit)?;
+        let mut data = Vec::with_capacity(ids.data.len());
+        for id in ids.data {
+            if let Some(key) = self.api_key(tenant, id)? {
+                data.push(key);
+            }
+        }
+        Ok(Page {
+            data,
+            next: ids.next,
+        })
+    }
+
+    // --- audit -----------------------------------------------------------------------------
+
+    /// Appends an audit event; `event.id` is assigned.
+    pub fn audit(&self, mut event: AuditRecord) -> Result<(), StoreError> {
+        event.id = self.next_id()?;
+        self.put(&self.inner.audit, key2(event.tenant, event.id), &event)
+    }
+
+    /// A tenant's audit events, oldest first, that pass `filter`.
+    pub fn audit_events(
+        &self,
+        tenant: u64,
+        after: Option<u64>,
+        limit: usize,
+        filter: impl Fn(&AuditRecord) -> bool,
+    ) -> Result<Page<AuditRecord>, StoreError> {
+        let start = key2(tenant, after.map_or(0, |a| a.saturating_add(1)));
+        let end = key2(tenant, u64::MAX);
+        let mut data = Vec::new();
+        for item in self.inner.audit.range(start..=end) {
+            let (_, v) = item.map_err(sled_err)?;
+            let event: AuditRecord = decode("cp1/audit", &v)?;
+            if !filter(&event) {
+                continue;
+            }
+            if data.len() == limit {
+                let next = data.last().map(|e: &AuditRecord| e.id);
+                return Ok(Page { data, next });
+            }
+            data.push(event);
+        }
+        Ok(Page { data, next: None })
+    }
+
+    // --- idempotency -----------------------------------------------------------------------
+
+    /// The stored response under `key` (a hash of the caller and the idempotency key).
+    pub fn idempotent_response(
+        &self,
+        key: &[u8; 32],
+    ) -> Result<Option<IdempotentResponse>, StoreError> {
+        self.get(&self.inner.idem, "cp1/idempotency", key)
+    }
+
+    /// Stores a response under `key`.
+    pub async fn put_idempotent_response(
+        &self,
+        key: &[u8; 32],
+        response: &IdempotentResponse,
+    ) -> Result<(), StoreError> {
+        self.put(&self.inner.idem, key, response)?;
+        self.flush().await
+    }
+
+    // --- helpers ---------------------------------------------------------------------------
+
+    fn put<T: Serialize>(
+        &self,
+        tree: &Tree,
+        key: impl AsRef<[u8]>,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        tree.insert(key.as_ref(), encode(value)?)
+            .map_err(sled_err)?;
+        Ok(())
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        name: &'static str,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<T>, StoreError> {
+        match tree.get(key.as_ref()).map_err(sled_err)? {
+            Some(v) => decode(name, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Ids (the last 8 key bytes) under `prefix`, after `after`, at most `limit`.
+fn page_ids(
+    tree: &Tree,
+    prefix: &[u8],
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Page<u64>, StoreError> {
+    let page = page_raw(tree, prefix, after, limit)?;
+    Ok(Page {
+        data: page.data.into_iter().map(|(id, _)| id).collect(),
+        next: page.next,
+    })
+}
+
+fn page_records<T: DeserializeOwned>(
+    tree: &Tree,
+    name: &'static str,
+    prefix: &[u8],
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Page<T>, StoreError> {
+    let page = page_raw(tree, prefix, after, limit)?;
+    let mut data = Vec::with_capacity(page.data.len());
+    for (_, v) in page.data {
+        data.push(decode(name, &v)?);
+    }
+    Ok(Page {
+        data,
+        next: page.next,
+    })
+}
+
+fn page_raw(
+    tree: &Tree,
+    prefix: &[u8],
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Page<(u64, sled::IVec)>, StoreError> {
+    let mut start = prefix.to_vec();
+    start.extend_from_slice(&after.map_or(0, |a| a.saturating_add(1)).to_be_bytes());
+    let mut data = Vec::new();
+    for item in tree.range(start..) {
+        let (k, v) = item.map_err(sled_err)?;
+        if !k.starts_with(prefix) || k.len() != prefix.len() + 8 {
+            break;
+        }
+        if data.len() == limit {
+            let next = data.last().map(|(id, _)| *id);
+            return Ok(Page { data, next });
+        }
+        data.push((tail_id(&k), v));
+    }
+    Ok(Page { data, next: None })
+}
