@@ -23,15 +23,24 @@ use crate::{BlobKey, BlobMeta, BlobStore, ObjectStoreBackend, Op, StorageError};
 ///
 /// # Crash guarantee
 ///
-/// - `put` writes `<key>#<digits>` next to the target, `fsync`s it, renames it over the target,
-///   then `fsync`s the blob's directory. Each directory on the way is made durable once per
-///   process: the first `put` through it creates it if needed and `fsync`s its parent before it
-///   goes on, and later puts skip it (see [`DurableDirs`]). Once `put` returns `Ok`, the blob
-///   survives a crash or power loss, whole. If the machine crashes during `put`, the key holds
-///   the old blob or the new one, never a mix or a partial file.
+/// - `put` writes `<key>#<digits>` next to the target, renames it over the target and returns
+///   once the file's contents, the rename and any directory it created are durable. Once `put`
+///   returns `Ok`, the blob survives a crash or power loss, whole. If the machine crashes during
+///   `put`, the key holds the old blob or the new one, never a mix or a partial file.
+/// - How that durability is reached depends on the platform:
+///   - On Linux, puts are made durable **in groups**: a put that has renamed its file waits for
+///     a `syncfs(2)` of the store's file system that *started after* its rename; one `syncfs`
+///     covers every put waiting at that moment (the first waiter runs it, the others wait for
+///     it). On a file system shared with heavy writers, a `syncfs` also flushes their data.
+///     Linux reports writeback errors from `syncfs` since 5.8; a failed `syncfs` fails every
+///     put it covered.
+///   - Elsewhere, each put `fsync`s its file before the rename and its directory after it, and
+///     each directory on the way is made durable once per process (created if needed, then its
+///     parent `fsync`ed; see `DurableDirs`).
 ///
-///   (An earlier version `fsync`ed every directory up to the root on every put: six `fsync`s
-///   per blob instead of two, which made 16 KiB chunk uploads `fsync`-bound.)
+///   Why: sync uploads are many 16–22 KB chunks, and a separate `fsync` of file and directory
+///   for each (six per blob at first, with every directory up to the root) made uploads wait on
+///   the disk's journal: about 1,000 chunks/s, 20–28 MB/s (benches/RESULTS.md, end-to-end).
 /// - `delete` removes the file and `fsync`s its directory; once it returns `Ok` the blob stays
 ///   deleted.
 /// - A crash can leave `#<digits>` temporary files behind. No key can name them (`#` is not a
@@ -49,7 +58,100 @@ use crate::{BlobKey, BlobMeta, BlobStore, ObjectStoreBackend, Op, StorageError};
 pub struct LocalDir {
     root: Arc<PathBuf>,
     dirs: Arc<DurableDirs>,
+    #[cfg(target_os = "linux")]
+    group: Arc<GroupSync>,
     reader: ObjectStoreBackend,
+}
+
+/// Group commit of puts on Linux: one `syncfs` makes every put that finished its rename before
+/// the `syncfs` started durable.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct GroupSync {
+    /// An open handle on the store's root, to name its file system.
+    root: File,
+    state: std::sync::Mutex<SyncState>,
+    done: std::sync::Condvar,
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Tickets handed out: one per put waiting for durability, numbered from 1.
+    issued: u64,
+    /// Every ticket up to this one is covered by a finished `syncfs`.
+    covered: u64,
+    /// A `syncfs` is running.
+    running: bool,
+    /// Results of the recent `syncfs` runs: the tickets each covered and its error, if any.
+    results: std::collections::VecDeque<SyncRun>,
+}
+
+/// One finished `syncfs`: the first and last ticket it covered, and its error if it failed.
+#[cfg(target_os = "linux")]
+type SyncRun = (u64, u64, Option<(io::ErrorKind, String)>);
+
+#[cfg(target_os = "linux")]
+impl GroupSync {
+    /// Results kept for waiters that wake up late.
+    const KEEP: usize = 4096;
+
+    fn new(root: &Path) -> io::Result<Self> {
+        Ok(Self {
+            root: File::open(root)?,
+            state: std::sync::Mutex::default(),
+            done: std::sync::Condvar::new(),
+        })
+    }
+
+    /// Returns once a `syncfs` that started after this call has finished; its error if it
+    /// failed.
+    fn wait_durable(&self) -> io::Result<()> {
+        let poisoned = || io::Error::other("the group-sync lock was poisoned by a panic");
+        let mut st = self.state.lock().map_err(|_| poisoned())?;
+        st.issued += 1;
+        let ticket = st.issued;
+        loop {
+            if st.covered >= ticket {
+                return match st
+                    .results
+                    .iter()
+                    .find(|(lo, hi, _)| (*lo..=*hi).contains(&ticket))
+                {
+                    Some((_, _, None)) => Ok(()),
+                    Some((_, _, Some((kind, msg)))) => Err(io::Error::new(
+                        *kind,
+                        format!("syncing the blob store's file system failed: {msg}"),
+                    )),
+                    None => Err(io::Error::other(
+                        "lost track of whether the blob was synced (too many syncs since)",
+                    )),
+                };
+            }
+            if st.running {
+                st = self.done.wait(st).map_err(|_| poisoned())?;
+                continue;
+            }
+            // Lead: every ticket issued so far is covered by a syncfs starting now.
+            st.running = true;
+            let upto = st.issued;
+            let from = st.covered + 1;
+            drop(st);
+            let result = rustix::fs::syncfs(&self.root);
+            st = self.state.lock().map_err(|_| poisoned())?;
+            st.running = false;
+            st.covered = upto;
+            let error = result.err().map(|e| {
+                let e = io::Error::from(e);
+                (e.kind(), e.to_string())
+            });
+            if st.results.len() >= Self::KEEP {
+                st.results.pop_front();
+            }
+            st.results.push_back((from, upto, error));
+            self.done.notify_all();
+        }
+    }
 }
 
 /// The directories under a [`LocalDir`] known to exist durably: each was created (or found)
@@ -107,9 +209,13 @@ impl LocalDir {
         }
         let files =
             LocalFileSystem::new_with_prefix(&root).map_err(|e| open_err(io::Error::other(e)))?;
+        #[cfg(target_os = "linux")]
+        let group = Arc::new(GroupSync::new(&root).map_err(open_err)?);
         Ok(Self {
             root: Arc::new(root),
             dirs: Arc::default(),
+            #[cfg(target_os = "linux")]
+            group,
             reader: ObjectStoreBackend::new(Arc::new(files)),
         })
     }
@@ -125,9 +231,13 @@ impl BlobStore for LocalDir {
     async fn put(&self, key: &BlobKey, data: Bytes) -> Result<(), StorageError> {
         let root = Arc::clone(&self.root);
         let dirs = Arc::clone(&self.dirs);
+        #[cfg(target_os = "linux")]
+        let sync = Durability::Group(Arc::clone(&self.group));
+        #[cfg(not(target_os = "linux"))]
+        let sync = Durability::EachFile;
         let owned = key.clone();
         run_blocking(Op::Put, key, move || {
-            write_durably(&root, &dirs, &owned, &data)
+            write_durably(&root, &dirs, &sync, &owned, &data)
         })
         .await
     }
@@ -188,9 +298,11 @@ fn fs_path(root: &Path, key: &BlobKey) -> PathBuf {
 fn write_durably(
     root: &Path,
     dirs: &DurableDirs,
+    sync: &Durability,
     key: &BlobKey,
     data: &[u8],
 ) -> Result<(), StorageError> {
+    let each_file = matches!(sync, Durability::EachFile);
     let io_err = |e| StorageError::from_io(Op::Put, key.as_str(), e);
     let segments: Vec<&str> = key.segments().collect();
     let Some((file_name, parents)) = segments.split_last() else {
@@ -220,7 +332,9 @@ fn write_durably(
             }
             Err(e) => return Err(io_err(e)),
         }
-        sync_dir(&parent).map_err(io_err)?;
+        if each_file {
+            sync_dir(&parent).map_err(io_err)?;
+        }
         dirs.insert(dir.clone());
     }
 
@@ -236,7 +350,7 @@ fn write_durably(
     let (temp_path, mut file) = create_temp(&dir, file_name).map_err(io_err)?;
     let written = file
         .write_all(data)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| if each_file { file.sync_all() } else { Ok(()) })
         .and_then(|()| {
             drop(file);
             fs::rename(&temp_path, &dest)
@@ -248,7 +362,21 @@ fn write_durably(
         return Err(io_err(e));
     }
 
-    sync_dir(&dir).map_err(io_err)
+    match sync {
+        Durability::EachFile => sync_dir(&dir).map_err(io_err),
+        #[cfg(target_os = "linux")]
+        Durability::Group(group) => group.wait_durable().map_err(io_err),
+    }
+}
+
+/// How a put reaches durability (see [`LocalDir`]'s crash guarantee).
+enum Durability {
+    /// `fsync` the file and its directory.
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
+    EachFile,
+    /// Wait for a group `syncfs`.
+    #[cfg(target_os = "linux")]
+    Group(Arc<GroupSync>),
 }
 
 /// Creates `<dir>/<name>#<digits>`, a name no key can take and listings skip.
@@ -305,6 +433,39 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn group_sync_covers_every_waiter_with_fewer_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = Arc::new(GroupSync::new(dir.path()).unwrap());
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let group = Arc::clone(&group);
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        group.wait_durable().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let st = group.state.lock().unwrap();
+        assert_eq!(st.issued, 16 * 50);
+        assert_eq!(st.covered, st.issued);
+        assert!(!st.running);
+        // The recorded runs cover tickets 1..=issued without gaps or overlaps.
+        let mut next = 1;
+        for (lo, hi, err) in &st.results {
+            assert_eq!(*lo, next);
+            assert!(hi >= lo && err.is_none());
+            next = hi + 1;
+        }
+        assert_eq!(next, st.issued + 1);
+        assert!(st.results.len() as u64 <= st.issued);
+    }
 
     fn key(s: &str) -> BlobKey {
         BlobKey::new(s).unwrap()
