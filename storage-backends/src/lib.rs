@@ -16,8 +16,9 @@
 //! # Durability
 //!
 //! `put` is atomic on every backend: readers see the old blob or the whole new one. On
-//! [`LocalDir`], a `put` that returned `Ok` also survives a crash or power loss (file and
-//! directories are fsynced; see its docs). `object_store`'s own local store does not fsync,
+//! [`LocalDir`], a `put` that returned `Ok` also survives a crash or power loss (on Linux one
+//! `syncfs` covers every put waiting at that moment; elsewhere file and directory are fsynced;
+//! see its docs). `object_store`'s own local store does not fsync,
 //! which is why [`LocalDir`] writes itself.
 //!
 //! # Errors
