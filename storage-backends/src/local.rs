@@ -41,6 +41,11 @@ use crate::{BlobKey, BlobMeta, BlobStore, ObjectStoreBackend, Op, StorageError};
 ///   Why: sync uploads are many 16–22 KB chunks, and a separate `fsync` of file and directory
 ///   for each (six per blob at first, with every directory up to the root) made uploads wait on
 ///   the disk's journal: about 1,000 chunks/s, 20–28 MB/s (benches/RESULTS.md, end-to-end).
+/// - `put_unsynced` writes and renames the same way but waits for nothing: after a crash the blob
+///   may be missing or empty. `sync` then makes the named blobs durable (one `syncfs` on Linux;
+///   elsewhere an `fsync` of each file and of the directories up to the root) and reports the
+///   ones that are missing or not of the size given. The sync server writes chunks this way and
+///   syncs them when a commit first references them (see `dooz-server`'s commit handler).
 /// - `delete` removes the file and `fsync`s its directory; once it returns `Ok` the blob stays
 ///   deleted.
 /// - A crash can leave `#<digits>` temporary files behind. No key can name them (`#` is not a
@@ -242,6 +247,64 @@ impl BlobStore for LocalDir {
         .await
     }
 
+    async fn put_unsynced(&self, key: &BlobKey, data: Bytes) -> Result<(), StorageError> {
+        let root = Arc::clone(&self.root);
+        let dirs = Arc::clone(&self.dirs);
+        let owned = key.clone();
+        run_blocking(Op::Put, key, move || {
+            write_durably(&root, &dirs, &Durability::Later, &owned, &data)
+        })
+        .await
+    }
+
+    async fn sync(&self, blobs: &[BlobMeta]) -> Result<Vec<BlobKey>, StorageError> {
+        let Some(first) = blobs.first() else {
+            return Ok(Vec::new());
+        };
+        let op_key = first.key.clone();
+        let first = first.key.clone();
+        let root = Arc::clone(&self.root);
+        #[cfg(target_os = "linux")]
+        let group = Arc::clone(&self.group);
+        let blobs = blobs.to_vec();
+        run_blocking(Op::Put, &op_key, move || {
+            #[cfg(target_os = "linux")]
+            group
+                .wait_durable()
+                .map_err(|e| StorageError::from_io(Op::Put, first.as_str(), e))?;
+            let mut lost = Vec::new();
+            let mut dirs = std::collections::BTreeSet::new();
+            for blob in blobs {
+                let path = fs_path(&root, &blob.key);
+                let io_err = |e| StorageError::from_io(Op::Put, blob.key.as_str(), e);
+                let file = match File::open(&path) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        lost.push(blob.key);
+                        continue;
+                    }
+                    Err(e) => return Err(io_err(e)),
+                };
+                if file.metadata().map_err(io_err)?.len() != blob.size {
+                    lost.push(blob.key);
+                    continue;
+                }
+                if cfg!(not(target_os = "linux")) {
+                    file.sync_all().map_err(io_err)?;
+                    let mut dir = path.clone();
+                    while dir.pop() && dir.starts_with(&*root) {
+                        dirs.insert(dir.clone());
+                    }
+                }
+            }
+            for dir in dirs {
+                sync_dir(&dir).map_err(|e| StorageError::from_io(Op::Put, first.as_str(), e))?;
+            }
+            Ok(lost)
+        })
+        .await
+    }
+
     async fn get(&self, key: &BlobKey) -> Result<Bytes, StorageError> {
         self.reader.get(key).await
     }
@@ -303,6 +366,7 @@ fn write_durably(
     data: &[u8],
 ) -> Result<(), StorageError> {
     let each_file = matches!(sync, Durability::EachFile);
+    let later = matches!(sync, Durability::Later);
     let io_err = |e| StorageError::from_io(Op::Put, key.as_str(), e);
     let segments: Vec<&str> = key.segments().collect();
     let Some((file_name, parents)) = segments.split_last() else {
@@ -335,7 +399,9 @@ fn write_durably(
         if each_file {
             sync_dir(&parent).map_err(io_err)?;
         }
-        dirs.insert(dir.clone());
+        if !later {
+            dirs.insert(dir.clone());
+        }
     }
 
     let dest = dir.join(file_name);
@@ -366,6 +432,7 @@ fn write_durably(
         Durability::EachFile => sync_dir(&dir).map_err(io_err),
         #[cfg(target_os = "linux")]
         Durability::Group(group) => group.wait_durable().map_err(io_err),
+        Durability::Later => Ok(()),
     }
 }
 
@@ -377,6 +444,8 @@ enum Durability {
     /// Wait for a group `syncfs`.
     #[cfg(target_os = "linux")]
     Group(Arc<GroupSync>),
+    /// Nothing now: a later [`BlobStore::sync`] makes it durable (`put_unsynced`).
+    Later,
 }
 
 /// Creates `<dir>/<name>#<digits>`, a name no key can take and listings skip.
@@ -469,6 +538,47 @@ mod tests {
 
     fn key(s: &str) -> BlobKey {
         BlobKey::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unsynced_puts_are_synced_and_lost_ones_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDir::open(dir.path()).unwrap();
+        let (a, b) = (key("t/v/chunks/aa/a1"), key("t/v/chunks/bb/b1"));
+        store
+            .put_unsynced(&a, Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        store
+            .put_unsynced(&b, Bytes::from_static(b"world!"))
+            .await
+            .unwrap();
+        assert_eq!(store.get(&a).await.unwrap(), Bytes::from_static(b"hello"));
+        let meta = |k: &BlobKey, size| BlobMeta {
+            key: k.clone(),
+            size,
+        };
+        assert!(store.sync(&[]).await.unwrap().is_empty());
+        assert!(
+            store
+                .sync(&[meta(&a, 5), meta(&b, 6)])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A blob of the wrong size (a crash truncated it) and a missing one are reported.
+        let gone = key("t/v/chunks/cc/c1");
+        let lost = store
+            .sync(&[meta(&a, 4), meta(&b, 6), meta(&gone, 1)])
+            .await
+            .unwrap();
+        assert_eq!(lost, vec![a.clone(), gone]);
+        // Synced blobs read back; a durable put into a directory made unsynced works.
+        store
+            .put(&key("t/v/chunks/aa/a2"), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        assert_eq!(store.list(None).await.unwrap().len(), 3);
     }
 
     #[tokio::test]

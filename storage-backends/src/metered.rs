@@ -235,6 +235,17 @@ impl<S: BlobStore> BlobStore for Metered<S> {
         result
     }
 
+    async fn put_unsynced(&self, key: &BlobKey, data: Bytes) -> Result<(), StorageError> {
+        let len = data.len() as u64;
+        let result = self.inner.put_unsynced(key, data).await;
+        self.meter.record_result(Op::Put, &result, |()| len);
+        result
+    }
+
+    async fn sync(&self, blobs: &[BlobMeta]) -> Result<Vec<BlobKey>, StorageError> {
+        self.inner.sync(blobs).await
+    }
+
     async fn get(&self, key: &BlobKey) -> Result<Bytes, StorageError> {
         let result = self.inner.get(key).await;
         self.meter

@@ -110,6 +110,31 @@ impl<S: BlobStore> BlobStore for Prefixed<S> {
             .map_err(|e| outer_error(e, key))
     }
 
+    async fn put_unsynced(&self, key: &BlobKey, data: Bytes) -> Result<(), StorageError> {
+        let scoped = self.scoped(key)?;
+        self.inner
+            .put_unsynced(&scoped, data)
+            .await
+            .map_err(|e| outer_error(e, key))
+    }
+
+    async fn sync(&self, blobs: &[BlobMeta]) -> Result<Vec<BlobKey>, StorageError> {
+        let scoped = blobs
+            .iter()
+            .map(|b| {
+                Ok(BlobMeta {
+                    key: self.scoped(&b.key)?,
+                    size: b.size,
+                })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        let lost = self.inner.sync(&scoped).await?;
+        Ok(lost
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&self.prefix))
+            .collect())
+    }
+
     fn list_stream(
         &self,
         prefix: Option<&BlobKey>,

@@ -49,6 +49,22 @@ pub trait BlobStore: Send + Sync + fmt::Debug + 'static {
     /// Removes the blob; succeeds if there is none.
     async fn delete(&self, key: &BlobKey) -> Result<(), StorageError>;
 
+    /// Stores `data` under `key` like [`put`](Self::put) (atomically), but the blob need not
+    /// survive a crash until a later [`sync`](Self::sync) names it. Backends that have nothing
+    /// cheaper make it durable at once: the default calls `put`.
+    async fn put_unsynced(&self, key: &BlobKey, data: Bytes) -> Result<(), StorageError> {
+        self.put(key, data).await
+    }
+
+    /// Makes durable the blobs that [`put_unsynced`](Self::put_unsynced) wrote, and checks that
+    /// each is there whole. Returns the keys of the blobs that are missing or whose size is not
+    /// the one given (a crash lost them); every other blob named is durable when this returns
+    /// `Ok`. The default (for backends whose puts are durable at once) reports none lost.
+    async fn sync(&self, blobs: &[BlobMeta]) -> Result<Vec<BlobKey>, StorageError> {
+        let _ = blobs;
+        Ok(Vec::new())
+    }
+
     /// Streams the blobs under `prefix` (or all blobs), in no particular order.
     fn list_stream(
         &self,
@@ -89,6 +105,14 @@ macro_rules! delegate_blob_store {
 
             async fn delete(&self, key: &BlobKey) -> Result<(), StorageError> {
                 (**self).delete(key).await
+            }
+
+            async fn put_unsynced(&self, key: &BlobKey, data: Bytes) -> Result<(), StorageError> {
+                (**self).put_unsynced(key, data).await
+            }
+
+            async fn sync(&self, blobs: &[BlobMeta]) -> Result<Vec<BlobKey>, StorageError> {
+                (**self).sync(blobs).await
             }
 
             fn list_stream(

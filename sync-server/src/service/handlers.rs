@@ -11,7 +11,7 @@ use dooz_protocol::{
     HistoryPage, Message, Missing, Pull, PutChunk, PutEnvelope, Request, Subscribe, Subscribed,
     VaultCreated, VaultId, Vaults,
 };
-use dooz_storage::BlobKey;
+use dooz_storage::{BlobKey, BlobMeta};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::error::RecvError;
@@ -419,10 +419,15 @@ async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Ha
     };
     if !keep {
         let key = chunk_key(vault.tenant, req.vault, req.chunk)?;
-        ctx.shared.blobs.put(&key, body.bytes).await.map_err(|e| {
-            tracing::error!(error = %e, %key, "could not store a chunk");
-            Fail::internal("store the chunk")
-        })?;
+        // Durable when a commit first references it (see `commit`).
+        ctx.shared
+            .blobs
+            .put_unsynced(&key, body.bytes)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, %key, "could not store a chunk");
+                Fail::internal("store the chunk")
+            })?;
         store
             .record_chunk(
                 req.vault,
@@ -522,7 +527,8 @@ async fn get_chunk(ctx: &ConnCtx, req: GetChunk) -> Handled {
 }
 
 async fn commit(ctx: &ConnCtx, req: Commit) -> Handled {
-    own_vault(ctx, req.vault).await?;
+    let vault = own_vault(ctx, req.vault).await?;
+    sync_pending_chunks(ctx, vault.tenant, &req).await?;
     let results = ctx
         .shared
         .store
@@ -544,6 +550,60 @@ async fn commit(ctx: &ConnCtx, req: Commit) -> Handled {
         results,
         ext: Default::default(),
     }))
+}
+
+/// Makes the blobs of the pending chunks that `req` references durable before the commit that
+/// makes them count is. `PutChunk` stores blobs unsynced (one `fsync` per 16–22 KB chunk made
+/// uploads disk-bound; see benches/RESULTS.md), so a crash can lose a blob whose record sled
+/// had already flushed: such a record is forgotten here, and the commit then fails with
+/// `MissingChunks` so that the device uploads the chunk again.
+async fn sync_pending_chunks(ctx: &ConnCtx, tenant: TenantId, req: &Commit) -> Result<(), Fail> {
+    let mut seen = std::collections::HashSet::new();
+    let ids: Vec<ChunkId> = req
+        .entries
+        .iter()
+        .flat_map(|e| e.chunks.iter().copied())
+        .filter(|c| seen.insert(*c))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let store = &ctx.shared.store;
+    let records = store
+        .chunks(req.vault, &ids)
+        .await
+        .map_err(|e| Fail::store(e, "look the chunks up"))?;
+    let mut pending = Vec::new();
+    let mut by_key = std::collections::HashMap::new();
+    for (id, record) in ids.iter().zip(records) {
+        if let Some(record) = record
+            && matches!(record.state, ChunkState::Pending { .. })
+        {
+            let key = chunk_key(tenant, req.vault, *id)?;
+            by_key.insert(key.clone(), *id);
+            pending.push(BlobMeta {
+                key,
+                size: record.sealed_len,
+            });
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let lost = ctx.shared.blobs.sync(&pending).await.map_err(|e| {
+        tracing::error!(error = %e, "could not sync chunk blobs");
+        Fail::internal("make the chunks durable")
+    })?;
+    for key in lost {
+        if let Some(id) = by_key.get(&key) {
+            tracing::warn!(chunk = %id, "a chunk blob was lost before it was synced; forgetting it");
+            store
+                .forget_chunk(req.vault, *id)
+                .await
+                .map_err(|e| Fail::store(e, "forget a lost chunk"))?;
+        }
+    }
+    Ok(())
 }
 
 async fn pull(ctx: &ConnCtx, req: Pull) -> Handled {

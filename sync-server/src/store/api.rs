@@ -380,6 +380,27 @@ pub trait MetaStore: Send + Sync + 'static {
         chunk: ChunkId,
     ) -> Result<Option<ChunkRecord>, StoreError>;
 
+    /// The vault's records of `chunks`, in the order given (`None` for a chunk it has no record
+    /// of).
+    async fn chunks(
+        &self,
+        vault: VaultId,
+        chunks: &[ChunkId],
+    ) -> Result<Vec<Option<ChunkRecord>>, StoreError> {
+        let mut out = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            out.push(self.chunk(vault, *chunk).await?);
+        }
+        Ok(out)
+    }
+
+    /// Removes the record of a [`ChunkState::Pending`] chunk whose blob was lost (the server
+    /// crashed before the blob was synced), so that `Have` reports it missing again and the
+    /// device uploads it again; the account's stored bytes drop by its length in the same
+    /// transaction. A committed or unknown chunk is left alone. Returns whether a record was
+    /// removed. Durable when it returns.
+    async fn forget_chunk(&self, vault: VaultId, chunk: ChunkId) -> Result<bool, StoreError>;
+
     // --- the commit log ----------------------------------------------------------------------
 
     /// Commits new versions of entries, in one transaction.

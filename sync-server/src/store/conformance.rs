@@ -46,6 +46,7 @@ macro_rules! conformance_tests {
             envelopes,
             unknown_vault_is_not_found,
             account_usage_counts,
+            forget_lost_pending_chunks,
         );
     };
     (@each $make:expr; $($check:ident,)*) => {
@@ -1252,4 +1253,51 @@ pub(crate) async fn account_usage_counts(store: Store) {
         Err(StoreError::NotFound { .. }) => {}
         other => panic!("expected NotFound for an unknown account, got {other:?}"),
     }
+}
+
+pub(crate) async fn forget_lost_pending_chunks(store: Store) {
+    let f = fixture(&store, "forget").await;
+    let [c0, c1] = [0, 1].map(|n| chunk("forget", n));
+    store
+        .record_chunk(f.vault, c0, 100, [1; 32], NOW)
+        .await
+        .unwrap();
+    store
+        .record_chunk(f.vault, c1, 40, [2; 32], NOW)
+        .await
+        .unwrap();
+    // Batch lookup, in order, unknown ones as None.
+    let c2 = chunk("forget", 2);
+    let found = store.chunks(f.vault, &[c1, c2, c0]).await.unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.chunk))
+            .collect::<Vec<_>>(),
+        vec![Some(c1), None, Some(c0)]
+    );
+    // A pending chunk is forgotten: `Have` asks for it again and the usage drops.
+    assert!(store.forget_chunk(f.vault, c0).await.unwrap());
+    assert_eq!(
+        store.missing_chunks(f.vault, &[c0, c1]).await.unwrap(),
+        vec![c0]
+    );
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        40
+    );
+    // Unknown and committed chunks are left alone.
+    assert!(!store.forget_chunk(f.vault, c0).await.unwrap());
+    let v = version("forget", 0);
+    store
+        .commit(
+            f.vault,
+            f.device,
+            vec![commit_entry(entry("forget", 0), None, v, vec![c1])],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert!(!store.forget_chunk(f.vault, c1).await.unwrap());
+    assert_eq!(store.missing_chunks(f.vault, &[c1]).await.unwrap(), vec![]);
 }

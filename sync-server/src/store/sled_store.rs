@@ -672,6 +672,25 @@ impl Inner {
         }))
     }
 
+    fn forget_chunk(&self, vault: &VaultId, chunk: &ChunkId) -> Result<bool, StoreError> {
+        let account = self.vault_v1(vault)?.account;
+        let key = codec::chunk_key(vault, chunk);
+        let removed = tx_result((&self.chunks, &self.usage).transaction(|(chunks, usage)| {
+            match tx_get_decoded::<ChunkV1>(chunks, &key)? {
+                Some(existing) if matches!(existing.state, ChunkStateV1::Pending { .. }) => {
+                    chunks.remove(key.as_slice())?;
+                    tx_adjust_usage(usage, account, existing.sealed_len, 0)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }))?;
+        if removed {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
     fn commit(
         &self,
         vault: &VaultId,
@@ -1132,6 +1151,27 @@ impl MetaStore for SledStore {
             get_decoded::<ChunkV1>(&self.inner.chunks, &codec::chunk_key(&vault, &chunk))?
                 .map(|c| chunk_record(chunk, &c)),
         )
+    }
+
+    async fn chunks(
+        &self,
+        vault: VaultId,
+        chunks: &[ChunkId],
+    ) -> Result<Vec<Option<ChunkRecord>>, StoreError> {
+        self.inner.vault_v1(&vault)?;
+        chunks
+            .iter()
+            .map(|chunk| {
+                Ok(
+                    get_decoded::<ChunkV1>(&self.inner.chunks, &codec::chunk_key(&vault, chunk))?
+                        .map(|c| chunk_record(*chunk, &c)),
+                )
+            })
+            .collect()
+    }
+
+    async fn forget_chunk(&self, vault: VaultId, chunk: ChunkId) -> Result<bool, StoreError> {
+        self.blocking(move |s| s.forget_chunk(&vault, &chunk)).await
     }
 
     async fn commit(

@@ -175,3 +175,67 @@ async fn commit_compares_and_swaps_each_entry() {
     })
     .await;
 }
+
+/// `PutChunk` stores blobs unsynced; the first commit naming a chunk syncs its blob. A blob lost
+/// before that (here: deleted, as a crash could) is found at the commit: the commit fails with
+/// `NotFound`, `Have` asks for the chunk again, and after a new upload the commit applies.
+#[tokio::test]
+async fn a_chunk_blob_lost_before_its_commit_is_asked_for_again() {
+    within(async {
+        let server = TestServer::start().await;
+        let device = server.enrolled_device().await;
+        let client = server.connect(&device).await;
+        let v = vault(9);
+        client.create_vault(v).await;
+
+        let body = b"a sealed chunk that will be lost".to_vec();
+        let chunk = ChunkId::from_bytes([9; 32]);
+        let put = PutChunk {
+            vault: v,
+            chunk,
+            len: u32::try_from(body.len()).unwrap(),
+            blake3: *blake3::hash(&body).as_bytes(),
+            ext: Extensions::new(),
+        };
+        let stored = client.put_chunk(put.clone(), &body).await;
+        assert!(matches!(stored, Response::ChunkStored(_)), "{stored:?}");
+
+        let blobs = server.server.blobs();
+        let listed = blobs.list(None).await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        blobs.delete(&listed[0].key).await.unwrap();
+
+        let e = expect_error(commit(&client, v, vec![entry(1, None, 10, vec![chunk])]).await);
+        assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+        let have = client
+            .request(dooz_protocol::Have {
+                vault: v,
+                chunks: vec![chunk],
+                ext: Extensions::new(),
+            })
+            .await;
+        assert!(
+            matches!(&have, Response::Missing(m) if m.chunks == vec![chunk]),
+            "{have:?}"
+        );
+
+        let stored = client.put_chunk(put, &body).await;
+        assert!(matches!(stored, Response::ChunkStored(_)), "{stored:?}");
+        let results = committed(&client, v, vec![entry(1, None, 10, vec![chunk])]).await;
+        assert!(
+            matches!(results.as_slice(), [CommitResult::Applied { .. }]),
+            "{results:?}"
+        );
+        // Committed: the blob is read back.
+        let (_, got) = client
+            .get_chunk(dooz_protocol::GetChunk {
+                vault: v,
+                chunk,
+                ext: Extensions::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.bytes.as_ref(), body.as_slice());
+    })
+    .await;
+}
