@@ -57,7 +57,6 @@ pub const ENROLMENT_CODE_PREFIX: &str = "dooz1-";
 /// endpoint.
 pub const ENROL_ALPN: &[u8] = b"dooz-enrol/1";
 
-const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 const CHECK_LEN: usize = 4;
 
 /// What a new device needs to enrol with a server.
@@ -298,50 +297,14 @@ impl fmt::Display for EnrolmentCode {
 }
 
 fn base32_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
-    let mut acc: u16 = 0;
-    let mut bits = 0u32;
-    for &b in bytes {
-        acc = (acc << 8) | u16::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(ALPHABET[usize::from((acc >> bits) & 31)]));
-        }
-        acc &= (1 << bits) - 1;
-    }
-    if bits > 0 {
-        out.push(char::from(ALPHABET[usize::from((acc << (5 - bits)) & 31)]));
-    }
-    out
+    crate::base32::encode(bytes)
 }
 
 fn base32_decode(text: &str) -> Result<Vec<u8>, EnrolmentCodeError> {
-    let mut out = Vec::with_capacity(text.len() * 5 / 8);
-    let mut acc: u16 = 0;
-    let mut bits = 0u32;
-    for c in text.chars() {
-        if c == '-' || c.is_whitespace() {
-            continue;
-        }
-        let v = match c.to_ascii_lowercase() {
-            l @ 'a'..='z' => l as u16 - 'a' as u16,
-            d @ '2'..='7' => d as u16 - '2' as u16 + 26,
-            other => return Err(EnrolmentCodeError::BadCharacter(other)),
-        };
-        acc = (acc << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be the zero padding of the last character.
-    if bits >= 5 || acc != 0 {
-        return Err(EnrolmentCodeError::BadLength);
-    }
-    Ok(out)
+    crate::base32::decode(text).map_err(|e| match e {
+        crate::base32::Base32Error::BadCharacter(c) => EnrolmentCodeError::BadCharacter(c),
+        _ => EnrolmentCodeError::BadLength,
+    })
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod base32;
 mod codec;
 mod enrolment;
 mod error_code;

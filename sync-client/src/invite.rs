@@ -29,7 +29,6 @@ use zeroize::Zeroizing;
 /// Prefix of every vault code; the `1` is the format version.
 pub const VAULT_CODE_PREFIX: &str = "dooz-vault1-";
 
-const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 const CHECK_LEN: usize = 4;
 const KEY_LEN: usize = 32;
 
@@ -224,52 +223,15 @@ impl FromStr for VaultCode {
 }
 
 fn base32_encode(bytes: &[u8], out: &mut String) {
-    let mut acc: u16 = 0;
-    let mut bits = 0u32;
-    let mut push = |v: u16| {
-        if let Some(&c) = ALPHABET.get(usize::from(v & 31)) {
-            out.push(char::from(c));
-        }
-    };
-    for &b in bytes {
-        acc = (acc << 8) | u16::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            push(acc >> bits);
-        }
-        acc &= (1 << bits) - 1;
-    }
-    if bits > 0 {
-        push(acc << (5 - bits));
-    }
+    dooz_protocol::base32::encode_into(bytes, out);
 }
 
 fn base32_decode(text: &str) -> Result<Zeroizing<Vec<u8>>, VaultCodeError> {
-    let mut out = Zeroizing::new(Vec::with_capacity(text.len() * 5 / 8));
-    let mut acc: u16 = 0;
-    let mut bits = 0u32;
-    for c in text.chars() {
-        if c == '-' || c.is_whitespace() {
-            continue;
-        }
-        let v = match c.to_ascii_lowercase() {
-            l @ 'a'..='z' => l as u16 - 'a' as u16,
-            d @ '2'..='7' => d as u16 - '2' as u16 + 26,
-            other => return Err(VaultCodeError::BadCharacter(other)),
-        };
-        acc = (acc << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // Leftover bits must be the zero padding of the last character.
-    if bits >= 5 || acc != 0 {
-        return Err(VaultCodeError::BadLength);
-    }
+    let mut out = Zeroizing::new(Vec::new());
+    dooz_protocol::base32::decode_into(text, &mut out).map_err(|e| match e {
+        dooz_protocol::base32::Base32Error::BadCharacter(c) => VaultCodeError::BadCharacter(c),
+        _ => VaultCodeError::BadLength,
+    })?;
     Ok(out)
 }
 

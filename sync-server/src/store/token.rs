@@ -12,7 +12,6 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 use crate::store::error::StoreError;
 
 const PREFIX: &str = "et1_";
-const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 const HASH_CONTEXT: &str = "dooz-server enrolment token v1";
 /// Longer input is not a token of ours; refuse it before hashing.
 const MAX_TOKEN_LEN: usize = 255;
@@ -69,22 +68,7 @@ fn hash_token(token: &str) -> [u8; 32] {
 }
 
 fn base32(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
-    let mut acc: u16 = 0;
-    let mut bits = 0u32;
-    for &b in bytes {
-        acc = (acc << 8) | u16::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(ALPHABET[usize::from((acc >> bits) & 31)]));
-        }
-        acc &= (1 << bits) - 1;
-    }
-    if bits > 0 {
-        out.push(char::from(ALPHABET[usize::from((acc << (5 - bits)) & 31)]));
-    }
-    out
+    dooz_protocol::base32::encode(bytes)
 }
 
 #[cfg(test)]
