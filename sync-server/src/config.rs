@@ -57,6 +57,14 @@ pub struct ServerSettings {
     pub max_inflight_bytes: u64,
     /// Largest frame body accepted, at most 8 MiB (the protocol limit). Default 8 MiB.
     pub max_frame_len: u32,
+    /// Sealed chunks of at most this many bytes are gathered into packs instead of being
+    /// stored as a blob each; 0 turns packing off. At most 16 MiB. Default 1 MiB.
+    pub pack_max_chunk_bytes: u32,
+    /// A pack is written once it holds this many bytes; between 64 KiB and 256 MiB.
+    /// Default 16 MiB.
+    pub pack_target_bytes: u32,
+    /// A pack left open this many seconds is written even if not full. Default 5.
+    pub pack_idle_secs: u64,
     /// `SO_SNDBUF`/`SO_RCVBUF` asked for on the UDP socket. Default 4 MiB.
     pub socket_buffer_bytes: usize,
     /// Per-stream QUIC receive window. Default 16 MiB.
@@ -91,6 +99,9 @@ impl Default for ServerSettings {
             max_streams_per_connection: tuning.max_concurrent_bidi_streams,
             max_inflight_bytes: 256 * 1024 * 1024,
             max_frame_len: MAX_FRAME_LEN,
+            pack_max_chunk_bytes: crate::service::PackSettings::default().max_chunk,
+            pack_target_bytes: crate::service::PackSettings::default().target_bytes,
+            pack_idle_secs: crate::service::PackSettings::default().idle.as_secs(),
             socket_buffer_bytes: tuning.socket_buffer_bytes,
             stream_window_bytes: tuning.stream_window_bytes,
             connection_window_bytes: tuning.connection_window_bytes,
@@ -180,6 +191,8 @@ pub struct ServiceLimits {
     pub max_inflight_bytes: u64,
     /// Largest frame body accepted.
     pub max_frame_len: u32,
+    /// Packing of small chunks.
+    pub packing: crate::service::PackSettings,
 }
 
 impl Default for ServiceLimits {
@@ -188,11 +201,22 @@ impl Default for ServiceLimits {
         Self {
             max_inflight_bytes: s.max_inflight_bytes,
             max_frame_len: s.max_frame_len,
+            packing: s.packing(),
         }
     }
 }
 
 impl ServerSettings {
+    /// The packing settings; open packs together may hold as much as `max_inflight_bytes`.
+    fn packing(&self) -> crate::service::PackSettings {
+        crate::service::PackSettings {
+            max_chunk: self.pack_max_chunk_bytes,
+            target_bytes: self.pack_target_bytes,
+            max_buffered: self.max_inflight_bytes,
+            idle: Duration::from_secs(self.pack_idle_secs),
+        }
+    }
+
     /// Reads settings from a JSON file (fields as in this struct, all optional).
     pub fn from_json_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let file_err = |reason: String| ConfigError::File {
@@ -230,6 +254,27 @@ impl ServerSettings {
                 "max_frame_len",
                 self.max_frame_len,
                 format!("must be between 65536 and {MAX_FRAME_LEN}"),
+            ));
+        }
+        if self.pack_max_chunk_bytes > MAX_CHUNK_LEN {
+            return Err(invalid(
+                "pack_max_chunk_bytes",
+                self.pack_max_chunk_bytes,
+                format!("must be at most {MAX_CHUNK_LEN} (the largest chunk); 0 turns packing off"),
+            ));
+        }
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&self.pack_target_bytes) {
+            return Err(invalid(
+                "pack_target_bytes",
+                self.pack_target_bytes,
+                "must be between 65536 and 268435456",
+            ));
+        }
+        if self.pack_idle_secs == 0 || self.pack_idle_secs > 3600 {
+            return Err(invalid(
+                "pack_idle_secs",
+                self.pack_idle_secs,
+                "must be between 1 and 3600",
             ));
         }
         if self.stream_window_bytes < 64 * 1024 {
@@ -271,6 +316,7 @@ impl ServerSettings {
         // Let quinn's own checks speak too (varint ranges).
         crate::transport::transport_config(&tuning, true)
             .map_err(|e| invalid("transport", "", e.to_string()))?;
+        let packing = self.packing();
         let blobs = match self.blobs {
             None => BlobLocation::Dir(self.data_dir.join("blobs")),
             Some(url) => BlobLocation::Url(url),
@@ -292,6 +338,7 @@ impl ServerSettings {
             limits: ServiceLimits {
                 max_inflight_bytes: self.max_inflight_bytes,
                 max_frame_len: self.max_frame_len,
+                packing,
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             default_tenant: self.default_tenant,

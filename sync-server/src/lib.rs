@@ -136,9 +136,9 @@ pub mod transport;
 mod store;
 
 pub use store::{
-    AccountId, AccountRecord, AccountUsage, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
-    DeviceRegistration, EnrolmentToken, EntryHead, MAX_PAGE_BYTES, MetaStore, SledStore,
-    StoreError, TenantId, TenantRecord, VaultRecord, VersionPage,
+    AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
+    DeviceRecord, DeviceRegistration, EnrolmentToken, EntryHead, MAX_PAGE_BYTES, MetaStore, PackId,
+    PackedChunk, SledStore, StoreError, TenantId, TenantRecord, VaultRecord, VersionPage,
 };
 
 pub use config::{ServerConfig, ServerSettings};

@@ -20,8 +20,8 @@ use crate::frame_io::{FrameIoError, FrameReader, write_frame, write_frame_with_b
 use crate::policy::AccountPolicy;
 use crate::service::connection::{ConnCtx, internal_error};
 use crate::service::quota::{Kind, Reservation, check_access, check_limit};
-use crate::service::unix_now;
-use crate::store::{ChunkState, StoreError, TenantId, VaultRecord};
+use crate::service::{pack, unix_now};
+use crate::store::{ChunkLocation, ChunkState, StoreError, TenantId, VaultRecord};
 
 /// A successful answer: the response, the raw body that follows it (`ChunkData`), and the
 /// in-flight permit held until it is written.
@@ -361,12 +361,14 @@ async fn get_envelopes(ctx: &ConnCtx, req: GetEnvelopes) -> Handled {
 
 async fn have(ctx: &ConnCtx, req: Have) -> Handled {
     own_vault(ctx, req.vault).await?;
-    let chunks = ctx
+    let missing = ctx
         .shared
         .store
         .missing_chunks(req.vault, &req.chunks)
         .await
         .map_err(|e| Fail::store(e, "check the chunks"))?;
+    // Chunks in packs not written yet count as stored: the commit that names them waits.
+    let chunks = ctx.shared.packer.not_held(req.vault, missing);
     Ok(Reply::new(Missing {
         chunks,
         ext: Default::default(),
@@ -386,7 +388,7 @@ async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Ha
     let vault = own_vault(ctx, req.vault).await?;
     // The decoder checked `len` against MAX_CHUNK_LEN. The quota is checked before a byte of
     // the body is read; the reservation lasts until the chunk is recorded.
-    let _reservation = reserve_storage(ctx, &req).await?;
+    let reservation = reserve_storage(ctx, &req).await?;
     let _permit = acquire(ctx, u64::from(req.len)).await?;
     let body = reader.read_raw_body(req.len).await?;
     reader.expect_end("raw chunk body").await?;
@@ -417,7 +419,27 @@ async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Ha
         Some(record) => record.blake3 == req.blake3,
         None => false,
     };
-    if !keep {
+    if !keep && ctx.shared.packer.packs(req.len) {
+        // Into the vault's open pack; recorded once the pack is written (see `service::pack`).
+        let job = ctx
+            .shared
+            .packer
+            .add(
+                req.vault,
+                vault.tenant,
+                req.chunk,
+                &body.bytes,
+                req.blake3,
+                reservation,
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "no randomness for a pack id");
+                Fail::internal("open a pack")
+            })?;
+        if let Some(job) = job {
+            ctx.shared.spawn_seal(job);
+        }
+    } else if !keep {
         let key = chunk_key(vault.tenant, req.vault, req.chunk)?;
         // Durable when a commit first references it (see `commit`).
         ctx.shared
@@ -459,6 +481,8 @@ async fn reserve_storage(ctx: &ConnCtx, req: &PutChunk) -> Result<Option<Reserva
         .await
         .map_err(|e| Fail::store(e, "look the chunk up"))?;
     let cost = match existing {
+        // In a pack not written yet: `put_chunk` keeps the bytes it has.
+        None if ctx.shared.packer.holds(req.vault, &req.chunk) => 0,
         None => len,
         Some(record) if matches!(record.state, ChunkState::Committed { .. }) => 0,
         Some(record) if record.blake3 == req.blake3 => 0,
@@ -500,8 +524,23 @@ async fn get_chunk(ctx: &ConnCtx, req: GetChunk) -> Handled {
             )
         })?;
     let permit = acquire(ctx, record.sealed_len).await?;
-    let key = chunk_key(vault.tenant, req.vault, req.chunk)?;
-    let bytes = ctx.shared.blobs.get(&key).await.map_err(|e| {
+    let (key, bytes) = match record.location {
+        ChunkLocation::Blob => {
+            let key = chunk_key(vault.tenant, req.vault, req.chunk)?;
+            let bytes = ctx.shared.blobs.get(&key).await;
+            (key, bytes)
+        }
+        ChunkLocation::Packed { pack, offset } => {
+            let key = pack::pack_key(vault.tenant, req.vault, pack).map_err(|e| {
+                tracing::error!(error = %e, "bad pack key");
+                Fail::internal("name the chunk's pack")
+            })?;
+            let end = offset.saturating_add(record.sealed_len);
+            let bytes = ctx.shared.blobs.get_range(&key, offset..end).await;
+            (key, bytes)
+        }
+    };
+    let bytes = bytes.map_err(|e| {
         tracing::error!(error = %e, %key, "could not read a recorded chunk");
         Fail::internal("read the chunk")
     })?;
@@ -528,6 +567,7 @@ async fn get_chunk(ctx: &ConnCtx, req: GetChunk) -> Handled {
 
 async fn commit(ctx: &ConnCtx, req: Commit) -> Handled {
     let vault = own_vault(ctx, req.vault).await?;
+    seal_packs(ctx, &req).await;
     sync_pending_chunks(ctx, vault.tenant, &req).await?;
     let results = ctx
         .shared
@@ -550,6 +590,21 @@ async fn commit(ctx: &ConnCtx, req: Commit) -> Handled {
         results,
         ext: Default::default(),
     }))
+}
+
+/// Writes the packs that hold chunks `req` names and are not written yet, and waits for them,
+/// so that the commit finds those chunks recorded (or, if a pack failed, missing).
+async fn seal_packs(ctx: &ConnCtx, req: &Commit) {
+    let ids: Vec<ChunkId> = req
+        .entries
+        .iter()
+        .flat_map(|e| e.chunks.iter().copied())
+        .collect();
+    let (job, wait) = ctx.shared.packer.seal_for(req.vault, &ids);
+    if let Some(job) = job {
+        ctx.shared.spawn_seal(job);
+    }
+    wait.wait().await;
 }
 
 /// Makes the blobs of the pending chunks that `req` references durable before the commit that
@@ -576,8 +631,10 @@ async fn sync_pending_chunks(ctx: &ConnCtx, tenant: TenantId, req: &Commit) -> R
     let mut pending = Vec::new();
     let mut by_key = std::collections::HashMap::new();
     for (id, record) in ids.iter().zip(records) {
+        // Packed chunks were written durably before they were recorded.
         if let Some(record) = record
             && matches!(record.state, ChunkState::Pending { .. })
+            && record.location == ChunkLocation::Blob
         {
             let key = chunk_key(tenant, req.vault, *id)?;
             by_key.insert(key.clone(), *id);

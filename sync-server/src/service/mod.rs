@@ -30,6 +30,7 @@ mod codes;
 mod connection;
 mod enrolment;
 mod handlers;
+mod pack;
 mod quota;
 
 use std::collections::HashMap;
@@ -60,6 +61,7 @@ pub use codes::{CloseCode, SHUTTING_DOWN_REASON};
 pub use enrolment::{
     ENROL_EXTENSION_TAG, ENROLMENT_CODE_PREFIX, EnrolRequest, EnrolmentCode, EnrolmentCodeError,
 };
+pub use pack::{PackFormatError, PackSettings, read_pack_index};
 
 /// Directory of the metadata store inside the data dir.
 pub const STORE_DIR: &str = "meta";
@@ -205,12 +207,31 @@ pub(crate) struct Shared {
     pub(crate) grace: Duration,
     /// Cancelled when shutdown begins.
     pub(crate) cancel: CancellationToken,
+    /// Open packs of small chunks and packs being sealed.
+    pub(crate) packer: pack::Packer,
+    /// Tasks sealing packs; shutdown waits for them.
+    pub(crate) seal_tasks: tokio_util::task::TaskTracker,
     /// Open connections of admitted devices, by device and connection id.
     connections: Mutex<HashMap<DeviceId, HashMap<usize, quinn::Connection>>>,
     upload_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Shared {
+    /// Runs a pack's sealing on a task of its own (a request that is cancelled does not stop
+    /// it), which shutdown waits for.
+    pub(crate) fn spawn_seal(self: &Arc<Self>, job: pack::SealJob) {
+        let shared = Arc::clone(self);
+        self.seal_tasks.spawn(async move {
+            job.run(
+                &shared.packer,
+                shared.blobs.as_ref(),
+                shared.store.as_ref(),
+                unix_now(),
+            )
+            .await;
+        });
+    }
+
     /// Remembers `conn` as a connection of `device` until the guard drops.
     pub(crate) fn register(
         self: &Arc<Self>,
@@ -283,6 +304,7 @@ pub struct Server {
     local_addr: SocketAddr,
     fingerprint: String,
     accept: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -314,19 +336,24 @@ impl Server {
             policies: quota::Policies::new(parts.policy),
             grace: parts.shutdown_grace,
             cancel: CancellationToken::new(),
+            packer: pack::Packer::new(parts.limits.packing),
+            seal_tasks: tokio_util::task::TaskTracker::new(),
             connections: Mutex::new(HashMap::new()),
             upload_locks: (0..UPLOAD_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
         });
         let span = tracing::info_span!("server", addr = %local_addr);
-        let accept = tokio::spawn(accept_loop(Arc::clone(&shared), endpoint).instrument(span));
+        let accept =
+            tokio::spawn(accept_loop(Arc::clone(&shared), endpoint).instrument(span.clone()));
+        let sweeper = tokio::spawn(seal_idle_packs(Arc::clone(&shared)).instrument(span));
         tracing::info!(addr = %local_addr, fingerprint = parts.identity.fingerprint(), "listening");
         Ok(Self {
             shared,
             local_addr,
             fingerprint: parts.identity.fingerprint().to_owned(),
             accept,
+            sweeper,
         })
     }
 
@@ -402,6 +429,36 @@ impl Server {
     pub async fn wait(self) {
         if let Err(e) = self.accept.await {
             tracing::error!(error = %e, "the accept loop failed");
+        }
+        if let Err(e) = self.sweeper.await {
+            tracing::error!(error = %e, "the pack sealer failed");
+        }
+        // The connections are closed: no chunk arrives any more. Seal what is open.
+        for job in self
+            .shared
+            .packer
+            .idle_jobs(std::time::Instant::now(), true)
+        {
+            self.shared.spawn_seal(job);
+        }
+        self.shared.seal_tasks.close();
+        self.shared.seal_tasks.wait().await;
+    }
+}
+
+/// Seals packs left open for [`PackSettings::idle`] until shutdown begins ([`Server::wait`]
+/// seals the rest once the connections are closed).
+async fn seal_idle_packs(shared: Arc<Shared>) {
+    let idle = shared.limits.packing.idle;
+    let mut tick = tokio::time::interval(idle.max(Duration::from_millis(100)) / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for job in shared.packer.idle_jobs(std::time::Instant::now(), false) {
+            shared.spawn_seal(job);
         }
     }
 }

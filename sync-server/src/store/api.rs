@@ -179,6 +179,80 @@ pub struct ChunkRecord {
     pub blake3: [u8; 32],
     /// Pending or committed.
     pub state: ChunkState,
+    /// Where its sealed bytes are.
+    pub location: ChunkLocation,
+}
+
+/// Where a chunk's sealed bytes are in the blob store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkLocation {
+    /// A blob of its own, `<tenant>/<vault>/chunks/<2 hex>/<hex id>`.
+    Blob,
+    /// `sealed_len` bytes at `offset` in the pack `<tenant>/<vault>/packs/<hex pack id>`.
+    Packed {
+        /// The pack.
+        pack: PackId,
+        /// Where the chunk starts in it.
+        offset: u64,
+    },
+}
+
+/// A pack's id: 16 random bytes, so servers sharing a bucket never pick the same name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackId([u8; 16]);
+
+impl PackId {
+    /// The id with these bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// A fresh random id.
+    pub fn random() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 16];
+        getrandom::getrandom(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// The id's bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Lowercase hex, as in the pack's blob key.
+    pub fn to_hex(&self) -> String {
+        use fmt::Write as _;
+        let mut out = String::with_capacity(32);
+        for b in self.0 {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A chunk written into a pack: `sealed_len` bytes at `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedChunk {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// Where it starts in the pack.
+    pub offset: u64,
+    /// Length of its sealed bytes.
+    pub sealed_len: u64,
+    /// BLAKE3 of its sealed bytes.
+    pub blake3: [u8; 32],
 }
 
 /// What an account uses, as quotas count it.
@@ -372,6 +446,20 @@ pub trait MetaStore: Send + Sync + 'static {
         blake3: [u8; 32],
         now: u64,
     ) -> Result<ChunkRecord, StoreError>;
+
+    /// Records the chunks of a pack of `pack_len` bytes that is completely written (call it
+    /// after the pack's `put` returned), and the pack itself, in one transaction. Each chunk is
+    /// recorded as by [`record_chunk`](Self::record_chunk), located in the pack: a chunk already
+    /// committed, or pending with the same length and hash, keeps its record (its bytes in this
+    /// pack are garbage); a pending one with other bytes takes the packed ones.
+    async fn record_packed_chunks(
+        &self,
+        vault: VaultId,
+        pack: PackId,
+        pack_len: u64,
+        chunks: Vec<PackedChunk>,
+        now: u64,
+    ) -> Result<(), StoreError>;
 
     /// The vault's record of a chunk.
     async fn chunk(

@@ -22,11 +22,18 @@
 //! | `versions-v1` | vault (16) \|\| entry (32) \|\| seq `u64 BE` | empty |
 //! | `envelopes-v1` | vault (16) \|\| recipient (32) \|\| epoch `u32 BE` \|\| sender (32) | [`EnvelopeV1`] |
 //! | `usage-v1` | account `u64 BE` | stored bytes `u64 BE` |
+//! | `chunk-locs-v1` | vault (16) \|\| chunk (32) | [`PackLocV1`] |
+//! | `packs-v1` | vault (16) \|\| pack (16) | [`PackV1`] |
 //!
 //! `usage-v1` holds each account's stored bytes: the sum of `sealed_len` over the chunk records
 //! of its vaults. It is updated in the same sled transaction as the chunk record it accounts for,
 //! so a crash keeps both or neither. Stores written before it existed get it built from
 //! `chunks-v1` when opened (marked done by `b"usage-built"` in `meta-v1`).
+//!
+//! A chunk whose sealed bytes are a range of a pack (see `docs/FORMAT.md`, "Packs") has a
+//! `chunk-locs-v1` entry next to its `chunks-v1` record, written in the same transaction; a chunk
+//! without one is a blob of its own. `packs-v1` lists each vault's packs. Both trees appear only
+//! once a pack has been completely written, so an entry never points into a partial pack.
 
 use std::fmt;
 
@@ -55,6 +62,8 @@ pub(crate) const HEADS: &str = "heads-v1";
 pub(crate) const VERSIONS: &str = "versions-v1";
 pub(crate) const ENVELOPES: &str = "envelopes-v1";
 pub(crate) const USAGE: &str = "usage-v1";
+pub(crate) const CHUNK_LOCS: &str = "chunk-locs-v1";
+pub(crate) const PACKS: &str = "packs-v1";
 
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const NEXT_TENANT_KEY: &[u8] = b"next-tenant";
@@ -158,6 +167,11 @@ pub(crate) fn envelope_key_parts(k: &[u8]) -> Result<(Epoch, DeviceId), StoreErr
         .map(DeviceId::from_bytes)
         .ok_or_else(bad)?;
     Ok((epoch, sender))
+}
+
+/// `packs-v1` key: vault || pack.
+pub(crate) fn pack_key(vault: &VaultId, pack: &[u8; 16]) -> [u8; 32] {
+    key(&[vault.as_bytes(), pack])
 }
 
 /// The vault of a `chunks-v1` key (the first 16 bytes).
@@ -377,6 +391,26 @@ pub(crate) struct ChunkV1 {
     pub(crate) state: ChunkStateV1,
 }
 stored!(ChunkV1, CHUNKS, 1);
+
+/// Where a packed chunk's sealed bytes are: `sealed_len` bytes at `offset` in `pack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PackLocV1 {
+    pub(crate) pack: [u8; 16],
+    pub(crate) offset: u64,
+}
+stored!(PackLocV1, CHUNK_LOCS, 1);
+
+/// A completely written pack of a vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PackV1 {
+    /// Length of the pack object, index and trailer included.
+    pub(crate) len: u64,
+    /// Chunks written into it.
+    pub(crate) chunks: u32,
+    /// When it was recorded (unix seconds).
+    pub(crate) created_at: u64,
+}
+stored!(PackV1, PACKS, 1);
 
 /// One commit log record: a version of an entry at a seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,7 +18,8 @@ use dooz_protocol::{
 };
 
 use crate::store::{
-    AccountId, ChunkState, DeviceRegistration, EntryHead, MetaStore, StoreError, TenantId,
+    AccountId, ChunkLocation, ChunkState, DeviceRegistration, EntryHead, MetaStore, PackId,
+    PackedChunk, StoreError, TenantId,
 };
 
 /// A shared store handle, as the checks take it.
@@ -47,6 +48,7 @@ macro_rules! conformance_tests {
             unknown_vault_is_not_found,
             account_usage_counts,
             forget_lost_pending_chunks,
+            packed_chunks_are_located_and_counted,
         );
     };
     (@each $make:expr; $($check:ident,)*) => {
@@ -1300,4 +1302,104 @@ pub(crate) async fn forget_lost_pending_chunks(store: Store) {
         .unwrap();
     assert!(!store.forget_chunk(f.vault, c1).await.unwrap());
     assert_eq!(store.missing_chunks(f.vault, &[c1]).await.unwrap(), vec![]);
+}
+
+pub(crate) async fn packed_chunks_are_located_and_counted(store: Store) {
+    let f = fixture(&store, "packed").await;
+    let [c0, c1, c2, c3] = [0, 1, 2, 3].map(|n| chunk("packed", n));
+    // c2 is committed as a blob of its own, c3 pending as a blob with other bytes.
+    store
+        .record_chunk(f.vault, c2, 70, [2; 32], NOW)
+        .await
+        .unwrap();
+    let v = version("packed", 0);
+    store
+        .commit(
+            f.vault,
+            f.device,
+            vec![commit_entry(entry("packed", 0), None, v, vec![c2])],
+            NOW,
+        )
+        .await
+        .unwrap();
+    store
+        .record_chunk(f.vault, c3, 500, [9; 32], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        570
+    );
+
+    let pack = PackId::from_bytes([7; 16]);
+    let packed = |chunk, offset, sealed_len, b| PackedChunk {
+        chunk,
+        offset,
+        sealed_len,
+        blake3: [b; 32],
+    };
+    store
+        .record_packed_chunks(
+            f.vault,
+            pack,
+            1000,
+            vec![
+                packed(c0, 0, 100, 0),
+                packed(c1, 100, 40, 1),
+                packed(c2, 140, 70, 2),
+                packed(c3, 210, 50, 3),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let records = store.chunks(f.vault, &[c0, c1, c2, c3]).await.unwrap();
+    let loc = |i: usize| records[i].as_ref().map(|r| (r.location, r.sealed_len));
+    assert_eq!(
+        loc(0),
+        Some((ChunkLocation::Packed { pack, offset: 0 }, 100))
+    );
+    assert_eq!(
+        loc(1),
+        Some((ChunkLocation::Packed { pack, offset: 100 }, 40))
+    );
+    // A committed chunk keeps its blob; a pending one takes the packed bytes.
+    assert_eq!(loc(2), Some((ChunkLocation::Blob, 70)));
+    assert_eq!(
+        loc(3),
+        Some((ChunkLocation::Packed { pack, offset: 210 }, 50))
+    );
+    assert_eq!(
+        store.chunk(f.vault, c1).await.unwrap().map(|r| r.location),
+        Some(ChunkLocation::Packed { pack, offset: 100 })
+    );
+    // Usage: c2 70 + c0 100 + c1 40 + c3 50 (was 500).
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        260
+    );
+    assert!(
+        store
+            .missing_chunks(f.vault, &[c0, c1, c3])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Uploaded again as a blob, a pending packed chunk moves to the blob.
+    store
+        .record_chunk(f.vault, c1, 44, [4; 32], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.chunk(f.vault, c1).await.unwrap().map(|r| r.location),
+        Some(ChunkLocation::Blob)
+    );
+    // A forgotten packed chunk loses its location too.
+    assert!(store.forget_chunk(f.vault, c0).await.unwrap());
+    assert_eq!(store.chunk(f.vault, c0).await.unwrap(), None);
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        70 + 44 + 50
+    );
 }

@@ -22,9 +22,9 @@ mod sled_store;
 mod token;
 
 pub use api::{
-    AccountId, AccountRecord, AccountUsage, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
-    DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, TenantId, TenantRecord, VaultRecord,
-    VersionPage,
+    AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
+    DeviceRecord, DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, PackId, PackedChunk,
+    TenantId, TenantRecord, VaultRecord, VersionPage,
 };
 pub use error::StoreError;
 pub use sled_store::SledStore;

@@ -27,13 +27,13 @@ use sled::transaction::{
 };
 
 use crate::store::api::{
-    AccountId, AccountRecord, AccountUsage, ChangePage, ChunkRecord, ChunkState, DeviceRecord,
-    DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, TenantId, TenantRecord, VaultRecord,
-    VersionPage, change_size_bound, check_name,
+    AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
+    DeviceRecord, DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, PackId, PackedChunk,
+    TenantId, TenantRecord, VaultRecord, VersionPage, change_size_bound, check_name,
 };
 use crate::store::codec::{
     self, ACCOUNT_DEVICES, ACCOUNT_VAULTS, AccountV1, ChunkStateV1, ChunkV1, DeviceV1, EnvelopeV1,
-    HeadV1, LogV1, Stored, TenantV1, TokenV1, VaultV1, decode, encode,
+    HeadV1, LogV1, PackLocV1, PackV1, Stored, TenantV1, TokenV1, VaultV1, decode, encode,
 };
 use crate::store::error::StoreError;
 use crate::store::token::{self, EnrolmentToken};
@@ -71,6 +71,8 @@ struct Inner {
     versions: Tree,
     envelopes: Tree,
     usage: Tree,
+    chunk_locs: Tree,
+    packs: Tree,
 }
 
 impl SledStore {
@@ -104,6 +106,8 @@ impl SledStore {
             versions: tree(codec::VERSIONS)?,
             envelopes: tree(codec::ENVELOPES)?,
             usage: tree(codec::USAGE)?,
+            chunk_locs: tree(codec::CHUNK_LOCS)?,
+            packs: tree(codec::PACKS)?,
             db,
         };
         match inner.meta.get(codec::FORMAT_KEY)? {
@@ -266,7 +270,7 @@ fn vault_record(vault: VaultId, v: &VaultV1) -> VaultRecord {
     }
 }
 
-fn chunk_record(chunk: ChunkId, c: &ChunkV1) -> ChunkRecord {
+fn chunk_record(chunk: ChunkId, c: &ChunkV1, loc: Option<PackLocV1>) -> ChunkRecord {
     ChunkRecord {
         chunk,
         sealed_len: c.sealed_len,
@@ -274,6 +278,13 @@ fn chunk_record(chunk: ChunkId, c: &ChunkV1) -> ChunkRecord {
         state: match c.state {
             ChunkStateV1::Pending { since } => ChunkState::Pending { since },
             ChunkStateV1::Committed { at } => ChunkState::Committed { at },
+        },
+        location: match loc {
+            None => ChunkLocation::Blob,
+            Some(l) => ChunkLocation::Packed {
+                pack: PackId::from_bytes(l.pack),
+                offset: l.offset,
+            },
         },
     }
 }
@@ -654,37 +665,117 @@ impl Inner {
             blake3,
             state: ChunkStateV1::Pending { since: now },
         };
-        // The record and the account's stored bytes change together, or not at all.
-        tx_result((&self.chunks, &self.usage).transaction(|(chunks, usage)| {
-            let old_len = match tx_get_decoded::<ChunkV1>(chunks, &key)? {
-                None => 0,
-                Some(existing) => {
-                    let same = existing.sealed_len == sealed_len && existing.blake3 == blake3;
-                    if same || matches!(existing.state, ChunkStateV1::Committed { .. }) {
-                        return Ok(chunk_record(*chunk, &existing));
+        // The record, its location and the account's stored bytes change together, or not at
+        // all.
+        tx_result((&self.chunks, &self.chunk_locs, &self.usage).transaction(
+            |(chunks, locs, usage)| {
+                let old_len = match tx_get_decoded::<ChunkV1>(chunks, &key)? {
+                    None => 0,
+                    Some(existing) => {
+                        let same = existing.sealed_len == sealed_len && existing.blake3 == blake3;
+                        if same || matches!(existing.state, ChunkStateV1::Committed { .. }) {
+                            let loc = tx_get_decoded::<PackLocV1>(locs, &key)?;
+                            return Ok(chunk_record(*chunk, &existing, loc));
+                        }
+                        existing.sealed_len
                     }
-                    existing.sealed_len
-                }
-            };
-            tx_insert(chunks, &key, &fresh)?;
-            tx_adjust_usage(usage, account, old_len, sealed_len)?;
-            Ok(chunk_record(*chunk, &fresh))
-        }))
+                };
+                tx_insert(chunks, &key, &fresh)?;
+                // Its bytes are the blob now, not a range of a pack.
+                locs.remove(key.as_slice())?;
+                tx_adjust_usage(usage, account, old_len, sealed_len)?;
+                Ok(chunk_record(*chunk, &fresh, None))
+            },
+        ))
+    }
+
+    fn record_packed_chunks(
+        &self,
+        vault: &VaultId,
+        pack: &PackId,
+        pack_len: u64,
+        packed: &[PackedChunk],
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let account = self.vault_v1(vault)?.account;
+        let pack_record = PackV1 {
+            len: pack_len,
+            chunks: u32::try_from(packed.len()).unwrap_or(u32::MAX),
+            created_at: now,
+        };
+        tx_result(
+            (&self.chunks, &self.chunk_locs, &self.packs, &self.usage).transaction(
+                |(chunks, locs, packs, usage)| {
+                    tx_insert(
+                        packs,
+                        &codec::pack_key(vault, pack.as_bytes()),
+                        &pack_record,
+                    )?;
+                    for p in packed {
+                        let key = codec::chunk_key(vault, &p.chunk);
+                        let old_len = match tx_get_decoded::<ChunkV1>(chunks, &key)? {
+                            None => 0,
+                            Some(existing) => {
+                                let same = existing.sealed_len == p.sealed_len
+                                    && existing.blake3 == p.blake3;
+                                if same || matches!(existing.state, ChunkStateV1::Committed { .. })
+                                {
+                                    continue;
+                                }
+                                existing.sealed_len
+                            }
+                        };
+                        let fresh = ChunkV1 {
+                            sealed_len: p.sealed_len,
+                            blake3: p.blake3,
+                            state: ChunkStateV1::Pending { since: now },
+                        };
+                        tx_insert(chunks, &key, &fresh)?;
+                        tx_insert(
+                            locs,
+                            &key,
+                            &PackLocV1 {
+                                pack: *pack.as_bytes(),
+                                offset: p.offset,
+                            },
+                        )?;
+                        tx_adjust_usage(usage, account, old_len, p.sealed_len)?;
+                    }
+                    Ok(())
+                },
+            ),
+        )?;
+        self.flush()
+    }
+
+    /// A chunk's record with its location.
+    fn chunk_record(
+        &self,
+        vault: &VaultId,
+        chunk: &ChunkId,
+    ) -> Result<Option<ChunkRecord>, StoreError> {
+        let key = codec::chunk_key(vault, chunk);
+        let Some(c) = get_decoded::<ChunkV1>(&self.chunks, &key)? else {
+            return Ok(None);
+        };
+        let loc = get_decoded::<PackLocV1>(&self.chunk_locs, &key)?;
+        Ok(Some(chunk_record(*chunk, &c, loc)))
     }
 
     fn forget_chunk(&self, vault: &VaultId, chunk: &ChunkId) -> Result<bool, StoreError> {
         let account = self.vault_v1(vault)?.account;
         let key = codec::chunk_key(vault, chunk);
-        let removed = tx_result((&self.chunks, &self.usage).transaction(|(chunks, usage)| {
-            match tx_get_decoded::<ChunkV1>(chunks, &key)? {
+        let removed = tx_result((&self.chunks, &self.chunk_locs, &self.usage).transaction(
+            |(chunks, locs, usage)| match tx_get_decoded::<ChunkV1>(chunks, &key)? {
                 Some(existing) if matches!(existing.state, ChunkStateV1::Pending { .. }) => {
                     chunks.remove(key.as_slice())?;
+                    locs.remove(key.as_slice())?;
                     tx_adjust_usage(usage, account, existing.sealed_len, 0)?;
                     Ok(true)
                 }
                 _ => Ok(false),
-            }
-        }))?;
+            },
+        ))?;
         if removed {
             self.flush()?;
         }
@@ -1147,10 +1238,7 @@ impl MetaStore for SledStore {
         chunk: ChunkId,
     ) -> Result<Option<ChunkRecord>, StoreError> {
         self.inner.vault_v1(&vault)?;
-        Ok(
-            get_decoded::<ChunkV1>(&self.inner.chunks, &codec::chunk_key(&vault, &chunk))?
-                .map(|c| chunk_record(chunk, &c)),
-        )
+        self.inner.chunk_record(&vault, &chunk)
     }
 
     async fn chunks(
@@ -1161,13 +1249,20 @@ impl MetaStore for SledStore {
         self.inner.vault_v1(&vault)?;
         chunks
             .iter()
-            .map(|chunk| {
-                Ok(
-                    get_decoded::<ChunkV1>(&self.inner.chunks, &codec::chunk_key(&vault, chunk))?
-                        .map(|c| chunk_record(*chunk, &c)),
-                )
-            })
+            .map(|chunk| self.inner.chunk_record(&vault, chunk))
             .collect()
+    }
+
+    async fn record_packed_chunks(
+        &self,
+        vault: VaultId,
+        pack: PackId,
+        pack_len: u64,
+        chunks: Vec<PackedChunk>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |s| s.record_packed_chunks(&vault, &pack, pack_len, &chunks, now))
+            .await
     }
 
     async fn forget_chunk(&self, vault: VaultId, chunk: ChunkId) -> Result<bool, StoreError> {

@@ -31,7 +31,7 @@ fn put(vault: VaultId, chunk: ChunkId, body: &[u8], blake3: [u8; 32]) -> PutChun
 #[tokio::test]
 async fn chunks_round_trip_and_bad_hashes_store_nothing() {
     within(async {
-        let server = TestServer::start().await;
+        let server = TestServer::start_unpacked().await;
         let device = server.enrolled_device().await;
         let client = server.connect(&device).await;
         let v = vault(1);

@@ -182,7 +182,7 @@ async fn commit_compares_and_swaps_each_entry() {
 #[tokio::test]
 async fn a_chunk_blob_lost_before_its_commit_is_asked_for_again() {
     within(async {
-        let server = TestServer::start().await;
+        let server = TestServer::start_unpacked().await;
         let device = server.enrolled_device().await;
         let client = server.connect(&device).await;
         let v = vault(9);

@@ -41,19 +41,39 @@ impl TestServer {
 
     /// A server whose account policies come from `policy`.
     pub(crate) async fn start_with_policy(policy: Arc<dyn PolicySource>) -> Self {
+        Self::start_with(
+            |_| {},
+            |mut parts| {
+                parts.policy = policy;
+                parts
+            },
+        )
+        .await
+    }
+
+    /// A server that stores every chunk as a blob of its own (packing off).
+    pub(crate) async fn start_unpacked() -> Self {
+        Self::start_with(|s| s.pack_max_chunk_bytes = 0, |parts| parts).await
+    }
+
+    /// A server from the default test settings changed by `settings`, and parts changed by
+    /// `parts`.
+    pub(crate) async fn start_with(
+        settings: impl FnOnce(&mut ServerSettings),
+        parts: impl FnOnce(ServerParts) -> ServerParts,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = ServerSettings {
+        let mut config = ServerSettings {
             data_dir: dir.path().to_owned(),
             listen: "127.0.0.1:0".parse().unwrap(),
             shutdown_grace_secs: 10,
             ..ServerSettings::default()
-        }
-        .validate()
-        .unwrap();
-        let (mut parts, bootstrap) = ServerParts::open(&config).await.unwrap();
+        };
+        settings(&mut config);
+        let config = config.validate().unwrap();
+        let (opened, bootstrap) = ServerParts::open(&config).await.unwrap();
         assert!(bootstrap.first_start);
-        parts.policy = policy;
-        let server = Server::start(parts).unwrap();
+        let server = Server::start(parts(opened)).unwrap();
         Self {
             server,
             account: bootstrap.account,

@@ -7,6 +7,7 @@ mod chunks;
 mod commit;
 mod connect;
 mod harness;
+mod pack;
 mod policy;
 mod shutdown;
 mod subscribe;

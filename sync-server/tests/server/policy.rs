@@ -17,10 +17,10 @@ use crate::harness::{Client, TestServer, device_id, expect_error, vault, within}
 
 /// A policy source whose one policy (for every account) the test changes at will.
 #[derive(Clone)]
-struct TestPolicy(Arc<Mutex<AccountPolicy>>);
+pub(crate) struct TestPolicy(Arc<Mutex<AccountPolicy>>);
 
 impl TestPolicy {
-    fn new(policy: AccountPolicy) -> Self {
+    pub(crate) fn new(policy: AccountPolicy) -> Self {
         Self(Arc::new(Mutex::new(policy)))
     }
 
@@ -60,6 +60,22 @@ fn with_access(access: Access) -> AccountPolicy {
 async fn start(policy: AccountPolicy) -> (TestServer, TestPolicy) {
     let source = TestPolicy::new(policy);
     let server = TestServer::start_with_policy(Arc::new(source.clone())).await;
+    (server, source)
+}
+
+/// As [`start`], with packing off, so that each upload shows in the stored bytes at once
+/// (`pack::quota_counts_chunks_in_packs_not_written_yet` covers packing).
+async fn start_unpacked(policy: AccountPolicy) -> (TestServer, TestPolicy) {
+    let source = TestPolicy::new(policy);
+    let shared = source.clone();
+    let server = TestServer::start_with(
+        |s| s.pack_max_chunk_bytes = 0,
+        |mut parts| {
+            parts.policy = Arc::new(shared);
+            parts
+        },
+    )
+    .await;
     (server, source)
 }
 
@@ -112,7 +128,7 @@ async fn storage_quota_is_checked_before_bytes_are_stored() {
             storage_bytes: Some(Limit::hard(1000)),
             ..Limits::default()
         };
-        let (server, policy) = start(with_limits(limits.clone())).await;
+        let (server, policy) = start_unpacked(with_limits(limits.clone())).await;
         let device = server.enrolled_device().await;
         let client = server.connect(&device).await;
         let v = vault(1);
