@@ -65,6 +65,11 @@ pub struct ServerSettings {
     pub pack_target_bytes: u32,
     /// A pack left open this many seconds is written even if not full. Default 5.
     pub pack_idle_secs: u64,
+    /// Uploads that no commit referenced within this many seconds are deleted by garbage
+    /// collection. Default 86400 (24 h).
+    pub gc_pending_grace_secs: u64,
+    /// Seconds between garbage-collection runs; 0: never on its own. Default 3600.
+    pub gc_interval_secs: u64,
     /// `SO_SNDBUF`/`SO_RCVBUF` asked for on the UDP socket. Default 4 MiB.
     pub socket_buffer_bytes: usize,
     /// Per-stream QUIC receive window. Default 16 MiB.
@@ -102,6 +107,12 @@ impl Default for ServerSettings {
             pack_max_chunk_bytes: crate::service::PackSettings::default().max_chunk,
             pack_target_bytes: crate::service::PackSettings::default().target_bytes,
             pack_idle_secs: crate::service::PackSettings::default().idle.as_secs(),
+            gc_pending_grace_secs: crate::service::GcSettings::default()
+                .pending_grace
+                .as_secs(),
+            gc_interval_secs: crate::service::GcSettings::default()
+                .interval
+                .map_or(0, |d| d.as_secs()),
             socket_buffer_bytes: tuning.socket_buffer_bytes,
             stream_window_bytes: tuning.stream_window_bytes,
             connection_window_bytes: tuning.connection_window_bytes,
@@ -193,6 +204,8 @@ pub struct ServiceLimits {
     pub max_frame_len: u32,
     /// Packing of small chunks.
     pub packing: crate::service::PackSettings,
+    /// Garbage collection.
+    pub gc: crate::service::GcSettings,
 }
 
 impl Default for ServiceLimits {
@@ -202,11 +215,22 @@ impl Default for ServiceLimits {
             max_inflight_bytes: s.max_inflight_bytes,
             max_frame_len: s.max_frame_len,
             packing: s.packing(),
+            gc: s.gc(),
         }
     }
 }
 
 impl ServerSettings {
+    /// The garbage-collection settings.
+    fn gc(&self) -> crate::service::GcSettings {
+        crate::service::GcSettings {
+            pending_grace: Duration::from_secs(self.gc_pending_grace_secs),
+            interval: (self.gc_interval_secs > 0)
+                .then(|| Duration::from_secs(self.gc_interval_secs)),
+            ..crate::service::GcSettings::default()
+        }
+    }
+
     /// The packing settings; open packs together may hold as much as `max_inflight_bytes`.
     fn packing(&self) -> crate::service::PackSettings {
         crate::service::PackSettings {
@@ -317,6 +341,7 @@ impl ServerSettings {
         crate::transport::transport_config(&tuning, true)
             .map_err(|e| invalid("transport", "", e.to_string()))?;
         let packing = self.packing();
+        let gc = self.gc();
         let blobs = match self.blobs {
             None => BlobLocation::Dir(self.data_dir.join("blobs")),
             Some(url) => BlobLocation::Url(url),
@@ -339,6 +364,7 @@ impl ServerSettings {
                 max_inflight_bytes: self.max_inflight_bytes,
                 max_frame_len: self.max_frame_len,
                 packing,
+                gc,
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             default_tenant: self.default_tenant,

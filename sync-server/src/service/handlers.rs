@@ -226,9 +226,7 @@ async fn own_vault(ctx: &ConnCtx, vault: VaultId) -> Result<VaultRecord, Fail> {
 
 /// Where a chunk's blob lives: `<tenant>/<vault>/chunks/<2 hex>/<hex id>`.
 fn chunk_key(tenant: TenantId, vault: VaultId, chunk: ChunkId) -> Result<BlobKey, Fail> {
-    let hex = chunk.to_hex();
-    let shard = hex.get(..2).unwrap_or("00");
-    BlobKey::new(&format!("{tenant}/{}/chunks/{shard}/{hex}", vault.to_hex())).map_err(|e| {
+    pack::chunk_blob_key(tenant, vault, chunk).map_err(|e| {
         tracing::error!(error = %e, "bad chunk key");
         Fail::internal("name the chunk's blob")
     })

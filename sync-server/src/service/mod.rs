@@ -29,6 +29,7 @@ mod admin;
 mod codes;
 mod connection;
 mod enrolment;
+mod gc;
 mod handlers;
 mod pack;
 mod quota;
@@ -61,6 +62,7 @@ pub use codes::{CloseCode, SHUTTING_DOWN_REASON};
 pub use enrolment::{
     ENROL_EXTENSION_TAG, ENROLMENT_CODE_PREFIX, EnrolRequest, EnrolmentCode, EnrolmentCodeError,
 };
+pub use gc::{GcReport, GcSettings};
 pub use pack::{PackFormatError, PackSettings, read_pack_index};
 
 /// Directory of the metadata store inside the data dir.
@@ -305,6 +307,7 @@ pub struct Server {
     fingerprint: String,
     accept: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    collector: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -346,7 +349,8 @@ impl Server {
         let span = tracing::info_span!("server", addr = %local_addr);
         let accept =
             tokio::spawn(accept_loop(Arc::clone(&shared), endpoint).instrument(span.clone()));
-        let sweeper = tokio::spawn(seal_idle_packs(Arc::clone(&shared)).instrument(span));
+        let sweeper = tokio::spawn(seal_idle_packs(Arc::clone(&shared)).instrument(span.clone()));
+        let collector = tokio::spawn(collect_periodically(Arc::clone(&shared)).instrument(span));
         tracing::info!(addr = %local_addr, fingerprint = parts.identity.fingerprint(), "listening");
         Ok(Self {
             shared,
@@ -354,6 +358,7 @@ impl Server {
             fingerprint: parts.identity.fingerprint().to_owned(),
             accept,
             sweeper,
+            collector,
         })
     }
 
@@ -404,6 +409,31 @@ impl Server {
         self.shared.disconnect(device, code, reason)
     }
 
+    /// Runs one garbage collection now, as of `now` (unix seconds): pending uploads older than
+    /// [`GcSettings::pending_grace`] and packs nothing points into are deleted. Safe while
+    /// devices upload and commit (see the `gc` module).
+    pub async fn collect_garbage(&self, now: u64) -> Result<GcReport, StoreError> {
+        gc::collect(&self.shared, now).await
+    }
+
+    /// Writes every open pack now (they are written anyway when full, when a commit needs
+    /// them, after a few idle seconds and at shutdown) and waits for it.
+    pub async fn seal_open_packs(&self) {
+        for job in self
+            .shared
+            .packer
+            .idle_jobs(std::time::Instant::now(), true)
+        {
+            job.run(
+                &self.shared.packer,
+                self.shared.blobs.as_ref(),
+                self.shared.store.as_ref(),
+                unix_now(),
+            )
+            .await;
+        }
+    }
+
     /// Forgets the account policies cached from the [`PolicySource`] (each is cached for up
     /// to a second), so that the next request of every account sees its policy as it is now.
     /// Call it after changing a plan or a subscription for the change to apply at once.
@@ -433,6 +463,9 @@ impl Server {
         if let Err(e) = self.sweeper.await {
             tracing::error!(error = %e, "the pack sealer failed");
         }
+        if let Err(e) = self.collector.await {
+            tracing::error!(error = %e, "the garbage collector failed");
+        }
         // The connections are closed: no chunk arrives any more. Seal what is open.
         for job in self
             .shared
@@ -443,6 +476,31 @@ impl Server {
         }
         self.shared.seal_tasks.close();
         self.shared.seal_tasks.wait().await;
+    }
+}
+
+/// Runs garbage collection every [`GcSettings::interval`] until shutdown.
+async fn collect_periodically(shared: Arc<Shared>) {
+    let Some(every) = shared.limits.gc.interval else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate: skip it, a start is busy enough.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shared.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let run = tokio::select! {
+            () = shared.cancel.cancelled() => return,
+            run = gc::collect(&shared, unix_now()) => run,
+        };
+        match run {
+            Ok(report) => tracing::info!(?report, "garbage collected"),
+            Err(e) => tracing::warn!(error = %e, "garbage collection failed; next run retries"),
+        }
     }
 }
 

@@ -93,6 +93,17 @@ pub(crate) fn pack_key(
     ))
 }
 
+/// The blob key of a chunk stored on its own: `<tenant>/<vault>/chunks/<2 hex>/<hex id>`.
+pub(crate) fn chunk_blob_key(
+    tenant: TenantId,
+    vault: VaultId,
+    chunk: ChunkId,
+) -> Result<BlobKey, dooz_storage::StorageError> {
+    let hex = chunk.to_hex();
+    let shard = hex.get(..2).unwrap_or("00");
+    BlobKey::new(&format!("{tenant}/{}/chunks/{shard}/{hex}", vault.to_hex()))
+}
+
 /// Reads a pack's index (and checks it against the pack's length).
 pub fn read_pack_index(pack: &[u8]) -> Result<Vec<PackedChunk>, PackFormatError> {
     let bad = PackFormatError::Invalid;

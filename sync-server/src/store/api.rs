@@ -242,6 +242,21 @@ impl fmt::Display for PackId {
     }
 }
 
+/// A pack of a vault, with what of it is still referenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackInfo {
+    /// The pack.
+    pub pack: PackId,
+    /// Its length, index and trailer included.
+    pub len: u64,
+    /// When it was recorded (unix seconds).
+    pub created_at: u64,
+    /// Chunk records that point into it.
+    pub live_chunks: u64,
+    /// Their sealed bytes.
+    pub live_bytes: u64,
+}
+
 /// A chunk written into a pack: `sealed_len` bytes at `offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackedChunk {
@@ -460,6 +475,35 @@ pub trait MetaStore: Send + Sync + 'static {
         chunks: Vec<PackedChunk>,
         now: u64,
     ) -> Result<(), StoreError>;
+
+    /// Every vault, for maintenance (garbage collection).
+    async fn all_vaults(&self) -> Result<Vec<VaultRecord>, StoreError>;
+
+    /// The vault's [`ChunkState::Pending`] chunks uploaded before `before` (unix seconds).
+    async fn pending_chunks_before(
+        &self,
+        vault: VaultId,
+        before: u64,
+    ) -> Result<Vec<ChunkRecord>, StoreError>;
+
+    /// Deletes the record of a chunk that is still pending since `since` (as
+    /// [`pending_chunks_before`](Self::pending_chunks_before) saw it), and lowers the account's
+    /// stored bytes, in one transaction. A chunk that a commit has referenced meanwhile, or that
+    /// was uploaded again with other bytes, is kept. Returns whether the record was deleted; the
+    /// caller then deletes its blob. Durable when it returns.
+    async fn collect_pending_chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        since: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// The vault's packs, with their live chunks and bytes.
+    async fn packs(&self, vault: VaultId) -> Result<Vec<PackInfo>, StoreError>;
+
+    /// Forgets a pack no chunk record points into (the caller then deletes its blob). Returns
+    /// whether it was known.
+    async fn delete_pack(&self, vault: VaultId, pack: PackId) -> Result<bool, StoreError>;
 
     /// The vault's record of a chunk.
     async fn chunk(

@@ -49,6 +49,7 @@ macro_rules! conformance_tests {
             account_usage_counts,
             forget_lost_pending_chunks,
             packed_chunks_are_located_and_counted,
+            collect_only_chunks_still_pending,
         );
     };
     (@each $make:expr; $($check:ident,)*) => {
@@ -1402,4 +1403,106 @@ pub(crate) async fn packed_chunks_are_located_and_counted(store: Store) {
         store.account_usage(f.account).await.unwrap().stored_bytes,
         70 + 44 + 50
     );
+}
+
+pub(crate) async fn collect_only_chunks_still_pending(store: Store) {
+    let f = fixture(&store, "collect").await;
+    let [c0, c1, c2] = [0, 1, 2].map(|n| chunk("collect", n));
+    store
+        .record_chunk(f.vault, c0, 10, [0; 32], NOW)
+        .await
+        .unwrap();
+    store
+        .record_chunk(f.vault, c1, 20, [1; 32], NOW + 1)
+        .await
+        .unwrap();
+    store
+        .record_chunk(f.vault, c2, 30, [2; 32], NOW + 100)
+        .await
+        .unwrap();
+    let old = store
+        .pending_chunks_before(f.vault, NOW + 50)
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = old.iter().map(|r| r.chunk).collect();
+    ids.sort();
+    let mut want = vec![c0, c1];
+    want.sort();
+    assert_eq!(ids, want);
+
+    // c1 is committed after the scan: the collection keeps it.
+    store
+        .commit(
+            f.vault,
+            f.device,
+            vec![commit_entry(
+                entry("collect", 0),
+                None,
+                version("collect", 0),
+                vec![c1],
+            )],
+            NOW + 60,
+        )
+        .await
+        .unwrap();
+    assert!(store.collect_pending_chunk(f.vault, c0, NOW).await.unwrap());
+    assert!(
+        !store
+            .collect_pending_chunk(f.vault, c1, NOW + 1)
+            .await
+            .unwrap()
+    );
+    // A `since` that does not match (uploaded again meanwhile) keeps the chunk.
+    assert!(!store.collect_pending_chunk(f.vault, c2, NOW).await.unwrap());
+    assert_eq!(
+        store.missing_chunks(f.vault, &[c0, c1, c2]).await.unwrap(),
+        vec![c0]
+    );
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        50
+    );
+    assert!(
+        store
+            .all_vaults()
+            .await
+            .unwrap()
+            .iter()
+            .any(|v| v.vault == f.vault)
+    );
+
+    // Packs: live counts follow the chunk records.
+    let pack = PackId::from_bytes([9; 16]);
+    let c3 = chunk("collect", 3);
+    store
+        .record_packed_chunks(
+            f.vault,
+            pack,
+            99,
+            vec![PackedChunk {
+                chunk: c3,
+                offset: 5,
+                sealed_len: 40,
+                blake3: [3; 32],
+            }],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let packs = store.packs(f.vault).await.unwrap();
+    assert_eq!(packs.len(), 1);
+    assert_eq!(
+        (
+            packs[0].pack,
+            packs[0].len,
+            packs[0].live_chunks,
+            packs[0].live_bytes
+        ),
+        (pack, 99, 1, 40)
+    );
+    assert!(store.collect_pending_chunk(f.vault, c3, NOW).await.unwrap());
+    assert_eq!(store.packs(f.vault).await.unwrap()[0].live_chunks, 0);
+    assert!(store.delete_pack(f.vault, pack).await.unwrap());
+    assert!(store.packs(f.vault).await.unwrap().is_empty());
+    assert!(!store.delete_pack(f.vault, pack).await.unwrap());
 }

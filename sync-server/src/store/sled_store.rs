@@ -28,8 +28,8 @@ use sled::transaction::{
 
 use crate::store::api::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
-    DeviceRecord, DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, PackId, PackedChunk,
-    TenantId, TenantRecord, VaultRecord, VersionPage, change_size_bound, check_name,
+    DeviceRecord, DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, PackId, PackInfo,
+    PackedChunk, TenantId, TenantRecord, VaultRecord, VersionPage, change_size_bound, check_name,
 };
 use crate::store::codec::{
     self, ACCOUNT_DEVICES, ACCOUNT_VAULTS, AccountV1, ChunkStateV1, ChunkV1, DeviceV1, EnvelopeV1,
@@ -748,6 +748,109 @@ impl Inner {
         self.flush()
     }
 
+    fn all_vaults(&self) -> Result<Vec<VaultRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in &self.vaults {
+            let (k, v) = item?;
+            let id = <[u8; 16]>::try_from(k.as_ref())
+                .map_err(|_| StoreError::corrupt(codec::VAULTS, "a key is not 16 bytes"))?;
+            out.push(vault_record(
+                VaultId::from_bytes(id),
+                &decode::<VaultV1>(&v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn pending_chunks_before(
+        &self,
+        vault: &VaultId,
+        before: u64,
+    ) -> Result<Vec<ChunkRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.chunks.scan_prefix(vault.as_bytes()) {
+            let (k, v) = item?;
+            let c: ChunkV1 = decode(&v)?;
+            if let ChunkStateV1::Pending { since } = c.state
+                && since < before
+            {
+                let id = k
+                    .get(16..48)
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| StoreError::corrupt(codec::CHUNKS, "a key is not 48 bytes"))?;
+                let loc = get_decoded::<PackLocV1>(&self.chunk_locs, &k)?;
+                out.push(chunk_record(ChunkId::from_bytes(id), &c, loc));
+            }
+        }
+        Ok(out)
+    }
+
+    fn collect_pending_chunk(
+        &self,
+        vault: &VaultId,
+        chunk: &ChunkId,
+        since: u64,
+    ) -> Result<bool, StoreError> {
+        let account = self.vault_v1(vault)?.account;
+        let key = codec::chunk_key(vault, chunk);
+        let removed = tx_result((&self.chunks, &self.chunk_locs, &self.usage).transaction(
+            |(chunks, locs, usage)| match tx_get_decoded::<ChunkV1>(chunks, &key)? {
+                Some(existing) if existing.state == (ChunkStateV1::Pending { since }) => {
+                    chunks.remove(key.as_slice())?;
+                    locs.remove(key.as_slice())?;
+                    tx_adjust_usage(usage, account, existing.sealed_len, 0)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            },
+        ))?;
+        if removed {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
+    fn packs(&self, vault: &VaultId) -> Result<Vec<PackInfo>, StoreError> {
+        let mut packs = std::collections::BTreeMap::new();
+        for item in self.packs.scan_prefix(vault.as_bytes()) {
+            let (k, v) = item?;
+            let id = k
+                .get(16..32)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .ok_or_else(|| StoreError::corrupt(codec::PACKS, "a key is not 32 bytes"))?;
+            let p: PackV1 = decode(&v)?;
+            packs.insert(
+                id,
+                PackInfo {
+                    pack: PackId::from_bytes(id),
+                    len: p.len,
+                    created_at: p.created_at,
+                    live_chunks: 0,
+                    live_bytes: 0,
+                },
+            );
+        }
+        for item in self.chunk_locs.scan_prefix(vault.as_bytes()) {
+            let (k, v) = item?;
+            let loc: PackLocV1 = decode(&v)?;
+            if let Some(info) = packs.get_mut(&loc.pack) {
+                let len = get_decoded::<ChunkV1>(&self.chunks, &k)?.map_or(0, |c| c.sealed_len);
+                info.live_chunks += 1;
+                info.live_bytes += len;
+            }
+        }
+        Ok(packs.into_values().collect())
+    }
+
+    fn delete_pack(&self, vault: &VaultId, pack: &PackId) -> Result<bool, StoreError> {
+        let removed = self
+            .packs
+            .remove(codec::pack_key(vault, pack.as_bytes()))?
+            .is_some();
+        self.flush()?;
+        Ok(removed)
+    }
+
     /// A chunk's record with its location.
     fn chunk_record(
         &self,
@@ -1251,6 +1354,37 @@ impl MetaStore for SledStore {
             .iter()
             .map(|chunk| self.inner.chunk_record(&vault, chunk))
             .collect()
+    }
+
+    async fn all_vaults(&self) -> Result<Vec<VaultRecord>, StoreError> {
+        self.blocking(|s| s.all_vaults()).await
+    }
+
+    async fn pending_chunks_before(
+        &self,
+        vault: VaultId,
+        before: u64,
+    ) -> Result<Vec<ChunkRecord>, StoreError> {
+        self.blocking(move |s| s.pending_chunks_before(&vault, before))
+            .await
+    }
+
+    async fn collect_pending_chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        since: u64,
+    ) -> Result<bool, StoreError> {
+        self.blocking(move |s| s.collect_pending_chunk(&vault, &chunk, since))
+            .await
+    }
+
+    async fn packs(&self, vault: VaultId) -> Result<Vec<PackInfo>, StoreError> {
+        self.blocking(move |s| s.packs(&vault)).await
+    }
+
+    async fn delete_pack(&self, vault: VaultId, pack: PackId) -> Result<bool, StoreError> {
+        self.blocking(move |s| s.delete_pack(&vault, &pack)).await
     }
 
     async fn record_packed_chunks(

@@ -6,6 +6,7 @@ mod abuse;
 mod chunks;
 mod commit;
 mod connect;
+mod gc;
 mod harness;
 mod pack;
 mod policy;

@@ -1,0 +1,239 @@
+//! Garbage collection: uploads no commit took are freed; a chunk committed while a collection
+//! runs is never lost.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dooz_protocol::{ChunkId, ErrorCode, Extensions, GetChunk, PutChunk, Response, VaultId};
+use dooz_server::service::ServerParts;
+
+use crate::commit::{commit, entry};
+use crate::harness::{Client, TestServer, vault, within};
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn body(n: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32 ^ n.wrapping_mul(131)) as u8)
+        .collect()
+}
+
+fn chunk_id(n: u32) -> ChunkId {
+    ChunkId::from_bytes(*blake3::hash(&[b"gc".as_slice(), &n.to_be_bytes()].concat()).as_bytes())
+}
+
+async fn put(client: &Client, v: VaultId, n: u32, body: &[u8]) {
+    let response = client
+        .put_chunk(
+            PutChunk {
+                vault: v,
+                chunk: chunk_id(n),
+                len: u32::try_from(body.len()).unwrap(),
+                blake3: *blake3::hash(body).as_bytes(),
+                ext: Extensions::new(),
+            },
+            body,
+        )
+        .await;
+    assert!(matches!(response, Response::ChunkStored(_)), "{response:?}");
+}
+
+async fn read(client: &Client, v: VaultId, chunk: ChunkId) -> Vec<u8> {
+    let (_, body) = client
+        .get_chunk(GetChunk {
+            vault: v,
+            chunk,
+            ext: Extensions::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("committed chunk {chunk:?} unreadable: {e:?}"));
+    body.bytes.to_vec()
+}
+
+/// A server whose collections take every pending upload (no grace) and run only when asked.
+async fn start(packing: bool, pack_min_age: Duration) -> TestServer {
+    TestServer::start_with(
+        |s| {
+            s.gc_pending_grace_secs = 0;
+            s.gc_interval_secs = 0;
+            if !packing {
+                s.pack_max_chunk_bytes = 0;
+            }
+        },
+        move |mut parts: ServerParts| {
+            parts.limits.gc.pack_min_age = pack_min_age;
+            parts
+        },
+    )
+    .await
+}
+
+/// Uploads then commits chunks, many times, each upload starting a collection that runs while
+/// the device commits and takes every pending chunk it sees. A commit may fail with missing chunks (the collection took
+/// them first); the device then uploads again. No committed chunk is ever missing.
+async fn race_uploads_with_collections(packing: bool) {
+    within(async {
+        let server = Arc::new(start(packing, Duration::from_secs(600)).await);
+        let device = server.enrolled_device().await;
+        let client = server.connect(&device).await;
+        let v = vault(if packing { 1 } else { 2 });
+        client.create_vault(v).await;
+
+        // One collection per signal, on its own task: it runs while the device commits.
+        let (go, mut signals) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let collector = {
+            let server = Arc::clone(&server);
+            tokio::spawn(async move {
+                let mut runs = 0u64;
+                let mut deleted = 0u64;
+                while signals.recv().await.is_some() {
+                    // Everything pending counts as old.
+                    let report = server.server.collect_garbage(unix_now() + 5).await.unwrap();
+                    deleted += report.chunks_deleted;
+                    runs += 1;
+                }
+                (runs, deleted)
+            })
+        };
+
+        let mut committed = Vec::new();
+        let mut retries = 0;
+        for n in 0..150u32 {
+            let data = body(n, 2000 + (n as usize * 37) % 3000);
+            let mut first = true;
+            loop {
+                put(&client, v, n, &data).await;
+                if packing && n % 2 == 0 {
+                    // Recorded as pending in a written pack, for the collection to see.
+                    server.server.seal_open_packs().await;
+                }
+                if std::mem::take(&mut first) {
+                    go.send(()).unwrap();
+                }
+                let e = entry(n as u8, None, 1, vec![chunk_id(n)]);
+                match commit(&client, v, vec![e]).await {
+                    Response::Committed(c) => {
+                        assert!(
+                            matches!(c.results[..], [dooz_protocol::CommitResult::Applied { .. }]),
+                            "{c:?}"
+                        );
+                        break;
+                    }
+                    Response::Error(e) if e.code == ErrorCode::NotFound => {
+                        // Collected between upload and commit: upload again.
+                        retries += 1;
+                    }
+                    other => panic!("unexpected answer to Commit: {other:?}"),
+                }
+            }
+            committed.push((chunk_id(n), data));
+            // A chunk just committed reads back while collections keep running.
+            let (id, data) = committed.last().unwrap();
+            assert_eq!(&read(&client, v, *id).await, data);
+        }
+        drop(go);
+        let (runs, deleted) = collector.await.unwrap();
+        assert_eq!(runs, 150);
+        // One more collection after the fact takes nothing committed.
+        server.server.collect_garbage(unix_now() + 5).await.unwrap();
+        for (id, data) in &committed {
+            assert_eq!(&read(&client, v, *id).await, data);
+        }
+        eprintln!("packing {packing}: {runs} collections, {deleted} chunks collected, {retries} re-uploads");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_racing_packed_uploads_never_lose_a_committed_chunk() {
+    race_uploads_with_collections(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_racing_blob_uploads_never_lose_a_committed_chunk() {
+    race_uploads_with_collections(false).await;
+}
+
+/// After a collection, the stored bytes are those of the committed chunks, and the blob store
+/// holds nothing else than what they need.
+#[tokio::test]
+async fn uploads_no_commit_took_are_freed() {
+    within(async {
+        let server = start(true, Duration::ZERO).await;
+        let device = server.enrolled_device().await;
+        let client = server.connect(&device).await;
+        let v = vault(3);
+        client.create_vault(v).await;
+
+        // Committed: a packed chunk and one big enough to be a blob of its own.
+        let (a, big) = (body(1, 5000), body(2, 1_200_000));
+        put(&client, v, 1, &a).await;
+        put(&client, v, 2, &big).await;
+        let r = commit(
+            &client,
+            v,
+            vec![entry(1, None, 1, vec![chunk_id(1), chunk_id(2)])],
+        )
+        .await;
+        assert!(matches!(r, Response::Committed(_)), "{r:?}");
+        let live = (a.len() + big.len()) as u64;
+
+        // Never committed: two packed chunks (in a pack of their own) and a big one.
+        put(&client, v, 3, &body(3, 7000)).await;
+        put(&client, v, 4, &body(4, 9000)).await;
+        put(&client, v, 5, &body(5, 1_100_000)).await;
+        server.server.seal_open_packs().await;
+        let usage = |server: &TestServer| {
+            let store = Arc::clone(server.server.store());
+            let account = server.account.id;
+            async move { store.account_usage(account).await.unwrap().stored_bytes }
+        };
+        assert_eq!(usage(&server).await, live + 7000 + 9000 + 1_100_000);
+        let blobs_before = server.server.blobs().list(None).await.unwrap();
+        assert_eq!(blobs_before.len(), 4, "{blobs_before:?}");
+
+        let report = server.server.collect_garbage(unix_now() + 5).await.unwrap();
+        assert_eq!(report.chunks_deleted, 3, "{report:?}");
+        assert_eq!(report.chunk_bytes_deleted, 7000 + 9000 + 1_100_000);
+        assert_eq!(report.packs_deleted, 1, "{report:?}");
+        assert_eq!(usage(&server).await, live);
+
+        // Left: the committed chunk's pack and the committed big blob, nothing else.
+        let blobs = server.server.blobs().list(None).await.unwrap();
+        assert_eq!(blobs.len(), 2, "{blobs:?}");
+        let packs: Vec<_> = blobs
+            .iter()
+            .filter(|b| b.key.as_str().contains("/packs/"))
+            .collect();
+        let own: Vec<_> = blobs
+            .iter()
+            .filter(|b| b.key.as_str().contains("/chunks/"))
+            .collect();
+        assert_eq!((packs.len(), own.len()), (1, 1));
+        assert_eq!(own[0].size, big.len() as u64);
+        // The pack holds the committed chunk and its index, nothing of the freed ones.
+        let index = dooz_server::service::read_pack_index(
+            &server.server.blobs().get(&packs[0].key).await.unwrap(),
+        )
+        .unwrap();
+        assert_eq!(index.len(), 1);
+        assert_eq!(index[0].chunk, chunk_id(1));
+
+        assert_eq!(read(&client, v, chunk_id(1)).await, a);
+        assert_eq!(read(&client, v, chunk_id(2)).await, big);
+        // A second collection finds nothing more.
+        let again = server.server.collect_garbage(unix_now() + 5).await.unwrap();
+        assert_eq!((again.chunks_deleted, again.packs_deleted), (0, 0));
+        server_shutdown(server).await;
+    })
+    .await;
+}
+
+async fn server_shutdown(server: TestServer) {
+    server.server.shutdown().await;
+}
