@@ -247,7 +247,7 @@ pub enum StorageError {
         last: Box<StorageError>,
     },
 
-    /// [`validate`](crate::validate) found the store unusable: one step of its probe failed.
+    /// [`validate`](fn@crate::validate) found the store unusable: one step of its probe failed.
     #[error("storage validation failed at the {step} step (probe blob `{probe}`): {source}")]
     Validation {
         /// Which step failed: `list`, `write`, `read`, `read back` (wrong bytes) or `delete`.

@@ -15,7 +15,8 @@
 //!   requests and bytes, [`Retrying`] retries transient failures with exponential backoff and
 //!   full jitter within a [`RetryPolicy`], [`FaultInjecting`] fails a seeded fraction of calls
 //!   for tests.
-//! - [`validate`]: a write, read and delete of a probe blob, naming the step that failed.
+//! - [`validate()`]: a list, write, read and delete of a probe blob, naming the step that
+//!   failed.
 //! - `conformance` (cargo feature `conformance`): the suite every backend runs.
 //!
 //! # Durability

@@ -282,7 +282,7 @@ impl S3Config {
 
     /// Opens the bucket (under [`prefix`](Self::prefix), if set). Makes no request: a missing
     /// bucket or wrong credentials show on the first call, or at once with
-    /// [`validate`](crate::validate).
+    /// [`validate`](fn@crate::validate).
     ///
     /// # Errors
     ///

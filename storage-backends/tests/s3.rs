@@ -2,79 +2,22 @@
 //! 127.0.0.1, checking SigV4 signatures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use bytes::Bytes;
 use dooz_storage::conformance::run_all;
 use dooz_storage::{
     BlobKey, BlobStore, FaultInjecting, Metered, Op, PutFaultMode, RetryPolicy, Retrying, S3Config,
     S3Credentials, StorageError, StorageUrl, validate,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use s3s::auth::SimpleAuth;
-use s3s::service::S3ServiceBuilder;
 use tokio::net::TcpListener;
 
-const ACCESS_KEY: &str = "dooz-test-access";
-const SECRET_KEY: &str = "dooz-test-secret-key";
-const BUCKET: &str = "dooz-blobs";
+#[path = "support/s3_server.rs"]
+mod s3_server;
 
-/// An s3s-fs server on 127.0.0.1 with one bucket, [`BUCKET`], and one key pair; stops when
-/// dropped.
-struct S3Server {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-    _root: tempfile::TempDir,
-}
-
-impl S3Server {
-    async fn start() -> Result<Self> {
-        let root = tempfile::tempdir()?;
-        // s3s-fs keeps a bucket as a directory under its root.
-        std::fs::create_dir(root.path().join(BUCKET))?;
-        let fs = s3s_fs::FileSystem::new(root.path()).map_err(|e| anyhow!("s3s-fs: {e:?}"))?;
-        let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let service = service.clone();
-                tokio::spawn(async move {
-                    let _ = ConnBuilder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Self {
-            addr,
-            task,
-            _root: root,
-        })
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn config(&self) -> S3Config {
-        S3Config::new(BUCKET)
-            .with_endpoint(self.endpoint())
-            .with_credentials(S3Credentials::new(ACCESS_KEY, SECRET_KEY))
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+use s3_server::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 
 fn key(s: &str) -> BlobKey {
     BlobKey::new(s).unwrap()
