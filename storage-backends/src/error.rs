@@ -329,7 +329,8 @@ impl StorageError {
         use object_store::Error as E;
         let key = key.to_owned();
         let class = match &source {
-            _ if mentions(&source, "NoSuchBucket") => Class::NoSuchBucket,
+            // S3's error code, in the response body kept in the message.
+            _ if mentions(&source, "<Code>NoSuchBucket</Code>") => Class::NoSuchBucket,
             E::NotFound { .. } => Class::NotFound,
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => Class::Permission,
             // Local and HTTP stores wrap I/O failures in `Generic`; classify by the I/O kind,

@@ -303,16 +303,7 @@ impl S3Config {
     /// As [`open`](Self::open).
     pub fn open_bucket(&self) -> Result<ObjectStoreBackend, StorageError> {
         self.check()?;
-        let credentials = match &self.credentials {
-            Some(c) => c.clone(),
-            None => S3Credentials::from_env().ok_or_else(|| StorageError::InvalidConfig {
-                reason: format!(
-                    "no credentials for S3 bucket {:?}: configure an access key and secret, or \
-                     set {ENV_ACCESS_KEY} and {ENV_SECRET_KEY}",
-                    self.bucket
-                ),
-            })?,
-        };
+        let credentials = self.credentials(|name| std::env::var(name).ok())?;
         let endpoint_is_http = self
             .endpoint
             .as_deref()
@@ -345,6 +336,25 @@ impl S3Config {
             reason: format!("cannot set up S3 bucket {:?}: {e}", self.bucket),
         })?;
         Ok(ObjectStoreBackend::new(Arc::new(store)))
+    }
+}
+
+impl S3Config {
+    /// The configured key pair, or the one in the environment `lookup` reads.
+    fn credentials(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<S3Credentials, StorageError> {
+        match &self.credentials {
+            Some(c) => Ok(c.clone()),
+            None => S3Credentials::from_lookup(lookup).ok_or_else(|| StorageError::InvalidConfig {
+                reason: format!(
+                    "no credentials for S3 bucket {:?}: configure an access key and secret, or \
+                     set {ENV_ACCESS_KEY} and {ENV_SECRET_KEY}",
+                    self.bucket
+                ),
+            }),
+        }
     }
 }
 
@@ -430,6 +440,17 @@ mod tests {
             ]))
             .is_none()
         );
+
+        let err = S3Config::new("blobs").credentials(env(&[])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+            "{err}"
+        );
+        let given = S3Credentials::new("mine", "own");
+        let config = S3Config::new("blobs").with_credentials(given.clone());
+        let env_pair = env(&[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")]);
+        assert_eq!(config.credentials(env_pair).unwrap(), given);
 
         let config = S3Config::new("blobs")
             .with_endpoint("http://127.0.0.1:1")
