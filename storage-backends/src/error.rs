@@ -214,6 +214,50 @@ pub enum StorageError {
         source: BoxError,
     },
 
+    /// The bucket a call went to does not exist (an S3 `NoSuchBucket` answer); permanent.
+    #[error(
+        "the storage bucket does not exist (during {op} of `{key}`): {source}; create the \
+         bucket, or fix the bucket name in the storage URL or configuration"
+    )]
+    NoSuchBucket {
+        /// The operation that failed.
+        op: Op,
+        /// The key or list prefix it was for.
+        key: String,
+        /// The underlying error.
+        source: BoxError,
+    },
+
+    /// [`Retrying`](crate::Retrying) gave up on a transient failure after its bound; still
+    /// retryable (later, e.g. when the backend is back).
+    #[error(
+        "{op} of `{key}` still failing after {attempts} attempts over {elapsed:?} (transient, \
+         retry later): {last}"
+    )]
+    RetriesExhausted {
+        /// The operation that failed.
+        op: Op,
+        /// The key or list prefix it was for.
+        key: String,
+        /// How many times the call was made.
+        attempts: u32,
+        /// Time from the first attempt to giving up.
+        elapsed: std::time::Duration,
+        /// The last attempt's error.
+        last: Box<StorageError>,
+    },
+
+    /// [`validate`](fn@crate::validate) found the store unusable: one step of its probe failed.
+    #[error("storage validation failed at the {step} step (probe blob `{probe}`): {source}")]
+    Validation {
+        /// Which step failed: `list`, `write`, `read`, `read back` (wrong bytes) or `delete`.
+        step: &'static str,
+        /// The probe blob's key.
+        probe: String,
+        /// What went wrong.
+        source: Box<StorageError>,
+    },
+
     /// A failure injected on purpose by [`FaultInjecting`](crate::FaultInjecting); retryable.
     #[error("injected fault during {op} of `{key}` (fault-injection adapter; retry the call)")]
     Injected {
@@ -226,9 +270,17 @@ pub enum StorageError {
 
 impl StorageError {
     /// True for transient failures ([`Unavailable`](Self::Unavailable),
-    /// [`Injected`](Self::Injected)) that may succeed when the same call is retried.
+    /// [`Injected`](Self::Injected), [`RetriesExhausted`](Self::RetriesExhausted), and a
+    /// [`Validation`](Self::Validation) that failed on one of these) that may succeed when the
+    /// same call is retried.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Injected { .. })
+        match self {
+            Self::Unavailable { .. } | Self::Injected { .. } | Self::RetriesExhausted { .. } => {
+                true
+            }
+            Self::Validation { source, .. } => source.is_retryable(),
+            _ => false,
+        }
     }
 
     /// True if the blob does not exist.
@@ -267,7 +319,8 @@ impl StorageError {
                 key,
                 source: Box::new(source),
             },
-            Class::Permanent => Self::Io { op, key, source },
+            // `classify` never answers NoSuchBucket.
+            Class::Permanent | Class::NoSuchBucket => Self::Io { op, key, source },
         }
     }
 
@@ -276,16 +329,21 @@ impl StorageError {
         use object_store::Error as E;
         let key = key.to_owned();
         let class = match &source {
+            // S3's error code, in the response body kept in the message.
+            _ if mentions(&source, "<Code>NoSuchBucket</Code>") => Class::NoSuchBucket,
             E::NotFound { .. } => Class::NotFound,
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => Class::Permission,
-            // Local and HTTP stores wrap I/O failures in `Generic`; classify by the I/O kind.
-            E::Generic { .. } => {
-                find_io_error(&source).map_or(Class::Permanent, |io| classify(op, io.kind()))
-            }
+            // Local and HTTP stores wrap I/O failures in `Generic`; classify by the I/O kind,
+            // then by what the HTTP client says.
+            E::Generic { .. } => find_io_error(&source)
+                .map(|io| classify(op, io.kind()))
+                .or_else(|| classify_http(&source))
+                .unwrap_or(Class::Permanent),
             _ => Class::Permanent,
         };
         let source: BoxError = Box::new(source);
         match class {
+            Class::NoSuchBucket => Self::NoSuchBucket { op, key, source },
             Class::NotFound => Self::NotFound { key },
             Class::Permission => Self::Permission { op, key, source },
             Class::Transient => Self::Unavailable { op, key, source },
@@ -296,6 +354,7 @@ impl StorageError {
 
 /// How an error should be reported.
 enum Class {
+    NoSuchBucket,
     NotFound,
     Permission,
     Transient,
@@ -326,6 +385,62 @@ fn classify(op: Op, kind: std::io::ErrorKind) -> Class {
         | K::NetworkDown => Class::Transient,
         _ => Class::Permanent,
     }
+}
+
+/// Classifies a failed HTTP request (object_store's cloud stores) by the `reqwest` error or the
+/// response status in its source chain.
+///
+/// object_store keeps its request error type private; its message carries the status as
+/// `status code: 503 ...`, which is what is read here.
+fn classify_http(err: &(dyn std::error::Error + 'static)) -> Option<Class> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(http) = e.downcast_ref::<reqwest::Error>()
+            && (http.is_timeout() || http.is_connect() || http.is_request() || http.is_body())
+        {
+            return Some(Class::Transient);
+        }
+        let text = e.to_string();
+        if let Some(status) = status_in(&text) {
+            return Some(match status {
+                // The server asks for a retry: 5xx, 429 Too Many Requests, 408 Request Timeout.
+                500.. | 429 | 408 => Class::Transient,
+                // Listings come back as `Generic` even when the answer was a refusal.
+                401 | 403 => Class::Permission,
+                _ => Class::Permanent,
+            });
+        }
+        // A 200 answer whose body is an S3 `InternalError` or `SlowDown`.
+        if text.contains("Server returned error response") {
+            return Some(Class::Transient);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The HTTP status in an object_store request error's message (`...status code: 503 ...`).
+fn status_in(text: &str) -> Option<u16> {
+    let (_, rest) = text.split_once("status code: ")?;
+    let digits = rest.get(..3)?;
+    digits
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Whether any error in the source chain mentions `needle` (an S3 error code in a response
+/// body kept in the message).
+fn mentions(err: &(dyn std::error::Error + 'static), needle: &str) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if e.to_string().contains(needle) {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// The first `std::io::Error` in an error's source chain.
@@ -388,6 +503,43 @@ mod tests {
         };
         let e = StorageError::from_object_store(Op::Get, "a", transient);
         assert!(e.is_retryable(), "{e:?}");
+
+        let bucket = object_store::Error::NotFound {
+            path: "a".into(),
+            source: "Server returned non-2xx status code: 404 Not Found: \
+                     <Error><Code>NoSuchBucket</Code></Error>"
+                .into(),
+        };
+        let e = StorageError::from_object_store(Op::Put, "a", bucket);
+        assert!(matches!(e, StorageError::NoSuchBucket { .. }) && !e.is_retryable());
+        assert!(e.to_string().contains("create the bucket"), "{e}");
+
+        let status = |text: &str| object_store::Error::Generic {
+            store: "S3",
+            source: text.to_owned().into(),
+        };
+        let e = StorageError::from_object_store(
+            Op::Put,
+            "a",
+            status(
+                "Error performing PUT x in 1ms - Server returned non-2xx status code: 503 Service Unavailable: ",
+            ),
+        );
+        assert!(e.is_retryable(), "{e:?}");
+        let e = StorageError::from_object_store(
+            Op::Put,
+            "a",
+            status("Server returned non-2xx status code: 400 Bad Request: no"),
+        );
+        assert!(matches!(e, StorageError::Backend { .. }), "{e:?}");
+        let e = StorageError::from_object_store(
+            Op::List,
+            "a",
+            status("Server returned non-2xx status code: 403 Forbidden: <Code>AccessDenied</Code>"),
+        );
+        assert!(matches!(e, StorageError::Permission { .. }), "{e:?}");
+        assert_eq!(status_in("status code: 429 Too Many"), Some(429));
+        assert_eq!(status_in("status code: 4x"), None);
 
         let other = object_store::Error::NotImplemented;
         let e = StorageError::from_object_store(Op::Get, "a", other);

@@ -5,12 +5,18 @@
 //! hold: the server keeps sealed chunks and packs under `<tenant>/<vault>/...`.
 //!
 //! - Backends, opened by URL with [`open_url`] (or [`StorageUrl`] to parse first):
-//!   `memory://` ([`ObjectStoreBackend::memory`]) and `file:///abs/path` or a plain path
-//!   ([`LocalDir`]). `s3://` answers [`StorageError::UnsupportedScheme`] until S3 and
-//!   tenant-provided buckets land as another [`ObjectStoreBackend`] behind a new
-//!   [`StorageUrl`] variant.
+//!   - `memory://` ([`ObjectStoreBackend::memory`]), for tests;
+//!   - `file:///abs/path` or a plain path ([`LocalDir`]);
+//!   - `s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1&path_style=true`: an
+//!     S3 or S3-compatible bucket ([`ObjectStoreBackend`] over object_store's `AmazonS3`), with
+//!     credentials from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. [`S3Config`] is the
+//!     same in typed form, with credentials of its own (a tenant-provided bucket).
 //! - Adapters: [`Prefixed`] scopes a store under a prefix (a tenant's vault), [`Metered`] counts
-//!   requests and bytes, [`FaultInjecting`] fails a seeded fraction of calls for tests.
+//!   requests and bytes, [`Retrying`] retries transient failures with exponential backoff and
+//!   full jitter within a [`RetryPolicy`], [`FaultInjecting`] fails a seeded fraction of calls
+//!   for tests.
+//! - [`validate()`]: a list, write, read and delete of a probe blob, naming the step that
+//!   failed.
 //! - `conformance` (cargo feature `conformance`): the suite every backend runs.
 //!
 //! # Durability
@@ -19,12 +25,17 @@
 //! [`LocalDir`], a `put` that returned `Ok` also survives a crash or power loss (on Linux one
 //! `syncfs` covers every put waiting at that moment; elsewhere file and directory are fsynced;
 //! see its docs). `object_store`'s own local store does not fsync,
-//! which is why [`LocalDir`] writes itself.
+//! which is why [`LocalDir`] writes itself. On S3, a PUT that returned is durable (S3 answers
+//! only once the object is stored), so `put_unsynced` is a plain put and `sync` reports nothing
+//! lost.
 //!
 //! # Errors
 //!
 //! Every call returns [`StorageError`]. [`StorageError::is_retryable`] marks transient failures
-//! (an unreachable backend, injected faults); [`StorageError::is_not_found`] a missing blob.
+//! (an unreachable backend, HTTP 5xx, 429 and timeouts, injected faults);
+//! [`StorageError::is_not_found`] a missing blob. Wrong credentials
+//! ([`StorageError::Permission`]) and a missing bucket ([`StorageError::NoSuchBucket`]) are
+//! permanent. The S3 backend makes one attempt per call: wrap it in [`Retrying`].
 //!
 //! # Example
 //!
@@ -61,7 +72,10 @@ mod metered;
 mod object_store_backend;
 mod open;
 mod prefixed;
+mod retry;
+mod s3;
 mod store;
+mod validate;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -75,5 +89,8 @@ pub use crate::{
     object_store_backend::ObjectStoreBackend,
     open::{StorageUrl, open_url},
     prefixed::Prefixed,
+    retry::{RetryPolicy, Retrying},
+    s3::{S3Config, S3Credentials},
     store::{BlobMeta, BlobStore},
+    validate::{PROBE_PREFIX, validate},
 };

@@ -13,14 +13,16 @@ use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 use crate::store::list_target;
 use crate::{BlobKey, BlobMeta, BlobStore, Op, StorageError};
 
-/// A [`BlobStore`] over any [`object_store::ObjectStore`]: in-memory today, S3 and S3-compatible
-/// buckets later.
+/// A [`BlobStore`] over any [`object_store::ObjectStore`]: in-memory, and S3 and S3-compatible
+/// buckets (built by [`S3Config`](crate::S3Config)).
 ///
 /// Keys map one to one onto object paths (every [`BlobKey`] is a valid object path without
 /// escaping). Errors are mapped onto [`StorageError`]: missing objects become
 /// [`NotFound`](StorageError::NotFound), refused credentials
-/// [`Permission`](StorageError::Permission), network-level I/O failures
-/// [`Unavailable`](StorageError::Unavailable), everything else
+/// [`Permission`](StorageError::Permission), an S3 `NoSuchBucket`
+/// [`NoSuchBucket`](StorageError::NoSuchBucket), network-level failures (refused connections,
+/// timeouts) and HTTP 5xx, 429 and 408 answers [`Unavailable`](StorageError::Unavailable) (which
+/// [`Retrying`](crate::Retrying) retries), everything else
 /// [`Backend`](StorageError::Backend). `put` is as atomic as the object store's own put, which
 /// holds for every `object_store` implementation (a single PUT request, or a map insert).
 ///
@@ -143,8 +145,12 @@ impl BlobStore for ObjectStoreBackend {
 
     async fn delete(&self, key: &BlobKey) -> Result<(), StorageError> {
         match self.store.delete(&path(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(StorageError::from_object_store(Op::Delete, key.as_str(), e)),
+            Ok(()) => Ok(()),
+            Err(e) => match StorageError::from_object_store(Op::Delete, key.as_str(), e) {
+                // A missing blob is fine; a missing bucket is not.
+                e if e.is_not_found() => Ok(()),
+                e => Err(e),
+            },
         }
     }
 

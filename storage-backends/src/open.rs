@@ -6,16 +6,16 @@ use std::sync::Arc;
 
 use url::Url;
 
-use crate::{BlobStore, LocalDir, ObjectStoreBackend, StorageError};
+use crate::{BlobStore, LocalDir, ObjectStoreBackend, S3Config, StorageError};
 
 /// The URL forms [`open_url`] accepts, for error messages.
-const SUPPORTED: &str = "supported are memory://, file:///absolute/path and plain directory \
-                         paths (relative ones resolve against the working directory)";
+const SUPPORTED: &str = "supported are memory://, file:///absolute/path, plain directory \
+                         paths (relative ones resolve against the working directory) and \
+                         s3://bucket/prefix?endpoint=URL&region=NAME";
 
 /// A parsed storage location: which backend, and where.
 ///
 /// Parsing is separate from opening so configuration can be checked before anything is created.
-/// New backends (S3 and S3-compatible buckets, tenant-provided storage) add variants.
 #[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageUrl {
@@ -26,14 +26,19 @@ pub enum StorageUrl {
         /// The store's root directory, absolute.
         path: PathBuf,
     },
+    /// `s3://bucket/prefix?endpoint=..&region=..&path_style=..&allow_http=..`: an S3 or
+    /// S3-compatible bucket; credentials come from the environment when opened.
+    S3(S3Config),
 }
 
 impl StorageUrl {
-    /// Parses `memory://`, `file:///abs/path`, or a plain absolute or relative path.
+    /// Parses `memory://`, `file:///abs/path`, a plain absolute or relative path, or
+    /// `s3://bucket[/prefix][?endpoint=URL&region=NAME&path_style=true|false&allow_http=true|false]`
+    /// (defaults: AWS's endpoint, `us-east-1`, path-style, http only to loopback).
     ///
     /// # Errors
     ///
-    /// [`StorageError::UnsupportedScheme`] for `s3://` (not wired yet) and unknown schemes;
+    /// [`StorageError::UnsupportedScheme`] for unknown schemes;
     /// [`StorageError::InvalidUrl`] for malformed URLs and options this build does not accept.
     pub fn parse(input: &str) -> Result<Self, StorageError> {
         let invalid = |reason: &str| StorageError::InvalidUrl {
@@ -51,6 +56,9 @@ impl StorageUrl {
         if url.scheme().len() == 1 {
             // A Windows drive letter (`C:\data`) parses as a one-letter scheme.
             return Self::local_path(input);
+        }
+        if matches!(url.scheme(), "s3" | "s3a") {
+            return Ok(Self::S3(S3Config::from_url(input, &url)?));
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(invalid(
@@ -79,14 +87,6 @@ impl StorageUrl {
                 })?;
                 Ok(Self::Local { path })
             }
-            scheme @ ("s3" | "s3a") => Err(StorageError::UnsupportedScheme {
-                scheme: scheme.to_owned(),
-                url: input.to_owned(),
-                hint: format!(
-                    "S3 and S3-compatible buckets are coming (a later issue wires them in); \
-                     for now {SUPPORTED}"
-                ),
-            }),
             scheme => Err(StorageError::UnsupportedScheme {
                 scheme: scheme.to_owned(),
                 url: input.to_owned(),
@@ -103,15 +103,18 @@ impl StorageUrl {
         Ok(Self::Local { path })
     }
 
-    /// Opens the store; a local directory is created if missing.
+    /// Opens the store; a local directory is created if missing. An S3 bucket is not
+    /// contacted (see [`S3Config::open`]).
     ///
     /// # Errors
     ///
-    /// [`StorageError::Open`] if a local directory cannot be created.
+    /// [`StorageError::Open`] if a local directory cannot be created;
+    /// [`StorageError::InvalidConfig`] if an S3 bucket has no credentials.
     pub fn open(&self) -> Result<Arc<dyn BlobStore>, StorageError> {
         match self {
             Self::Memory => Ok(Arc::new(ObjectStoreBackend::memory())),
             Self::Local { path } => Ok(Arc::new(LocalDir::open(path)?)),
+            Self::S3(config) => config.open(),
         }
     }
 }
@@ -124,10 +127,11 @@ impl FromStr for StorageUrl {
     }
 }
 
-/// Opens the blob store a URL names: `memory://`, `file:///abs/path`, or a plain path.
+/// Opens the blob store a URL names: `memory://`, `file:///abs/path`, a plain path, or
+/// `s3://bucket/prefix?endpoint=URL&region=NAME`.
 ///
-/// Local directories are created if missing. `s3://` gives [`StorageError::UnsupportedScheme`]
-/// until S3 support lands. Shorthand for [`StorageUrl::parse`] then [`StorageUrl::open`].
+/// Local directories are created if missing; S3 credentials come from `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY`. Shorthand for [`StorageUrl::parse`] then [`StorageUrl::open`].
 ///
 /// # Errors
 ///
@@ -184,19 +188,18 @@ mod tests {
     }
 
     #[test]
-    fn s3_is_announced_and_others_list_what_works() {
-        let err = StorageUrl::parse("s3://bucket/prefix").unwrap_err();
-        let StorageError::UnsupportedScheme { scheme, hint, .. } = &err else {
-            panic!("{err:?}");
+    fn s3_parses_and_others_list_what_works() {
+        let StorageUrl::S3(config) =
+            StorageUrl::parse("s3://bucket/prefix?endpoint=http://127.0.0.1:9000").unwrap()
+        else {
+            panic!("not s3");
         };
-        assert_eq!(scheme, "s3");
-        assert!(
-            hint.contains("S3") && hint.contains("later issue"),
-            "{hint}"
-        );
+        assert_eq!(config.bucket, "bucket");
+        assert_eq!(config.prefix.unwrap().as_str(), "prefix");
 
         let msg = StorageUrl::parse("gs://bucket").unwrap_err().to_string();
         assert!(msg.contains("`gs`") && msg.contains("memory://") && msg.contains("file:///"));
+        assert!(msg.contains("s3://"), "{msg}");
         assert!(msg.contains("plain directory paths"), "{msg}");
     }
 

@@ -47,8 +47,9 @@ pub struct ServerSettings {
     pub api_rate_limit_per_minute: u32,
     /// Most control-plane requests a credential may send in a burst. Default 200.
     pub api_rate_limit_burst: u32,
-    /// Blob store URL (`file:///abs/path`, a plain path, or `memory://` for tests). Default:
-    /// `<data_dir>/blobs`.
+    /// Blob store URL (`file:///abs/path`, a plain path, `memory://` for tests, or
+    /// `s3://bucket/prefix?endpoint=URL&region=NAME` with credentials in `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`). Default: `<data_dir>/blobs`.
     pub blobs: Option<String>,
     /// Requests (bidirectional streams) one connection may have open at once. Default 256.
     pub max_streams_per_connection: u32,
