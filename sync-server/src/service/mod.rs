@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dooz_protocol::{DeviceId, Seq, VaultId};
-use dooz_storage::{BlobStore, LocalDir, StorageError, open_url};
+use dooz_storage::{BlobStore, LocalDir, Retrying, StorageError, open_url};
 use quinn::Endpoint;
 use thiserror::Error;
 use tokio::sync::{Semaphore, broadcast};
@@ -171,7 +171,9 @@ impl ServerParts {
         let store: Arc<dyn MetaStore> = Arc::new(SledStore::open(config.data_dir.join(STORE_DIR))?);
         let blobs: Arc<dyn BlobStore> = match &config.blobs {
             BlobLocation::Dir(dir) => Arc::new(LocalDir::open(dir)?),
-            BlobLocation::Url(url) => open_url(url)?,
+            // Remote backends fail transiently; retry with backoff before answering
+            // `Internal` (which devices retry too).
+            BlobLocation::Url(url) => Arc::new(Retrying::new(open_url(url)?)),
         };
         let bootstrap = ensure_account(
             store.as_ref(),
