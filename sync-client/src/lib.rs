@@ -94,8 +94,8 @@ pub use chunking::{
 };
 pub use dooz_protocol::{EnrolmentCode, EnrolmentCodeError, HelloOk};
 pub use engine::{
-    Engine, EngineError, EngineOptions, Progress, ProgressEvent, SyncPhase, SyncReport,
-    keyring_from_index,
+    Engine, EngineError, EngineOptions, EntryVersion, Progress, ProgressEvent, SyncPhase,
+    SyncReport, keyring_from_index,
 };
 pub use index::{
     Change, ChunkLocation, ChunkRef, Conflict, ConflictKind, ContentHash, DEFAULT_CACHE_BYTES,

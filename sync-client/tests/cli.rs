@@ -929,3 +929,84 @@ async fn quotas_and_inactive_subscriptions_are_explained_and_lose_nothing() {
         third.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_versions_and_restore_brings_one_back() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let folder = dir.path().join("folder");
+    let code = server.code(false).await.to_string();
+    dooz(&home, &["enroll", &code]).await.ok();
+    write(&folder, "notes/doc.txt", b"first draft\n");
+    dooz(
+        &home,
+        &[
+            "vault",
+            "create",
+            "docs",
+            "--folder",
+            folder.to_str().unwrap(),
+        ],
+    )
+    .await
+    .ok();
+    dooz(&home, &["sync"]).await.ok();
+    write(&folder, "notes/doc.txt", b"second draft, longer\n");
+    dooz(&home, &["sync"]).await.ok();
+    fs::remove_file(folder.join("notes/doc.txt")).unwrap();
+    dooz(&home, &["sync"]).await.ok();
+
+    let doc = folder.join("notes/doc.txt");
+    let doc_arg = doc.to_str().unwrap();
+    let listed = dooz(&home, &["--json", "history", doc_arg]).await.ok();
+    let versions = listed.json()[0]["versions"].as_array().unwrap().clone();
+    assert_eq!(versions.len(), 3, "{versions:?}");
+    assert_eq!(versions[0]["deleted"], true);
+    assert_eq!(versions[1]["size"], 21);
+    assert_eq!(versions[2]["size"], 12);
+    let first = versions[2]["version"].as_str().unwrap().to_owned();
+    let deletion = versions[0]["version"].as_str().unwrap().to_owned();
+    // Human output names every version and how to restore.
+    let human = dooz(&home, &["history", doc_arg]).await.ok();
+    assert!(human.stdout.contains(&first), "{}", human.stdout);
+    assert!(human.stdout.contains("dooz restore"), "{}", human.stdout);
+
+    // Bad requests each say what is wrong.
+    let e = dooz(&home, &["restore", doc_arg, "--version", &deletion])
+        .await
+        .fails(1);
+    assert!(e.stderr.contains("is its deletion"), "{}", e.stderr);
+    let e = dooz(&home, &["restore", doc_arg, "--version", "xyz"])
+        .await
+        .fails(1);
+    assert!(e.stderr.contains("not a version id"), "{}", e.stderr);
+    let unknown = "00".repeat(16);
+    let e = dooz(&home, &["restore", doc_arg, "--version", &unknown])
+        .await
+        .fails(1);
+    assert!(e.stderr.contains("has no version"), "{}", e.stderr);
+    let outside = dir.path().join("elsewhere.txt");
+    let e = dooz(&home, &["history", outside.to_str().unwrap()])
+        .await
+        .fails(1);
+    assert!(
+        e.stderr.contains("not inside a folder bound"),
+        "{}",
+        e.stderr
+    );
+
+    // The first draft comes back, as a new version on top of the deletion.
+    dooz(&home, &["restore", doc_arg, "--version", &first])
+        .await
+        .ok();
+    assert_eq!(fs::read(&doc).unwrap(), b"first draft\n");
+    let listed = dooz(&home, &["--json", "history", doc_arg]).await.ok();
+    let versions = listed.json()[0]["versions"].as_array().unwrap().clone();
+    assert_eq!(versions.len(), 4, "{versions:?}");
+    assert_eq!(versions[0]["deleted"], false);
+    assert_eq!(versions[0]["size"], 12);
+    // Nothing is left to sync: the restore was committed.
+    let idle = dooz(&home, &["--json", "sync"]).await.ok();
+    assert_eq!(idle.json()[0]["committed"], 0, "{:?}", idle.json());
+}

@@ -447,6 +447,57 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Writes the content of `remote` (a version of `path` in `state`) into the folder, as a
+    /// download would, without touching the index: the next scan sees it as a local change.
+    /// Refused if the file changed since the index last saw it.
+    pub(super) async fn write_version(
+        &self,
+        path: &RelPath,
+        remote: RemoteEntry,
+        state: EntryState,
+    ) -> Result<(), EngineError> {
+        let full = path.to_path(&self.root);
+        match state.kind {
+            EntryKind::Dir => {
+                fs::create_dir_all(&full).map_err(EngineError::io("create directory", &full))?;
+                return Ok(());
+            }
+            EntryKind::File => {}
+            EntryKind::Symlink => {
+                return Err(EngineError::Integrity {
+                    path: path.to_string(),
+                    reason: "symlinks are not synced yet".to_owned(),
+                });
+            }
+        }
+        let wanted = remote.chunks.iter().map(|c| c.id).collect();
+        let writer = FileWriter {
+            conn: self.conn.clone(),
+            keyring: Arc::clone(&self.keyring),
+            root: self.root.clone(),
+            vault: self.protocol_vault(),
+            window: self.options.parallel_transfers.max(1),
+            local: Arc::new(self.vault.find_local_chunks(&wanted)?),
+            progress: self.progress.clone(),
+        };
+        let expected = self.vault.local(path)?.map(|l| DiskStat {
+            size: l.state.size,
+            mtime_ns: l.state.mtime_ns,
+            inode: l.inode,
+        });
+        let written = writer
+            .write_file(path.clone(), remote, state, expected)
+            .await?;
+        if written.inode.is_none() {
+            return Err(EngineError::ChangedLocally {
+                path: path.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A file written by [`FileWriter::write_file`].
 struct Written {
     path: RelPath,

@@ -36,6 +36,7 @@
 //! [`Engine::pull_has_changes`] pulls and looks for anything to apply.
 
 mod download;
+mod history;
 mod progress;
 mod upload;
 
@@ -50,6 +51,7 @@ use crate::record::RecordError;
 use crate::scanner::{ScanError, ScanReport, Scanner};
 use crate::{Chunker, ChunkerConfig, IgnoreRules};
 
+pub use history::EntryVersion;
 use progress::Reporter;
 pub use progress::{Progress, ProgressEvent, SyncPhase};
 
@@ -151,6 +153,34 @@ pub enum EngineError {
     /// A background task failed.
     #[error("an internal task failed: {0}")]
     Task(String),
+    /// The server keeps no such version of the entry.
+    #[error("{path} has no version {version} on the server; list its versions with `dooz history`")]
+    VersionNotFound {
+        /// The entry (relative path).
+        path: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// The version asked for deletes the entry: there is nothing to restore.
+    #[error(
+        "version {version} of {path} is its deletion, so there is no content to restore; pick \
+         an earlier version from `dooz history`"
+    )]
+    RestoreDeletion {
+        /// The entry (relative path).
+        path: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// The file changed in the folder since the last sync: restoring would overwrite it.
+    #[error(
+        "{path} changed in the folder since the last sync; sync first (so the change is kept as \
+         a version of its own), then restore"
+    )]
+    ChangedLocally {
+        /// The entry (relative path).
+        path: String,
+    },
 }
 
 impl EngineError {

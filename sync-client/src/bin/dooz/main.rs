@@ -20,6 +20,7 @@
 //! prints JSON lines on stdout.
 
 mod device;
+mod history;
 mod home;
 mod output;
 mod progress;
@@ -95,6 +96,19 @@ enum Command {
     Status {
         /// Only this vault
         vault: Option<String>,
+    },
+    /// List the versions the server keeps of a file or directory, newest first
+    History {
+        /// The file, inside a folder bound to a vault
+        path: PathBuf,
+    },
+    /// Bring back an earlier version of a file: it becomes the newest version, on every device
+    Restore {
+        /// The file, inside a folder bound to a vault
+        path: PathBuf,
+        /// The version to restore (from `dooz history PATH`)
+        #[arg(long)]
+        version: String,
     },
 }
 
@@ -180,5 +194,9 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<()> {
             sync::sync(&home.open()?, vault.as_deref(), watch, out).await
         }
         Command::Status { vault } => sync::status(&home.open()?, vault.as_deref(), out),
+        Command::History { path } => history::history(&home.open()?, &path, out).await,
+        Command::Restore { path, version } => {
+            history::restore(&home.open()?, &path, &version, out).await
+        }
     }
 }
