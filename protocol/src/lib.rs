@@ -77,6 +77,7 @@ mod ext;
 mod ids;
 pub mod limits;
 mod messages;
+mod pairing;
 mod wire_bytes;
 
 /// ALPN protocol id of the data plane. A peer that speaks another major protocol uses another id,
@@ -106,3 +107,4 @@ pub use crate::messages::{
     PutEnvelope, Request, Response, Subscribe, Subscribed, VaultCreated, VaultInfo, Vaults,
     message_type, message_types,
 };
+pub use crate::pairing::{SLOT_REFUSAL_TAG, SlotRefusal};

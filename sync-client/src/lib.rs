@@ -35,6 +35,9 @@
 //!   server registers this device.
 //! - [`VaultCode`]: a secret `dooz-vault1-...` code carrying a vault's id and keys to another
 //!   device of the account (a stop-gap until pairing).
+//! - [`Invitation`] and [`Joining`]: pairing. An existing device shows a [`PairingCode`]; the
+//!   new device answers it; every vault key is handed over as envelopes whose sender the new
+//!   device checks against the code, so the server cannot slip in a key of its own.
 //! - [`Engine`]: syncs one vault's folder: scan, pull and apply remote changes (temp file,
 //!   fsync, rename; chunks reused from disk; conflicts kept as conflicted copies), then upload
 //!   local changes (journalled, `Have`, parallel sealed `PutChunk`s, `Commit`).
@@ -75,6 +78,7 @@ mod ignore;
 mod index;
 mod invite;
 mod net;
+mod pairing;
 mod record;
 mod scanner;
 mod watch;
@@ -106,6 +110,10 @@ pub use invite::{VAULT_CODE_PREFIX, VaultCode, VaultCodeError};
 pub use net::{
     Connection, Connector, NetError, NetStats, PROTOCOL_VERSION, PullPage, Subscription,
     parse_server_fingerprint, server_fingerprint_hex,
+};
+pub use pairing::{
+    Invitation, Joining, PAIRING_CODE_PREFIX, PairedDevice, PairedVault, PairingCode,
+    PairingCodeError, PairingError,
 };
 pub use record::{EntryRecord, RECORD_FORMAT_VERSION, RecordChunks, RecordError, RecordKind};
 pub use scanner::{

@@ -154,14 +154,11 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
         Request::Commit(req) => commit(&ctx, req).await,
         Request::Pull(req) => pull(&ctx, req).await,
         Request::History(req) => history(&ctx, req).await,
-        Request::PairingOpen(_)
+        pairing @ (Request::PairingOpen(_)
         | Request::PairingPost(_)
         | Request::PairingTake(_)
         | Request::PairingReply(_)
-        | Request::PairingAwaitReply(_) => Err(Fail::new(
-            ErrorCode::Unsupported,
-            format!("{name}: pairing is not supported by this server yet; upgrade dooz-server"),
-        )),
+        | Request::PairingAwaitReply(_)) => pairing_call(&ctx, pairing).await,
     };
     match handled {
         Ok(reply) => send_final(&mut send, reply.msg, reply.body).await,
@@ -170,6 +167,19 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
             send_final(&mut send, err.into(), None).await;
         }
         Err(Fail::Transport(e)) => tracing::debug!(request = name, error = %e, "stream failed"),
+    }
+}
+
+/// A pairing slot call (`service::pairing`).
+async fn pairing_call(ctx: &ConnCtx, request: Request) -> Handled {
+    let shared = &ctx.shared;
+    match shared
+        .pairing
+        .serve(ctx.account.id, ctx.device, request, &shared.cancel)
+        .await
+    {
+        Some(answer) => answer.map(Reply::new).map_err(Fail::Respond),
+        None => Err(Fail::internal("route the pairing call")),
     }
 }
 
