@@ -123,7 +123,9 @@ impl PairingSecret {
         let name_len = usize::from(payload.get(JOIN_HEADER_LEN - 1).copied().unwrap_or(0));
         let body_len = JOIN_HEADER_LEN + name_len;
         if payload.len() != body_len + MAC_LEN {
-            return Err(PairingError::Malformed("its length does not match its name length"));
+            return Err(PairingError::Malformed(
+                "its length does not match its name length",
+            ));
         }
         let (body, mac) = payload.split_at(body_len);
         let expected = blake3::keyed_hash(&self.subkey(CTX_PAIRING_MAC), body);
@@ -203,14 +205,18 @@ fn reply_aad(head: &[u8], joiner: &DevicePublicKeys) -> Vec<u8> {
 
 fn check_head(bytes: &[u8], min: usize, kind: u8) -> Result<(), PairingError> {
     if bytes.len() < min {
-        return Err(PairingError::Malformed("it is shorter than its fixed fields"));
+        return Err(PairingError::Malformed(
+            "it is shorter than its fixed fields",
+        ));
     }
     let version = bytes.first().copied().unwrap_or(0);
     if version != crate::FORMAT_VERSION {
         return Err(PairingError::UnknownVersion(version));
     }
     if bytes.get(1).copied() != Some(kind) {
-        return Err(PairingError::Malformed("its kind byte is not the expected one"));
+        return Err(PairingError::Malformed(
+            "its kind byte is not the expected one",
+        ));
     }
     Ok(())
 }
