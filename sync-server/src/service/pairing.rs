@@ -186,12 +186,12 @@ impl Slots {
     }
 
     /// The slot as `device` may see it, or why not.
-    fn usable<'a>(
-        slots: &'a mut HashMap<(AccountId, SlotId), Slot>,
+    fn usable(
+        slots: &mut HashMap<(AccountId, SlotId), Slot>,
         account: AccountId,
         slot: SlotId,
         now: u64,
-    ) -> Result<&'a mut Slot, ErrorResponse> {
+    ) -> Result<&mut Slot, ErrorResponse> {
         let s = slots
             .get_mut(&(account, slot))
             .ok_or_else(|| refused(SlotRefusal::Unknown))?;

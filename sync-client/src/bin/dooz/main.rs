@@ -8,6 +8,8 @@
 //!   vault list
 //!   vault invite <NAME>                    print a secret vault code for another device
 //!   vault join <CODE> --folder DIR [--name NAME]
+//!   pair invite                            show a pairing code, hand every vault to the new device
+//!   pair join <CODE>                       receive every vault from the device showing CODE
 //!   add <VAULT> <DIR>                      bind a folder to a vault
 //!   sync [VAULT] [--watch]                 sync once, or keep watching
 //!   status [VAULT]
@@ -22,6 +24,7 @@
 mod device;
 mod home;
 mod output;
+mod pair;
 mod progress;
 mod sync;
 mod vault;
@@ -76,6 +79,11 @@ enum Command {
         #[command(subcommand)]
         command: VaultCommand,
     },
+    /// Pair a new device of this account: it receives every vault key, checked end to end
+    Pair {
+        #[command(subcommand)]
+        command: PairCommand,
+    },
     /// Bind a folder to a vault
     Add {
         /// The vault's name on this device
@@ -128,6 +136,17 @@ enum VaultCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PairCommand {
+    /// Show a one-time pairing code and hand every vault to the device that answers it
+    Invite,
+    /// Answer a pairing code shown by `dooz pair invite` on another device of this account
+    Join {
+        /// The pairing code, `dooz-pair1-...`
+        code: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The library logs each retry; the CLI says what matters itself, once (see `watch.rs`).
@@ -173,6 +192,13 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<()> {
                 VaultCommand::Join { code, folder, name } => {
                     vault::join(&home, &code, &folder, name, out).await
                 }
+            }
+        }
+        Command::Pair { command } => {
+            let home = home.open()?;
+            match command {
+                PairCommand::Invite => pair::invite(&home, out).await,
+                PairCommand::Join { code } => pair::join(&home, &code, out).await,
             }
         }
         Command::Add { vault, dir } => vault::add(&home.open()?, &vault, &dir, out),
