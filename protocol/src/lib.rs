@@ -107,4 +107,6 @@ pub use crate::messages::{
     PutEnvelope, Request, Response, Subscribe, Subscribed, VaultCreated, VaultInfo, Vaults,
     message_type, message_types,
 };
-pub use crate::pairing::{SLOT_REFUSAL_TAG, SlotRefusal};
+pub use crate::pairing::{
+    RECOVERY_ENVELOPES_TAG, RECOVERY_RECIPIENT, SLOT_REFUSAL_TAG, SlotRefusal,
+};

@@ -1,14 +1,27 @@
-//! Why the server refused a pairing slot call, for programs.
+//! Pairing and recovery on the wire, besides the messages themselves: why the server refused
+//! a pairing slot call, and how recovery envelopes are addressed.
+//!
+//! Recovery envelopes (a vault key wrapped to the account's recovery secret) are stored with
+//! `PutEnvelope` addressed to [`RECOVERY_RECIPIENT`], and read with a `GetEnvelopes` that
+//! carries the critical extension [`RECOVERY_ENVELOPES_TAG`] (empty value); a server that does
+//! not know it refuses the request rather than answer with the device's own envelopes.
 //!
 //! The server answers a call on a slot that cannot be used with `NotFound` and an optional
 //! extension [`SLOT_REFUSAL_TAG`] whose value is one [`SlotRefusal`] byte, so that a client can
 //! tell "no such code" from "expired" and "already used" and say so.
 
 use crate::ext::Extension;
-use crate::{ErrorResponse, Extensions};
+use crate::{DeviceId, ErrorResponse, Extensions};
 
 /// Extension tag of a [`SlotRefusal`] in an `Error` answer to a pairing call.
 pub const SLOT_REFUSAL_TAG: u32 = 0x0002;
+
+/// The recipient recovery envelopes are filed under: no device has this id (it is not the
+/// BLAKE3 of any key anyone knows).
+pub const RECOVERY_RECIPIENT: DeviceId = DeviceId::from_bytes([0xff; 32]);
+
+/// Critical extension of `GetEnvelopes`: answer the vault's recovery envelopes.
+pub const RECOVERY_ENVELOPES_TAG: u32 = 0x0003;
 
 /// Why a pairing slot could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

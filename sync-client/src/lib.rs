@@ -38,6 +38,9 @@
 //! - [`Invitation`] and [`Joining`]: pairing. An existing device shows a [`PairingCode`]; the
 //!   new device answers it; every vault key is handed over as envelopes whose sender the new
 //!   device checks against the code, so the server cannot slip in a key of its own.
+//! - [`set_up_recovery`] and [`recover`]: every vault key also wrapped to the account's
+//!   recovery secret, shown once as 12 words ([`recovery_words`]); a fresh device regains every
+//!   vault with them.
 //! - [`Engine`]: syncs one vault's folder: scan, pull and apply remote changes (temp file,
 //!   fsync, rename; chunks reused from disk; conflicts kept as conflicted copies), then upload
 //!   local changes (journalled, `Have`, parallel sealed `PutChunk`s, `Commit`).
@@ -80,6 +83,7 @@ mod invite;
 mod net;
 mod pairing;
 mod record;
+mod recovery;
 mod scanner;
 mod watch;
 
@@ -116,6 +120,10 @@ pub use pairing::{
     PairingCodeError, PairingError,
 };
 pub use record::{EntryRecord, RECORD_FORMAT_VERSION, RecordChunks, RecordError, RecordKind};
+pub use recovery::{
+    RECOVERY_WORDS, RecoveredVault, RecoveryError, parse_recovery_words, recover, recovery_words,
+    set_up_recovery, wrap_vault_to_recovery,
+};
 pub use scanner::{
     RACY_WINDOW_NS, ScanError, ScanProgress, ScanReport, Scanner, SkipReason, Skipped,
 };

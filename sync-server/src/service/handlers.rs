@@ -20,6 +20,7 @@ use crate::frame_io::{FrameIoError, FrameReader, write_frame, write_frame_with_b
 use crate::policy::AccountPolicy;
 use crate::service::connection::{ConnCtx, internal_error};
 use crate::service::quota::{Kind, Reservation, check_access, check_limit};
+use crate::service::recovery;
 use crate::service::unix_now;
 use crate::store::{ChunkState, StoreError, TenantId, VaultRecord};
 
@@ -146,6 +147,14 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
         Request::Hello(req) => hello(&ctx, &req),
         Request::CreateVault(req) => create_vault(&ctx, req).await,
         Request::ListVaults(_) => list_vaults(&ctx).await,
+        Request::PutEnvelope(req) if recovery::is_put(&req) => recovery::put(&ctx, req)
+            .await
+            .map(Reply::new)
+            .map_err(Fail::Respond),
+        Request::GetEnvelopes(req) if recovery::is_get(&req) => recovery::get(&ctx, req)
+            .await
+            .map(Reply::new)
+            .map_err(Fail::Respond),
         Request::PutEnvelope(req) => put_envelope(&ctx, req).await,
         Request::GetEnvelopes(req) => get_envelopes(&ctx, req).await,
         Request::Have(req) => have(&ctx, req).await,

@@ -34,6 +34,7 @@ mod enrolment;
 mod handlers;
 mod pairing;
 mod quota;
+mod recovery;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
