@@ -108,5 +108,6 @@ pub use crate::messages::{
     message_type, message_types,
 };
 pub use crate::pairing::{
-    RECOVERY_ENVELOPES_TAG, RECOVERY_RECIPIENT, SLOT_REFUSAL_TAG, SlotRefusal,
+    RECOVERY_ENVELOPES_TAG, RECOVERY_RECIPIENT, ROTATION_DUE_TAG, SLOT_REFUSAL_TAG, SlotRefusal,
+    rotation_due, rotation_due_extension,
 };

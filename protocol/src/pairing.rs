@@ -11,7 +11,7 @@
 //! tell "no such code" from "expired" and "already used" and say so.
 
 use crate::ext::Extension;
-use crate::{DeviceId, ErrorResponse, Extensions};
+use crate::{DeviceId, ErrorResponse, Extensions, VaultId};
 
 /// Extension tag of a [`SlotRefusal`] in an `Error` answer to a pairing call.
 pub const SLOT_REFUSAL_TAG: u32 = 0x0002;
@@ -22,6 +22,31 @@ pub const RECOVERY_RECIPIENT: DeviceId = DeviceId::from_bytes([0xff; 32]);
 
 /// Critical extension of `GetEnvelopes`: answer the vault's recovery envelopes.
 pub const RECOVERY_ENVELOPES_TAG: u32 = 0x0003;
+
+/// Non-critical extension of a `Vaults` answer: the vaults whose key must be rotated (a device
+/// of the account was revoked since their newest epoch), as concatenated 16-byte vault ids.
+pub const ROTATION_DUE_TAG: u32 = 0x0004;
+
+/// The [`ROTATION_DUE_TAG`] extension naming `vaults`.
+pub fn rotation_due_extension(vaults: &[VaultId]) -> Extension {
+    let mut value = Vec::with_capacity(vaults.len() * VaultId::LEN);
+    for v in vaults {
+        value.extend_from_slice(v.as_bytes());
+    }
+    Extension::optional(ROTATION_DUE_TAG, value)
+}
+
+/// The vaults a [`ROTATION_DUE_TAG`] extension in `ext` names (none if absent or malformed).
+pub fn rotation_due(ext: &Extensions) -> Vec<VaultId> {
+    let Some(e) = ext.get(ROTATION_DUE_TAG) else {
+        return Vec::new();
+    };
+    e.value
+        .chunks_exact(VaultId::LEN)
+        .filter_map(|c| <[u8; VaultId::LEN]>::try_from(c).ok())
+        .map(VaultId::from_bytes)
+        .collect()
+}
 
 /// Why a pairing slot could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,5 +115,9 @@ mod tests {
         }
         assert_eq!(SlotRefusal::from_extensions(&Extensions::new()), None);
         assert_eq!(SlotRefusal::from_byte(9), None);
+        let vaults = [VaultId::from_bytes([1; 16]), VaultId::from_bytes([2; 16])];
+        let ext = Extensions::new().with(rotation_due_extension(&vaults));
+        assert_eq!(rotation_due(&ext), vaults);
+        assert!(rotation_due(&Extensions::new()).is_empty());
     }
 }

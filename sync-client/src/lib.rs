@@ -41,6 +41,8 @@
 //! - [`set_up_recovery`] and [`recover`]: every vault key also wrapped to the account's
 //!   recovery secret, shown once as 12 words ([`recovery_words`]); a fresh device regains every
 //!   vault with them.
+//! - [`rotate_vault`]: after a revocation ([`rotations_due`]), a new epoch key wrapped only to
+//!   the devices that remain; they pick it up with [`receive_keys`].
 //! - [`Engine`]: syncs one vault's folder: scan, pull and apply remote changes (temp file,
 //!   fsync, rename; chunks reused from disk; conflicts kept as conflicted copies), then upload
 //!   local changes (journalled, `Have`, parallel sealed `PutChunk`s, `Commit`).
@@ -84,6 +86,7 @@ mod net;
 mod pairing;
 mod record;
 mod recovery;
+mod rotation;
 mod scanner;
 mod watch;
 
@@ -124,6 +127,7 @@ pub use recovery::{
     RECOVERY_WORDS, RecoveredVault, RecoveryError, parse_recovery_words, recover, recovery_words,
     set_up_recovery, wrap_vault_to_recovery,
 };
+pub use rotation::{RotationError, receive_keys, rotate_vault, rotations_due};
 pub use scanner::{
     RACY_WINDOW_NS, ScanError, ScanProgress, ScanReport, Scanner, SkipReason, Skipped,
 };

@@ -442,3 +442,95 @@ async fn recovery_on_a_fresh_device_restores_every_file_byte_identically() {
     assert_eq!(files(fresh.folder.path()), files(a.folder.path()));
     server.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn after_revocation_and_rotation_the_revoked_keys_open_nothing_new() {
+    let server = TestServer::start().await;
+    let a = server.device("alpha").await;
+    let vault = a.create_vault("photos").await;
+    let b = server.device("beta").await;
+    let c = server.device("gamma").await;
+    pair(&a, &b).await.unwrap();
+    pair(&a, &c).await.unwrap();
+    fs::write(
+        a.folder.path().join("old.txt"),
+        b"written before the rotation",
+    )
+    .unwrap();
+    a.engine(vault).sync().await.unwrap();
+    c.engine(vault).sync().await.unwrap();
+    assert_eq!(
+        fs::read(c.folder.path().join("old.txt")).unwrap(),
+        b"written before the rotation"
+    );
+
+    // C is revoked: the server closes it out and asks for a rotation, which it cannot do.
+    server.server.revoke_device(pid(&c.keys)).await.unwrap();
+    assert_eq!(
+        dooz_client::rotations_due(&a.conn).await.unwrap(),
+        vec![vault]
+    );
+    let epoch = dooz_client::rotate_vault(&a.conn, &a.keys, &a.index, vault, &[b.keys.public()])
+        .await
+        .unwrap();
+    assert_eq!(epoch, Epoch(1));
+    assert!(
+        dooz_client::rotations_due(&a.conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let head = a.conn.list_vaults().await.unwrap()[0].head_seq;
+
+    // New data is sealed under the new epoch.
+    let fresh: Vec<u8> = (0..600_000u32)
+        .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+        .collect();
+    fs::write(a.folder.path().join("new.bin"), &fresh).unwrap();
+    fs::write(
+        a.folder.path().join("new.txt"),
+        b"written after the rotation",
+    )
+    .unwrap();
+    a.engine(vault).sync().await.unwrap();
+
+    // B, which remains, picks the new key up (from A, whom it trusts) and reads old and new.
+    let gained = dooz_client::receive_keys(&b.conn, &b.keys, &b.index, vault, &[a.keys.public()])
+        .await
+        .unwrap();
+    assert_eq!(gained, vec![epoch]);
+    b.engine(vault).sync().await.unwrap();
+    assert_eq!(files(b.folder.path()), files(a.folder.path()));
+    assert_eq!(fs::read(b.folder.path().join("new.bin")).unwrap(), fresh);
+
+    // C's keys, tried on every record and chunk written after the rotation: none opens.
+    let revoked = keyring_from_index(&c.index, vault).unwrap();
+    let remaining = keyring_from_index(&b.index, vault).unwrap();
+    let page = b.conn.pull(pvault(vault), head, 1000).await.unwrap();
+    assert!(!page.changes.is_empty());
+    let mut chunks = 0;
+    for change in &page.changes {
+        assert_eq!(change.epoch.get(), epoch.0);
+        let entry = dooz_crypto::EntryKey::from_bytes(*change.entry.as_bytes());
+        let version = dooz_crypto::VersionId::from_bytes(*change.version.as_bytes());
+        assert!(
+            revoked
+                .open_record(&entry, &version, &change.record)
+                .is_err()
+        );
+        assert!(
+            remaining
+                .open_record(&entry, &version, &change.record)
+                .is_ok()
+        );
+        for id in &change.chunks {
+            let sealed = b.conn.get_chunk(pvault(vault), *id).await.unwrap();
+            let cid = dooz_crypto::ChunkId::from_bytes(*id.as_bytes());
+            assert!(revoked.open_chunk(&cid, &sealed).is_err());
+            assert!(remaining.open_chunk(&cid, &sealed).is_ok());
+            chunks += 1;
+        }
+    }
+    assert!(chunks >= 2, "{chunks} chunks checked");
+    server.server.shutdown().await;
+}

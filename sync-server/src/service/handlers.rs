@@ -146,7 +146,10 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
         }
         Request::Hello(req) => hello(&ctx, &req),
         Request::CreateVault(req) => create_vault(&ctx, req).await,
-        Request::ListVaults(_) => list_vaults(&ctx).await,
+        Request::ListVaults(_) => list_vaults(&ctx).await.map(|mut reply| {
+            ctx.shared.rotations.annotate(&mut reply.msg);
+            reply
+        }),
         Request::PutEnvelope(req) if recovery::is_put(&req) => recovery::put(&ctx, req)
             .await
             .map(Reply::new)
@@ -155,7 +158,14 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
             .await
             .map(Reply::new)
             .map_err(Fail::Respond),
-        Request::PutEnvelope(req) => put_envelope(&ctx, req).await,
+        Request::PutEnvelope(req) => {
+            let (vault, epoch) = (req.vault, req.epoch);
+            let put = put_envelope(&ctx, req).await;
+            if put.is_ok() {
+                ctx.shared.rotations.envelope_stored(vault, epoch);
+            }
+            put
+        }
         Request::GetEnvelopes(req) => get_envelopes(&ctx, req).await,
         Request::Have(req) => have(&ctx, req).await,
         Request::PutChunk(req) => put_chunk(&ctx, req, &mut reader).await,

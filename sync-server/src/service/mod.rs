@@ -35,6 +35,7 @@ mod handlers;
 mod pairing;
 mod quota;
 mod recovery;
+mod rotation;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -214,6 +215,8 @@ pub(crate) struct Shared {
     upload_locks: Vec<tokio::sync::Mutex<()>>,
     /// Pairing slots (in memory).
     pub(crate) pairing: pairing::Slots,
+    /// Vaults whose key must be rotated after a revocation (in memory).
+    pub(crate) rotations: rotation::Rotations,
 }
 
 impl Shared {
@@ -325,6 +328,7 @@ impl Server {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             pairing: pairing::Slots::default(),
+            rotations: rotation::Rotations::default(),
         });
         let span = tracing::info_span!("server", addr = %local_addr);
         let accept = tokio::spawn(accept_loop(Arc::clone(&shared), endpoint).instrument(span));
@@ -367,9 +371,14 @@ impl Server {
     }
 
     /// Revokes a device in the store and closes its open connections at once
-    /// ([`CloseCode::Revoked`]).
+    /// ([`CloseCode::Revoked`]); every vault of its account is marked for key rotation (the
+    /// account's devices see it in `Vaults`).
     pub async fn revoke_device(&self, device: DeviceId) -> Result<DeviceRecord, StoreError> {
         let record = self.shared.store.revoke_device(device, unix_now()).await?;
+        self.shared
+            .rotations
+            .device_revoked(self.shared.store.as_ref(), record.account)
+            .await?;
         let closed = self.shared.disconnect(
             device,
             CloseCode::Revoked,
