@@ -69,20 +69,14 @@ pub(crate) async fn create(
     drop(spinner);
     home.index.put_vault_key(vault, Epoch::FIRST, &key)?;
     home.index.set_vault_name(name, vault)?;
-    // The account's first vault makes the recovery secret; later vaults are wrapped to the
-    // secret this device keeps.
-    let recovery = if first {
-        crate::recovery::show_setup(home, &conn, out).await
-    } else if let Some(secret) = home.index.recovery_secret()? {
-        dooz_client::wrap_vault_to_recovery(&conn, &secret, vault, Epoch::FIRST, &key)
-            .await
-            .context("cannot wrap the new vault's key to the recovery secret")
-    } else {
-        Ok(())
+    let root = folder.map(|dir| bind(home, vault, name, dir)).transpose();
+    let root = match root {
+        Ok(root) => root,
+        Err(e) => {
+            conn.close().await;
+            return Err(e);
+        }
     };
-    conn.close().await;
-    recovery?;
-    let root = folder.map(|dir| bind(home, vault, name, dir)).transpose()?;
     out.emit(
         json!({
             "vault": name,
@@ -97,9 +91,22 @@ pub(crate) async fn create(
             None => format!("created vault {name:?} ({vault})"),
         },
     );
+    // The account's first vault makes the recovery secret (its words follow the vault's
+    // line); later vaults are wrapped to the secret this device keeps.
+    let recovery = if first {
+        crate::recovery::show_setup(home, &conn, out).await
+    } else if let Some(secret) = home.index.recovery_secret()? {
+        dooz_client::wrap_vault_to_recovery(&conn, &secret, vault, Epoch::FIRST, &key)
+            .await
+            .context("cannot wrap the new vault's key to the recovery secret")
+    } else {
+        Ok(())
+    };
+    conn.close().await;
+    recovery?;
     if root.is_some() {
         out.hint(&format!(
-            "next: `dooz sync {name}`; to add another device of your account: `dooz vault invite {name}`"
+            "next: `dooz sync {name}`; to add another device of your account: `dooz pair invite`"
         ));
     } else {
         out.hint(&format!(
