@@ -103,7 +103,13 @@ pub(crate) async fn create(
         Ok(())
     };
     conn.close().await;
-    recovery?;
+    // The vault exists either way; recovery can be set up again later.
+    if let Err(e) = recovery {
+        out.warn(&format!(
+            "{e:#}; the vault was created, but its key is not yet wrapped to a recovery secret: \
+             run `dooz recovery setup` once the server allows it"
+        ));
+    }
     if root.is_some() {
         out.hint(&format!(
             "next: `dooz sync {name}`; to add another device of your account: `dooz pair invite`"
