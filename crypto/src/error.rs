@@ -227,6 +227,41 @@ pub enum ParseIdError {
     NonCanonical,
 }
 
+/// Errors from pairing payloads (see `pairing`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PairingError {
+    /// The join payload's MAC does not match the pairing secret.
+    #[error(
+        "the device that answered the pairing code did not prove it knows the code: its keys \
+         were put there by the server or someone else, not by the device you are pairing; no \
+         vault key was handed over. Start again with a new code"
+    )]
+    JoinNotAuthentic,
+    /// The reply did not open with the pairing secret for this device's keys.
+    #[error(
+        "the pairing reply was not made by the device that showed the code (it was forged or \
+         modified on the way); no vault key was accepted. Start again with a new code"
+    )]
+    ReplyNotAuthentic,
+    /// The payload has a format version this build does not read.
+    #[error(
+        "the pairing payload has format version {0}, this build reads only version {v}; upgrade \
+         dooz on both devices",
+        v = crate::FORMAT_VERSION
+    )]
+    UnknownVersion(u8),
+    /// The payload's layout is wrong.
+    #[error("the pairing payload is malformed: {0}")]
+    Malformed(&'static str),
+    /// The reply is too large to seal.
+    #[error("the pairing reply is too large to seal")]
+    TooLarge,
+    /// Randomness failed.
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
 impl From<getrandom::Error> for CryptoError {
     fn from(e: getrandom::Error) -> Self {
         Self::RandomnessUnavailable(e)

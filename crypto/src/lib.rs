@@ -15,6 +15,8 @@
 //!   a distinct [`OpenError`] for each way a blob can be wrong, and never panics.
 //! - **Envelopes**: a vault key wrapped to a device ([`wrap_vault_key`], authenticated by the
 //!   sender's static key) or to a [`RecoverySecret`] ([`wrap_to_recovery`]).
+//! - **Pairing**: a one-time [`PairingSecret`] whose slot id, join MAC and reply key let a new
+//!   device receive vault keys without trusting the server.
 //!
 //! Secrets ([`VaultKey`], [`ChunkerSeed`], [`DeviceSecretKeys`], [`RecoverySecret`], the key
 //! schedule structs) are zeroized on drop, are not `Copy`, and print redacted.
@@ -54,6 +56,7 @@ mod ids;
 mod keys;
 mod nonce;
 mod padme;
+mod pairing;
 mod seal;
 #[cfg(test)]
 mod vectors;
@@ -67,13 +70,17 @@ pub use envelope::{
     open_recovery_envelope, wrap_to_recovery, wrap_to_recovery_with_nonce, wrap_vault_key,
     wrap_vault_key_with,
 };
-pub use error::{CryptoError, EnvelopeError, OpenError, ParseIdError, SealError};
+pub use error::{CryptoError, EnvelopeError, OpenError, PairingError, ParseIdError, SealError};
 pub use ids::{ChunkId, DeviceId, EntryKey, Epoch, VaultId, VersionId};
 pub use keys::{
     ChunkerSeed, DevicePublicKeys, DeviceSecretKeys, EpochKeys, KEY_CHECK_LEN, Keyring,
     VaultIdentityKeys, VaultKey,
 };
 pub use padme::padme_len;
+pub use pairing::{
+    JOIN_PAYLOAD_KIND, JoinRequest, MAX_PAIRING_NAME_LEN, PAIRING_SECRET_LEN, PairingSecret,
+    REPLY_PAYLOAD_KIND,
+};
 pub use seal::{
     CHUNK_HEADER_LEN, ENTROPY_SKIP_BITS, INNER_HEADER_LEN, MAX_PLAINTEXT_LEN, MIN_COMPRESS_LEN,
     NONCE_LEN, ObjectKind, RECORD_HEADER_LEN, SealedHeader, SealedId, TAG_LEN, ZSTD_LEVEL,

@@ -155,9 +155,10 @@ impl<'de> Deserialize<'de> for Extensions {
     }
 }
 
-/// Extension tags this build understands, as `(type_id, tag)`. Protocol v1 defines none yet; a
-/// critical extension not listed here fails the message.
-const KNOWN_EXTENSIONS: &[(u16, u32)] = &[];
+/// Extension tags this build understands, as `(type_id, tag)`; a critical extension not listed
+/// here fails the message. `GetEnvelopes` (0x0005) may carry
+/// [`RECOVERY_ENVELOPES_TAG`](crate::RECOVERY_ENVELOPES_TAG).
+const KNOWN_EXTENSIONS: &[(u16, u32)] = &[(0x0005, crate::pairing::RECOVERY_ENVELOPES_TAG)];
 
 /// Whether this build understands extension `tag` on message type `type_id`.
 pub(crate) fn is_known_extension(type_id: u16, tag: u32) -> bool {

@@ -77,6 +77,7 @@ mod ext;
 mod ids;
 pub mod limits;
 mod messages;
+mod pairing;
 mod wire_bytes;
 
 /// ALPN protocol id of the data plane. A peer that speaks another major protocol uses another id,
@@ -105,4 +106,8 @@ pub use crate::messages::{
     PairingOpen, PairingPayload, PairingPost, PairingReply, PairingTake, Pull, PutChunk,
     PutEnvelope, Request, Response, Subscribe, Subscribed, VaultCreated, VaultInfo, Vaults,
     message_type, message_types,
+};
+pub use crate::pairing::{
+    RECOVERY_ENVELOPES_TAG, RECOVERY_RECIPIENT, ROTATION_DUE_TAG, SLOT_REFUSAL_TAG, SlotRefusal,
+    rotation_due, rotation_due_extension,
 };

@@ -35,6 +35,14 @@
 //!   server registers this device.
 //! - [`VaultCode`]: a secret `dooz-vault1-...` code carrying a vault's id and keys to another
 //!   device of the account (a stop-gap until pairing).
+//! - [`Invitation`] and [`Joining`]: pairing. An existing device shows a [`PairingCode`]; the
+//!   new device answers it; every vault key is handed over as envelopes whose sender the new
+//!   device checks against the code, so the server cannot slip in a key of its own.
+//! - [`set_up_recovery`] and [`recover`]: every vault key also wrapped to the account's
+//!   recovery secret, shown once as 12 words ([`recovery_words`]); a fresh device regains every
+//!   vault with them.
+//! - [`rotate_vault`]: after a revocation ([`rotations_due`]), a new epoch key wrapped only to
+//!   the devices that remain; they pick it up with [`receive_keys`].
 //! - [`Engine`]: syncs one vault's folder: scan, pull and apply remote changes (temp file,
 //!   fsync, rename; chunks reused from disk; conflicts kept as conflicted copies), then upload
 //!   local changes (journalled, `Have`, parallel sealed `PutChunk`s, `Commit`).
@@ -75,7 +83,10 @@ mod ignore;
 mod index;
 mod invite;
 mod net;
+mod pairing;
 mod record;
+mod recovery;
+mod rotation;
 mod scanner;
 mod watch;
 
@@ -107,7 +118,16 @@ pub use net::{
     Connection, Connector, NetError, NetStats, PROTOCOL_VERSION, PullPage, Subscription,
     parse_server_fingerprint, server_fingerprint_hex,
 };
+pub use pairing::{
+    Invitation, Joining, PAIRING_CODE_PREFIX, PairedDevice, PairedVault, PairingCode,
+    PairingCodeError, PairingError,
+};
 pub use record::{EntryRecord, RECORD_FORMAT_VERSION, RecordChunks, RecordError, RecordKind};
+pub use recovery::{
+    RECOVERY_WORDS, RecoveredVault, RecoveryError, parse_recovery_words, recover, recovery_words,
+    set_up_recovery, wrap_vault_to_recovery,
+};
+pub use rotation::{RotationError, receive_keys, rotate_vault, rotations_due};
 pub use scanner::{
     RACY_WINDOW_NS, ScanError, ScanProgress, ScanReport, Scanner, SkipReason, Skipped,
 };

@@ -30,6 +30,8 @@ const VAULTS_TREE: &str = "vaults-v1";
 const CURSORS_TREE: &str = "cursors-v1";
 const VAULT_KEYS_TREE: &str = "vault-keys-v1";
 const ENROLMENT_KEY: &[u8] = b"enrolment";
+/// The account's recovery secret, in the device tree (versioned value: 1 | 16 bytes).
+const RECOVERY_KEY: &[u8] = b"recovery-secret";
 
 /// Default size of sled's page cache: the index stays small next to the client's memory budget.
 pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -333,6 +335,45 @@ impl Index {
         self.device
             .insert(ENROLMENT_KEY, &bytes[..])
             .map_err(storage("writing the enrolment"))?;
+        self.flush()
+    }
+
+    /// The account's recovery secret, if this device made or was given one (it wraps every
+    /// new vault key to it).
+    pub fn recovery_secret(&self) -> Result<Option<dooz_crypto::RecoverySecret>, IndexError> {
+        let Some(v) = self
+            .device
+            .get(RECOVERY_KEY)
+            .map_err(storage("reading the recovery secret"))?
+        else {
+            return Ok(None);
+        };
+        match v.split_first() {
+            Some((1, body)) => <[u8; 16]>::try_from(body)
+                .map(|b| Some(dooz_crypto::RecoverySecret::from_bytes(b)))
+                .map_err(|_| IndexError::Corrupt {
+                    tree: "device".into(),
+                    key: "recovery-secret".into(),
+                    reason: format!("a recovery secret of {} bytes", body.len()),
+                }),
+            _ => Err(IndexError::Corrupt {
+                tree: "device".into(),
+                key: "recovery-secret".into(),
+                reason: "unknown value version".into(),
+            }),
+        }
+    }
+
+    /// Keeps the account's recovery secret. **Durable.**
+    pub fn set_recovery_secret(
+        &self,
+        secret: &dooz_crypto::RecoverySecret,
+    ) -> Result<(), IndexError> {
+        let mut value = zeroize::Zeroizing::new(vec![1u8]);
+        value.extend_from_slice(secret.expose_secret());
+        self.device
+            .insert(RECOVERY_KEY, &value[..])
+            .map_err(storage("writing the recovery secret"))?;
         self.flush()
     }
 

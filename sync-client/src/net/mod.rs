@@ -502,6 +502,30 @@ impl Connection {
             .map(|(r, _)| r)
     }
 
+    /// Sends one request and returns its answer, an `Error` answer included: its extensions
+    /// say more than [`NetError::Server`] keeps (pairing refusals, for one).
+    pub async fn request_answer(&self, req: Request) -> Result<Response, NetError> {
+        let server = &self.inner.server;
+        let name = req.name();
+        let (mut send, recv) = self
+            .inner
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| conn_error(server, e))?;
+        let mut reader = FrameReader::new(recv);
+        write_frame(&mut send, &Message::Request(req), None)
+            .await
+            .map_err(|e| io_error(server, name, e))?;
+        let _ = send.finish();
+        let resp = read_answer(server, name, &mut reader).await?;
+        reader
+            .expect_end("answer")
+            .await
+            .map_err(|e| io_error(server, name, e))?;
+        Ok(resp)
+    }
+
     /// Creates a vault (idempotent for a vault this account already has).
     pub async fn create_vault(&self, vault: VaultId) -> Result<(), NetError> {
         let req = dooz_protocol::CreateVault {
@@ -864,11 +888,22 @@ async fn read_response(
     request: &'static str,
     reader: &mut FrameReader,
 ) -> Result<Response, NetError> {
-    match reader.read_frame().await {
-        Ok(Some(Message::Response(Response::Error(e)))) => Err(NetError::Server {
+    match read_answer(server, request, reader).await? {
+        Response::Error(e) => Err(NetError::Server {
             code: e.code,
             message: e.message,
         }),
+        r => Ok(r),
+    }
+}
+
+/// Reads the answer to a request, an `Error` answer included.
+async fn read_answer(
+    server: &str,
+    request: &'static str,
+    reader: &mut FrameReader,
+) -> Result<Response, NetError> {
+    match reader.read_frame().await {
         Ok(Some(Message::Response(r))) => Ok(r),
         Ok(Some(Message::Request(r))) => Err(NetError::Protocol {
             server: server.to_owned(),

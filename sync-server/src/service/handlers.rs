@@ -20,6 +20,7 @@ use crate::frame_io::{FrameIoError, FrameReader, write_frame, write_frame_with_b
 use crate::policy::AccountPolicy;
 use crate::service::connection::{ConnCtx, internal_error};
 use crate::service::quota::{Kind, Reservation, check_access, check_limit};
+use crate::service::recovery;
 use crate::service::{pack, unix_now};
 use crate::store::{ChunkLocation, ChunkState, StoreError, TenantId, VaultRecord};
 
@@ -145,8 +146,26 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
         }
         Request::Hello(req) => hello(&ctx, &req),
         Request::CreateVault(req) => create_vault(&ctx, req).await,
-        Request::ListVaults(_) => list_vaults(&ctx).await,
-        Request::PutEnvelope(req) => put_envelope(&ctx, req).await,
+        Request::ListVaults(_) => list_vaults(&ctx).await.map(|mut reply| {
+            ctx.shared.rotations.annotate(&mut reply.msg);
+            reply
+        }),
+        Request::PutEnvelope(req) if recovery::is_put(&req) => recovery::put(&ctx, req)
+            .await
+            .map(Reply::new)
+            .map_err(Fail::Respond),
+        Request::GetEnvelopes(req) if recovery::is_get(&req) => recovery::get(&ctx, req)
+            .await
+            .map(Reply::new)
+            .map_err(Fail::Respond),
+        Request::PutEnvelope(req) => {
+            let (vault, epoch) = (req.vault, req.epoch);
+            let put = put_envelope(&ctx, req).await;
+            if put.is_ok() {
+                ctx.shared.rotations.envelope_stored(vault, epoch);
+            }
+            put
+        }
         Request::GetEnvelopes(req) => get_envelopes(&ctx, req).await,
         Request::Have(req) => have(&ctx, req).await,
         Request::PutChunk(req) => put_chunk(&ctx, req, &mut reader).await,
@@ -154,14 +173,11 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
         Request::Commit(req) => commit(&ctx, req).await,
         Request::Pull(req) => pull(&ctx, req).await,
         Request::History(req) => history(&ctx, req).await,
-        Request::PairingOpen(_)
+        pairing @ (Request::PairingOpen(_)
         | Request::PairingPost(_)
         | Request::PairingTake(_)
         | Request::PairingReply(_)
-        | Request::PairingAwaitReply(_) => Err(Fail::new(
-            ErrorCode::Unsupported,
-            format!("{name}: pairing is not supported by this server yet; upgrade dooz-server"),
-        )),
+        | Request::PairingAwaitReply(_)) => pairing_call(&ctx, pairing).await,
     };
     match handled {
         Ok(reply) => send_final(&mut send, reply.msg, reply.body).await,
@@ -170,6 +186,19 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
             send_final(&mut send, err.into(), None).await;
         }
         Err(Fail::Transport(e)) => tracing::debug!(request = name, error = %e, "stream failed"),
+    }
+}
+
+/// A pairing slot call (`service::pairing`).
+async fn pairing_call(ctx: &ConnCtx, request: Request) -> Handled {
+    let shared = &ctx.shared;
+    match shared
+        .pairing
+        .serve(ctx.account.id, ctx.device, request, &shared.cancel)
+        .await
+    {
+        Some(answer) => answer.map(Reply::new).map_err(Fail::Respond),
+        None => Err(Fail::internal("route the pairing call")),
     }
 }
 

@@ -13,6 +13,8 @@
 //! - Answer every malformed, oversized or unknown frame with an `Error` and close only that
 //!   stream: the connection and other clients go on.
 //! - Push `Changed{vault, seq}` to subscribed connections as commits land.
+//! - Pairing slots (`pairing`): one-use mailboxes between two devices of an account, 15
+//!   minutes at most, refusals typed as unknown / expired / used.
 //! - Shut down gracefully: stop accepting, let requests in flight finish (within a grace
 //!   period), close connections with [`CloseCode::ShuttingDown`].
 //! - Enforce each account's policy ([`crate::policy`]): a blocked subscription refuses every
@@ -22,7 +24,7 @@
 //!
 //! # Non-goals
 //!
-//! - Pairing slots (answered `Unsupported` for now) and metering of traffic: later issues.
+//! - Metering of traffic: a later issue. Pairing slots live in memory ([`pairing`]).
 //! - Several server instances sharing one store: commits are broadcast in-process only.
 
 mod admin;
@@ -32,7 +34,10 @@ mod enrolment;
 mod gc;
 mod handlers;
 mod pack;
+mod pairing;
 mod quota;
+mod recovery;
+mod rotation;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -218,6 +223,10 @@ pub(crate) struct Shared {
     /// Open connections of admitted devices, by device and connection id.
     connections: Mutex<HashMap<DeviceId, HashMap<usize, quinn::Connection>>>,
     upload_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Pairing slots (in memory).
+    pub(crate) pairing: pairing::Slots,
+    /// Vaults whose key must be rotated after a revocation (in memory).
+    pub(crate) rotations: rotation::Rotations,
 }
 
 impl Shared {
@@ -347,6 +356,8 @@ impl Server {
             upload_locks: (0..UPLOAD_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            pairing: pairing::Slots::default(),
+            rotations: rotation::Rotations::default(),
         });
         let span = tracing::info_span!("server", addr = %local_addr);
         let accept =
@@ -394,9 +405,14 @@ impl Server {
     }
 
     /// Revokes a device in the store and closes its open connections at once
-    /// ([`CloseCode::Revoked`]).
+    /// ([`CloseCode::Revoked`]); every vault of its account is marked for key rotation (the
+    /// account's devices see it in `Vaults`).
     pub async fn revoke_device(&self, device: DeviceId) -> Result<DeviceRecord, StoreError> {
         let record = self.shared.store.revoke_device(device, unix_now()).await?;
+        self.shared
+            .rotations
+            .device_revoked(self.shared.store.as_ref(), record.account)
+            .await?;
         let closed = self.shared.disconnect(
             device,
             CloseCode::Revoked,
@@ -441,6 +457,13 @@ impl Server {
     /// Call it after changing a plan or a subscription for the change to apply at once.
     pub fn forget_cached_policies(&self) {
         self.shared.policies.forget();
+    }
+
+    /// Moves the pairing slots' clock forward by `secs`, so tests can see a slot expire without
+    /// waiting 15 minutes. Not for production use.
+    #[doc(hidden)]
+    pub fn advance_pairing_clock(&self, secs: u64) {
+        self.shared.pairing.advance_clock(secs);
     }
 
     /// A token that starts the shutdown when cancelled (for signal handlers).

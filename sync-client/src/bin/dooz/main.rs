@@ -8,6 +8,10 @@
 //!   vault list
 //!   vault invite <NAME>                    print a secret vault code for another device
 //!   vault join <CODE> --folder DIR [--name NAME]
+//!   pair invite                            show a pairing code, hand every vault to the new device
+//!   pair join <CODE>                       receive every vault from the device showing CODE
+//!   recovery setup                         wrap every vault to the recovery secret (words shown once)
+//!   recover <WORDS>...                     regain every vault with the 12 recovery words
 //!   add <VAULT> <DIR>                      bind a folder to a vault
 //!   sync [VAULT] [--watch]                 sync once, or keep watching
 //!   status [VAULT]
@@ -23,7 +27,9 @@ mod device;
 mod history;
 mod home;
 mod output;
+mod pair;
 mod progress;
+mod recovery;
 mod sync;
 mod vault;
 mod watch;
@@ -76,6 +82,22 @@ enum Command {
     Vault {
         #[command(subcommand)]
         command: VaultCommand,
+    },
+    /// Pair a new device of this account: it receives every vault key, checked end to end
+    Pair {
+        #[command(subcommand)]
+        command: PairCommand,
+    },
+    /// The account's recovery secret (12 words that regain every vault)
+    Recovery {
+        #[command(subcommand)]
+        command: RecoveryCommand,
+    },
+    /// Regain every vault of the account with its 12 recovery words (on an enrolled device)
+    Recover {
+        /// The 12 recovery words
+        #[arg(required = true, num_args = 12)]
+        words: Vec<String>,
     },
     /// Bind a folder to a vault
     Add {
@@ -142,6 +164,24 @@ enum VaultCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PairCommand {
+    /// Show a one-time pairing code and hand every vault to the device that answers it
+    Invite,
+    /// Answer a pairing code shown by `dooz pair invite` on another device of this account
+    Join {
+        /// The pairing code, `dooz-pair1-...`
+        code: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RecoveryCommand {
+    /// Make the recovery secret if this device has none (its words are shown once) and wrap
+    /// every vault key this device holds to it
+    Setup,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The library logs each retry; the CLI says what matters itself, once (see `watch.rs`).
@@ -189,6 +229,17 @@ async fn run(cli: Cli, out: &Out) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Pair { command } => {
+            let home = home.open()?;
+            match command {
+                PairCommand::Invite => pair::invite(&home, out).await,
+                PairCommand::Join { code } => pair::join(&home, &code, out).await,
+            }
+        }
+        Command::Recovery {
+            command: RecoveryCommand::Setup,
+        } => recovery::setup(&home.open()?, out).await,
+        Command::Recover { words } => recovery::recover(&home.open()?, &words, out).await,
         Command::Add { vault, dir } => vault::add(&home.open()?, &vault, &dir, out),
         Command::Sync { vault, watch } => {
             sync::sync(&home.open()?, vault.as_deref(), watch, out).await

@@ -58,14 +58,25 @@ pub(crate) async fn create(
     let key = VaultKey::generate().context("cannot make a vault key")?;
     let spinner = out.spinner(format!("creating vault {name:?}"));
     let conn = connect(&enrolled.connector(), out).await?;
+    let first = conn
+        .list_vaults()
+        .await
+        .context("cannot list the account's vaults")?
+        .is_empty();
     conn.create_vault(protocol_id(vault))
         .await
         .with_context(|| format!("cannot create vault {name:?} on the server"))?;
-    conn.close().await;
     drop(spinner);
     home.index.put_vault_key(vault, Epoch::FIRST, &key)?;
     home.index.set_vault_name(name, vault)?;
-    let root = folder.map(|dir| bind(home, vault, name, dir)).transpose()?;
+    let root = folder.map(|dir| bind(home, vault, name, dir)).transpose();
+    let root = match root {
+        Ok(root) => root,
+        Err(e) => {
+            conn.close().await;
+            return Err(e);
+        }
+    };
     out.emit(
         json!({
             "vault": name,
@@ -80,9 +91,28 @@ pub(crate) async fn create(
             None => format!("created vault {name:?} ({vault})"),
         },
     );
+    // The account's first vault makes the recovery secret (its words follow the vault's
+    // line); later vaults are wrapped to the secret this device keeps.
+    let recovery = if first {
+        crate::recovery::show_setup(home, &conn, out).await
+    } else if let Some(secret) = home.index.recovery_secret()? {
+        dooz_client::wrap_vault_to_recovery(&conn, &secret, vault, Epoch::FIRST, &key)
+            .await
+            .context("cannot wrap the new vault's key to the recovery secret")
+    } else {
+        Ok(())
+    };
+    conn.close().await;
+    // The vault exists either way; recovery can be set up again later.
+    if let Err(e) = recovery {
+        out.warn(&format!(
+            "{e:#}; the vault was created, but its key is not yet wrapped to a recovery secret: \
+             run `dooz recovery setup` once the server allows it"
+        ));
+    }
     if root.is_some() {
         out.hint(&format!(
-            "next: `dooz sync {name}`; to add another device of your account: `dooz vault invite {name}`"
+            "next: `dooz sync {name}`; to add another device of your account: `dooz pair invite`"
         ));
     } else {
         out.hint(&format!(

@@ -1,0 +1,536 @@
+//! Keys end to end: pairing (honest and with a malicious server), on an in-process
+//! `dooz-server` over loopback QUIC.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dooz_client::{
+    Connection, Engine, EngineOptions, Index, Invitation, Joining, PairingCode, PairingCodeError,
+    PairingError, keyring_from_index,
+};
+use dooz_crypto::{DeviceSecretKeys, Epoch, PairingSecret, VaultId, VaultKey, wrap_vault_key};
+use dooz_protocol::{Extensions, PairingPost, Request, Response};
+use dooz_server::service::{Server, ServerParts};
+use dooz_server::tls::ServerIdentity;
+use dooz_server::transport::TransportTuning;
+use dooz_server::{AccountId, DeviceRegistration, MetaStore, SledStore};
+use dooz_storage::LocalDir;
+use tempfile::TempDir;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct TestServer {
+    server: Server,
+    account: AccountId,
+    fingerprint: [u8; 32],
+    _blob_dir: TempDir,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let blob_dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let tenant = store.create_tenant("test").await.unwrap();
+        let account = store.create_account(tenant, "ana").await.unwrap();
+        let identity = ServerIdentity::generate().unwrap();
+        let fingerprint = *blake3::hash(identity.cert_der()).as_bytes();
+        let parts = ServerParts {
+            store,
+            blobs: Arc::new(LocalDir::open(blob_dir.path()).unwrap()),
+            identity,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tuning: TransportTuning::default(),
+            limits: Default::default(),
+            shutdown_grace: Duration::from_secs(1),
+            policy: Arc::new(dooz_server::policy::Unlimited),
+        };
+        Self {
+            server: Server::start(parts).unwrap(),
+            account,
+            fingerprint,
+            _blob_dir: blob_dir,
+        }
+    }
+
+    /// Enrols a new device (the server can do this on its own: the threat pairing defends
+    /// against) and connects it.
+    async fn device(&self, name: &str) -> Device {
+        let keys = DeviceSecretKeys::generate().unwrap();
+        let store = self.server.store();
+        let token = store
+            .create_enrolment_token(self.account, now() + 900, false)
+            .await
+            .unwrap();
+        let public = keys.public();
+        let registration = DeviceRegistration {
+            device: pid(&keys),
+            identity_key: public.identity,
+            exchange_key: public.exchange,
+            name: name.to_owned(),
+        };
+        store
+            .redeem_enrolment(token.expose(), registration, now())
+            .await
+            .unwrap();
+        let conn = Connection::connect(
+            &self.server.local_addr().to_string(),
+            &self.fingerprint,
+            &keys,
+        )
+        .await
+        .unwrap();
+        let index_dir = tempfile::tempdir().unwrap();
+        let index = Index::open(index_dir.path()).unwrap();
+        Device {
+            name: name.to_owned(),
+            keys,
+            conn,
+            index,
+            folder: tempfile::tempdir().unwrap(),
+            _index_dir: index_dir,
+        }
+    }
+}
+
+fn pid(keys: &DeviceSecretKeys) -> dooz_protocol::DeviceId {
+    dooz_protocol::DeviceId::from_bytes(*keys.device_id().as_bytes())
+}
+
+fn pvault(vault: VaultId) -> dooz_protocol::VaultId {
+    dooz_protocol::VaultId::from_bytes(vault.0)
+}
+
+struct Device {
+    name: String,
+    keys: DeviceSecretKeys,
+    conn: Connection,
+    index: Index,
+    folder: TempDir,
+    _index_dir: TempDir,
+}
+
+impl Device {
+    /// Creates a vault named `name` on the server with one epoch key and binds the folder.
+    async fn create_vault(&self, name: &str) -> VaultId {
+        let vault = VaultId::generate().unwrap();
+        self.conn.create_vault(pvault(vault)).await.unwrap();
+        self.index
+            .put_vault_key(vault, Epoch(0), &VaultKey::generate().unwrap())
+            .unwrap();
+        self.index.set_vault_name(name, vault).unwrap();
+        vault
+    }
+
+    fn engine(&self, vault: VaultId) -> Engine {
+        let vi = match self.index.vault(vault) {
+            Ok(vi) => vi,
+            Err(_) => self.index.add_vault(vault, self.folder.path()).unwrap(),
+        };
+        let ring = keyring_from_index(&self.index, vault).unwrap();
+        Engine::new(
+            vi,
+            ring,
+            self.conn.clone(),
+            &self.name,
+            EngineOptions::default(),
+        )
+        .unwrap()
+    }
+}
+
+/// A pairs B: A shows a code, B answers it, A hands the keys over.
+async fn pair(a: &Device, b: &Device) -> Result<Vec<dooz_client::PairedVault>, PairingError> {
+    let invitation = Invitation::open(&a.conn, &a.keys).await?;
+    let code: PairingCode = invitation.code().encode().parse().unwrap();
+    // A waits for B's post while B posts and waits for A's reply: both run at once.
+    let (done, joined) = tokio::join!(invitation.complete(&a.conn, &a.keys, &a.index), async {
+        let joining = Joining::post(&b.conn, &b.keys, code, &b.name).await?;
+        joining.finish(&b.conn, &b.keys, &b.index).await
+    });
+    let done = done?;
+    assert_eq!(done.device, b.keys.device_id());
+    assert_eq!(done.name, b.name);
+    joined
+}
+
+#[tokio::test]
+async fn pairing_hands_over_every_vault_and_the_new_device_reads_the_files() {
+    let server = TestServer::start().await;
+    let a = server.device("alpha").await;
+    let photos = a.create_vault("photos").await;
+    let notes = a.create_vault("notes").await;
+    fs::write(a.folder.path().join("hello.txt"), b"hello from alpha").unwrap();
+    fs::write(a.folder.path().join("big.bin"), vec![7u8; 300_000]).unwrap();
+    a.engine(photos).sync().await.unwrap();
+
+    let b = server.device("beta").await;
+    let vaults = pair(&a, &b).await.unwrap();
+    assert_eq!(vaults.len(), 2);
+    assert_eq!(b.index.vault_by_name("photos").unwrap(), Some(photos));
+    assert_eq!(b.index.vault_by_name("notes").unwrap(), Some(notes));
+    for v in [photos, notes] {
+        let a_keys = a.index.vault_keys(v).unwrap();
+        let b_keys = b.index.vault_keys(v).unwrap();
+        assert_eq!(a_keys.len(), b_keys.len());
+        for ((ea, ka), (eb, kb)) in a_keys.iter().zip(&b_keys) {
+            assert_eq!((ea, ka.expose_secret()), (eb, kb.expose_secret()));
+        }
+    }
+
+    b.engine(photos).sync().await.unwrap();
+    assert_eq!(
+        fs::read(b.folder.path().join("hello.txt")).unwrap(),
+        b"hello from alpha"
+    );
+    assert_eq!(
+        fs::read(b.folder.path().join("big.bin")).unwrap(),
+        vec![7u8; 300_000]
+    );
+    server.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_the_server_slips_into_the_slot_is_refused_and_nothing_is_wrapped() {
+    let server = TestServer::start().await;
+    let a = server.device("alpha").await;
+    let vault = a.create_vault("photos").await;
+    // The server enrols a device of its own and, knowing the slot id from `PairingOpen`, posts
+    // that device's keys to the slot. It does not know the secret, so its MAC is made up.
+    let mallory = server.device("mallory").await;
+    let invitation = Invitation::open(&a.conn, &a.keys).await.unwrap();
+    let slot = invitation.code().slot();
+    let forged = PairingSecret::generate()
+        .unwrap()
+        .seal_join(&mallory.keys.public(), "beta");
+    let posted = mallory
+        .conn
+        .request_answer(Request::PairingPost(PairingPost {
+            slot,
+            payload: forged,
+            ext: Extensions::default(),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(posted, Response::Ok(_)), "{posted:?}");
+
+    let code_text = invitation.code().encode();
+    let err = invitation
+        .complete(&a.conn, &a.keys, &a.index)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PairingError::NotAuthentic(dooz_crypto::PairingError::JoinNotAuthentic)
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("no vault key was handed over"),
+        "{err}"
+    );
+    let handed = server
+        .server
+        .store()
+        .envelopes_for(pvault(vault), pid(&mallory.keys))
+        .await
+        .unwrap();
+    assert!(
+        handed.is_empty(),
+        "a key was wrapped to the server's device"
+    );
+
+    // The real new device's code is spent: it hears "used", and gets no key either.
+    let b = server.device("beta").await;
+    let err = Joining::post(&b.conn, &b.keys, code_text.parse().unwrap(), "beta")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PairingError::Used), "{err:?}");
+    server.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_envelope_the_server_substitutes_is_refused_and_no_key_is_kept() {
+    let server = TestServer::start().await;
+    let a = server.device("alpha").await;
+    let vault = a.create_vault("photos").await;
+    let b = server.device("beta").await;
+    let mallory = server.device("mallory").await;
+
+    let invitation = Invitation::open(&a.conn, &a.keys).await.unwrap();
+    let code: PairingCode = invitation.code().encode().parse().unwrap();
+    let joining = Joining::post(&b.conn, &b.keys, code, "beta").await.unwrap();
+    invitation
+        .complete(&a.conn, &a.keys, &a.index)
+        .await
+        .unwrap();
+
+    // The server swaps A's envelope for one its own device made, with a key it knows, and
+    // files it under A's name.
+    let server_key = VaultKey::generate().unwrap();
+    let swapped = wrap_vault_key(
+        &mallory.keys,
+        &b.keys.public(),
+        vault,
+        Epoch(0),
+        &server_key,
+    )
+    .unwrap();
+    server
+        .server
+        .store()
+        .put_envelope(
+            pvault(vault),
+            dooz_protocol::Epoch::new(0),
+            pid(&b.keys),
+            pid(&a.keys),
+            swapped,
+        )
+        .await
+        .unwrap();
+    let held = server
+        .server
+        .store()
+        .envelopes_for(pvault(vault), pid(&b.keys))
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1, "the server's envelope replaced A's");
+
+    let err = joining
+        .finish(&b.conn, &b.keys, &b.index)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PairingError::UntrustedEnvelope { vault: v, epoch: 0 } if v == vault),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("no vault key was kept"), "{err}");
+    assert!(b.index.vault_keys(vault).unwrap().is_empty());
+    assert_eq!(b.index.vault_by_name("photos").unwrap(), None);
+    server.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn expired_used_unknown_and_mistyped_codes_each_have_their_own_error() {
+    let server = TestServer::start().await;
+    let a = server.device("alpha").await;
+    a.create_vault("photos").await;
+    let b = server.device("beta").await;
+
+    // Mistyped: the check value catches one changed character before anything is sent.
+    let invitation = Invitation::open(&a.conn, &a.keys).await.unwrap();
+    let text = invitation.code().encode();
+    let mut chars: Vec<char> = text.chars().collect();
+    let at = chars.len() - 3;
+    chars[at] = if chars[at] == 'a' { 'b' } else { 'a' };
+    let typo: String = chars.into_iter().collect();
+    let err = typo.parse::<PairingCode>().unwrap_err();
+    assert_eq!(err, PairingCodeError::Mistyped);
+    assert!(err.to_string().contains("mistyped"), "{err}");
+
+    // Expired: 15 minutes pass (the server's pairing clock moves on).
+    server.server.advance_pairing_clock(15 * 60 + 1);
+    let err = Joining::post(&b.conn, &b.keys, text.parse().unwrap(), "beta")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PairingError::Expired), "{err:?}");
+    assert!(err.to_string().contains("has expired"), "{err}");
+
+    // Used: a code that paired once does not pair again.
+    let c = server.device("gamma").await;
+    let invitation = Invitation::open(&a.conn, &a.keys).await.unwrap();
+    let text = invitation.code().encode();
+    let (done, joined) = tokio::join!(invitation.complete(&a.conn, &a.keys, &a.index), async {
+        Joining::post(&b.conn, &b.keys, text.parse().unwrap(), "beta")
+            .await?
+            .finish(&b.conn, &b.keys, &b.index)
+            .await
+    });
+    done.unwrap();
+    joined.unwrap();
+    let err = Joining::post(&c.conn, &c.keys, text.parse().unwrap(), "gamma")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PairingError::Used), "{err:?}");
+    assert!(err.to_string().contains("used already"), "{err}");
+
+    // Unknown: a well-formed code nobody opened.
+    let stray = PairingCode::generate(&a.keys.public()).unwrap();
+    let err = Joining::post(&c.conn, &c.keys, stray, "gamma")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PairingError::UnknownCode), "{err:?}");
+    assert!(err.to_string().contains("no pairing is waiting"), "{err}");
+    server.server.shutdown().await;
+}
+
+/// Every file under `root` with its bytes, sorted.
+fn files(root: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.push((rel, fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn recovery_on_a_fresh_device_restores_every_file_byte_identically() {
+    let server = TestServer::start().await;
+    let a = server.device("alpha").await;
+    let vault = a.create_vault("photos").await;
+    fs::create_dir_all(a.folder.path().join("deep/er")).unwrap();
+    fs::write(a.folder.path().join("deep/er/notes.md"), b"# notes\n").unwrap();
+    fs::write(a.folder.path().join("empty"), b"").unwrap();
+    let big: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(a.folder.path().join("big.bin"), &big).unwrap();
+    a.engine(vault).sync().await.unwrap();
+
+    // The first vault's recovery secret: shown once as words.
+    let words = dooz_client::set_up_recovery(&a.conn, &a.index)
+        .await
+        .unwrap()
+        .expect("a fresh secret");
+    // Set up again: the same secret, nothing new to show.
+    assert!(
+        dooz_client::set_up_recovery(&a.conn, &a.index)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Every device is lost. A fresh device, enrolled in the account, types the words.
+    let fresh = server.device("phoenix").await;
+    let wrong = dooz_client::parse_recovery_words(&dooz_client::recovery_words(
+        &dooz_crypto::RecoverySecret::generate().unwrap(),
+    ))
+    .unwrap();
+    let err = dooz_client::recover(&fresh.conn, &wrong, &fresh.index)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, dooz_client::RecoveryError::WrongSecret(v) if v == vault),
+        "{err:?}"
+    );
+    assert!(fresh.index.vault_keys(vault).unwrap().is_empty());
+
+    let secret = dooz_client::parse_recovery_words(&words).unwrap();
+    let got = dooz_client::recover(&fresh.conn, &secret, &fresh.index)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].vault, vault);
+    fresh.engine(vault).sync().await.unwrap();
+    assert_eq!(files(fresh.folder.path()), files(a.folder.path()));
+    server.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_revocation_and_rotation_the_revoked_keys_open_nothing_new() {
+    let server = TestServer::start().await;
+    let a = server.device("alpha").await;
+    let vault = a.create_vault("photos").await;
+    let b = server.device("beta").await;
+    let c = server.device("gamma").await;
+    pair(&a, &b).await.unwrap();
+    pair(&a, &c).await.unwrap();
+    fs::write(
+        a.folder.path().join("old.txt"),
+        b"written before the rotation",
+    )
+    .unwrap();
+    a.engine(vault).sync().await.unwrap();
+    c.engine(vault).sync().await.unwrap();
+    assert_eq!(
+        fs::read(c.folder.path().join("old.txt")).unwrap(),
+        b"written before the rotation"
+    );
+
+    // C is revoked: the server closes it out and asks for a rotation, which it cannot do.
+    server.server.revoke_device(pid(&c.keys)).await.unwrap();
+    assert_eq!(
+        dooz_client::rotations_due(&a.conn).await.unwrap(),
+        vec![vault]
+    );
+    let epoch = dooz_client::rotate_vault(&a.conn, &a.keys, &a.index, vault, &[b.keys.public()])
+        .await
+        .unwrap();
+    assert_eq!(epoch, Epoch(1));
+    assert!(
+        dooz_client::rotations_due(&a.conn)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let head = a.conn.list_vaults().await.unwrap()[0].head_seq;
+
+    // New data is sealed under the new epoch.
+    let fresh: Vec<u8> = (0..600_000u32)
+        .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
+        .collect();
+    fs::write(a.folder.path().join("new.bin"), &fresh).unwrap();
+    fs::write(
+        a.folder.path().join("new.txt"),
+        b"written after the rotation",
+    )
+    .unwrap();
+    a.engine(vault).sync().await.unwrap();
+
+    // B, which remains, picks the new key up (from A, whom it trusts) and reads old and new.
+    let gained = dooz_client::receive_keys(&b.conn, &b.keys, &b.index, vault, &[a.keys.public()])
+        .await
+        .unwrap();
+    assert_eq!(gained, vec![epoch]);
+    b.engine(vault).sync().await.unwrap();
+    assert_eq!(files(b.folder.path()), files(a.folder.path()));
+    assert_eq!(fs::read(b.folder.path().join("new.bin")).unwrap(), fresh);
+
+    // C's keys, tried on every record and chunk written after the rotation: none opens.
+    let revoked = keyring_from_index(&c.index, vault).unwrap();
+    let remaining = keyring_from_index(&b.index, vault).unwrap();
+    let page = b.conn.pull(pvault(vault), head, 1000).await.unwrap();
+    assert!(!page.changes.is_empty());
+    let mut chunks = 0;
+    for change in &page.changes {
+        assert_eq!(change.epoch.get(), epoch.0);
+        let entry = dooz_crypto::EntryKey::from_bytes(*change.entry.as_bytes());
+        let version = dooz_crypto::VersionId::from_bytes(*change.version.as_bytes());
+        assert!(
+            revoked
+                .open_record(&entry, &version, &change.record)
+                .is_err()
+        );
+        assert!(
+            remaining
+                .open_record(&entry, &version, &change.record)
+                .is_ok()
+        );
+        for id in &change.chunks {
+            let sealed = b.conn.get_chunk(pvault(vault), *id).await.unwrap();
+            let cid = dooz_crypto::ChunkId::from_bytes(*id.as_bytes());
+            assert!(revoked.open_chunk(&cid, &sealed).is_err());
+            assert!(remaining.open_chunk(&cid, &sealed).is_ok());
+            chunks += 1;
+        }
+    }
+    assert!(chunks >= 2, "{chunks} chunks checked");
+    server.server.shutdown().await;
+}
