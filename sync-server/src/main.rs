@@ -224,6 +224,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             )
         })?;
     let http_addr = listener.local_addr()?;
+    let webhooks = tokio::spawn(policy.webhooks().clone().run(store.clone(), cancel.clone()));
     let router = dooz_server::control::router(ApiParts {
         meta: store.clone(),
         control,
@@ -293,6 +294,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "the control plane stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "the control plane task failed"),
+    }
+    if let Err(e) = webhooks.await {
+        tracing::warn!(error = %e, "the webhook task failed");
     }
     // The API has stopped, so its handle on the server is gone.
     match Arc::try_unwrap(server) {

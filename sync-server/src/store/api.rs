@@ -314,6 +314,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Revokes a device (idempotent: the first revocation time stays) and returns it.
     async fn revoke_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError>;
 
+    /// Renames a device, revoked or not (the name is checked as at enrolment) and returns it.
+    /// Fails with [`StoreError::NotFound`] for an unknown device.
+    async fn rename_device(&self, device: DeviceId, name: &str)
+    -> Result<DeviceRecord, StoreError>;
+
     /// The account's devices, revoked ones included, by device id.
     async fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError>;
 

@@ -419,6 +419,16 @@ pub(crate) async fn devices_touch_and_revoke(store: Store) {
     // The other device is unaffected.
     store.touch_device(other, NOW + 300).await.unwrap();
 
+    // Renaming keeps everything else, revoked or not; bad names are refused.
+    let renamed = store.rename_device(f.device, "old laptop").await.unwrap();
+    assert_eq!(renamed.name, "old laptop");
+    assert_eq!(renamed.revoked_at, Some(NOW + 100));
+    assert_eq!(store.device(f.device).await.unwrap().unwrap(), renamed);
+    assert!(matches!(
+        store.rename_device(f.device, "").await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+
     let unknown = registration("devices", 99).device;
     assert!(matches!(
         store.touch_device(unknown, NOW).await,
@@ -426,6 +436,10 @@ pub(crate) async fn devices_touch_and_revoke(store: Store) {
     ));
     assert!(matches!(
         store.revoke_device(unknown, NOW).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.rename_device(unknown, "x").await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(store.device(unknown).await.unwrap(), None);

@@ -1088,6 +1088,26 @@ impl MetaStore for SledStore {
         Ok(device_record(device, d))
     }
 
+    async fn rename_device(
+        &self,
+        device: DeviceId,
+        name: &str,
+    ) -> Result<DeviceRecord, StoreError> {
+        check_name("device name", name)?;
+        let name = name.to_owned();
+        let d = self
+            .blocking(move |s| {
+                let d = s.update_device(device, |d| {
+                    d.name.clone_from(&name);
+                    Ok(())
+                })?;
+                s.flush()?;
+                Ok(d)
+            })
+            .await?;
+        Ok(device_record(device, d))
+    }
+
     async fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
         self.blocking(move |s| s.list_devices(account)).await
     }
