@@ -18,8 +18,7 @@
 //!
 //! # Non-goals (not built yet)
 //!
-//! OpenAPI, account deletion, device
-//! rename, egress and retention enforcement. See `docs/CONTROL-PLANE.md`.
+//! OpenAPI, tenant deletion, egress and retention enforcement. See `docs/CONTROL-PLANE.md`.
 
 pub mod auth;
 pub mod idempotency;
@@ -39,7 +38,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::Router;
 use axum::routing::{get, post};
-use dooz_protocol::DeviceId;
+use dooz_protocol::{DeviceId, VaultId};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +49,7 @@ pub use store::ControlStore;
 pub use webhooks::{WebhookSettings, Webhooks};
 
 use crate::service::Server;
-use crate::store::{DeviceRecord, MetaStore, StoreError};
+use crate::store::{DeviceRecord, MetaStore, StoreError, TenantId};
 
 /// Directory of the control store inside the data dir.
 pub const CONTROL_DIR: &str = "control";
@@ -65,6 +64,12 @@ pub trait DataPlane: Send + Sync + 'static {
     /// Whether the blob backend answers (`/readyz`); the error says why not.
     async fn check_blobs(&self) -> Result<(), String> {
         Ok(())
+    }
+    /// Deletes every blob of a vault (under `<tenant>/<vault hex>/`: chunks and packs) and
+    /// returns how many there were.
+    async fn delete_vault_blobs(&self, tenant: TenantId, vault: VaultId) -> Result<u64, String> {
+        let _ = (tenant, vault);
+        Ok(0)
     }
 }
 
@@ -86,6 +91,25 @@ impl DataPlane for Server {
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    async fn delete_vault_blobs(&self, tenant: TenantId, vault: VaultId) -> Result<u64, String> {
+        let prefix = dooz_storage::BlobKey::new(&format!("{tenant}/{}", vault.to_hex()))
+            .map_err(|e| e.to_string())?;
+        let blobs = self
+            .blobs()
+            .list(Some(&prefix))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut deleted = 0u64;
+        for blob in blobs {
+            match self.blobs().delete(&blob.key).await {
+                Ok(()) => deleted += 1,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(deleted)
     }
 }
 
@@ -174,7 +198,10 @@ pub fn router(parts: ApiParts) -> Router {
             &format!("{t}/accounts"),
             post(create_account).get(list_accounts),
         )
-        .route(&format!("{t}/accounts/{{account}}"), get(get_account))
+        .route(
+            &format!("{t}/accounts/{{account}}"),
+            get(get_account).delete(delete_account),
+        )
         .route(&format!("{t}/accounts/{{account}}/usage"), get(get_usage))
         .route(
             &format!("{t}/accounts/{{account}}/enrolment_tokens"),

@@ -488,6 +488,64 @@ pub(crate) async fn get_account(
 }
 
 #[derive(Debug, Serialize)]
+pub(crate) struct DeletedAccount {
+    id: u64,
+    deleted: bool,
+    devices_revoked: u64,
+    vaults_deleted: u64,
+    blobs_deleted: u64,
+}
+
+/// Deletes an account: its devices are revoked (live connections close), then its vaults'
+/// blobs are deleted, then its metadata, then its control-plane records. Run again after a
+/// failure, it carries on where it stopped.
+pub(crate) async fn delete_account(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<Json<DeletedAccount>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let account = state.account(tenant, id).await?;
+    let _lock = state.control.lock().await;
+    let mut devices_revoked = 0;
+    for device in state.meta.list_devices(account.id).await? {
+        if device.revoked_at.is_none() {
+            state.data_plane.revoke_device(device.device).await?;
+            devices_revoked += 1;
+        }
+    }
+    let mut blobs_deleted = 0;
+    let vaults = state.meta.list_vaults(account.id).await?;
+    for vault in &vaults {
+        blobs_deleted += state
+            .data_plane
+            .delete_vault_blobs(account.tenant, vault.vault)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, account = id, "could not delete a vault's blobs");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Unavailable",
+                    "the blob store failed while deleting the account's blobs; nothing else was \
+                     deleted yet beyond revoking its devices: try again",
+                )
+            })?;
+    }
+    state.meta.delete_account(account.id).await?;
+    state.control.delete_account(tenant, id).await?;
+    state.data_plane.policies_changed();
+    state.audit(&caller, tenant, "account.delete", format!("account/{id}"));
+    Ok(Json(DeletedAccount {
+        id,
+        deleted: true,
+        devices_revoked,
+        vaults_deleted: u64::try_from(vaults.len()).unwrap_or(u64::MAX),
+        blobs_deleted,
+    }))
+}
+
+#[derive(Debug, Serialize)]
 pub(crate) struct UsageOut {
     stored_bytes: u64,
     devices: u64,

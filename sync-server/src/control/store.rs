@@ -236,6 +236,31 @@ impl ControlStore {
         self.flush().await
     }
 
+    /// Forgets an account: its place in the index, its subscriptions and its reported usage
+    /// levels. Call under [`lock`](Self::lock).
+    pub async fn delete_account(&self, tenant: u64, account: u64) -> Result<(), StoreError> {
+        for item in self.inner.subs.scan_prefix(tenant.to_be_bytes()) {
+            let (k, v) = item.map_err(sled_err)?;
+            let sub: SubscriptionRecord = decode("cp1/subscriptions", &v)?;
+            if sub.account == account {
+                self.inner.subs.remove(k).map_err(sled_err)?;
+            }
+        }
+        self.inner
+            .account_subs
+            .remove(account.to_be_bytes())
+            .map_err(sled_err)?;
+        for item in self.inner.usage_levels.scan_prefix(account.to_be_bytes()) {
+            let (k, _) = item.map_err(sled_err)?;
+            self.inner.usage_levels.remove(k).map_err(sled_err)?;
+        }
+        self.inner
+            .accounts
+            .remove(key2(tenant, account))
+            .map_err(sled_err)?;
+        self.flush().await
+    }
+
     /// A tenant's accounts made through the API, by id, after `after`.
     pub fn accounts(
         &self,

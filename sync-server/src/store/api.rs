@@ -333,6 +333,14 @@ pub trait MetaStore: Send + Sync + 'static {
     /// bytes counts its new length instead of its old one.
     async fn account_usage(&self, account: AccountId) -> Result<AccountUsage, StoreError>;
 
+    /// Deletes an account and everything of it in this store: its vaults with their chunk
+    /// records, logs, entry heads, versions and key envelopes, its devices, its enrolment
+    /// tokens, its usage counter, and the account itself. Returns the vaults it had (so that
+    /// the caller can delete their blobs, which this store does not hold). Fails with
+    /// [`StoreError::NotFound`] for an unknown account. Not atomic across vaults, but safe to
+    /// run again after a crash: the account record goes last.
+    async fn delete_account(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError>;
+
     // --- vaults ------------------------------------------------------------------------------
 
     /// Creates a vault owned by `account`. Idempotent for the same account (returns the existing

@@ -47,6 +47,7 @@ macro_rules! conformance_tests {
             unknown_vault_is_not_found,
             account_usage_counts,
             forget_lost_pending_chunks,
+            delete_account_removes_everything_of_it,
         );
     };
     (@each $make:expr; $($check:ident,)*) => {
@@ -1314,4 +1315,78 @@ pub(crate) async fn forget_lost_pending_chunks(store: Store) {
         .unwrap();
     assert!(!store.forget_chunk(f.vault, c1).await.unwrap());
     assert_eq!(store.missing_chunks(f.vault, &[c1]).await.unwrap(), vec![]);
+}
+
+pub(crate) async fn delete_account_removes_everything_of_it(store: Store) {
+    let f = fixture(&store, "doomed").await;
+    let keep = fixture(&store, "kept").await;
+    let (c0, c1) = (chunk("doomed", 0), chunk("kept", 0));
+    for (g, c) in [(&f, c0), (&keep, c1)] {
+        store
+            .record_chunk(g.vault, c, 10, [1; 32], NOW)
+            .await
+            .unwrap();
+        let e = commit_entry(entry("x", 0), None, version("x", 0), vec![c]);
+        commit_one(&store, g, e).await;
+        store
+            .put_envelope(g.vault, Epoch::new(1), g.device, g.device, vec![1])
+            .await
+            .unwrap();
+    }
+    let spare = store
+        .create_enrolment_token(f.account, NOW + 3600, true)
+        .await
+        .unwrap();
+    let second = vault_id("doomed", 1);
+    store.create_vault(f.account, second, NOW).await.unwrap();
+
+    let mut deleted = store.delete_account(f.account).await.unwrap();
+    deleted.sort();
+    let mut want = vec![f.vault, second];
+    want.sort();
+    assert_eq!(deleted, want);
+    assert_eq!(store.account(f.account).await.unwrap(), None);
+    assert_eq!(store.vault(f.vault).await.unwrap(), None);
+    assert_eq!(store.vault(second).await.unwrap(), None);
+    assert_eq!(store.device(f.device).await.unwrap(), None);
+    assert!(matches!(
+        store.chunk(f.vault, c0).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store.enrolment_token_account(spare.expose()).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        store.account_usage(f.account).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.pull(f.vault, Seq::ZERO, 10).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.delete_account(f.account).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The name can be used again; the other account is untouched.
+    store
+        .create_account(f.tenant, "account doomed")
+        .await
+        .unwrap();
+    assert!(store.chunk(keep.vault, c1).await.unwrap().is_some());
+    assert_eq!(pull_all(&store, keep.vault, 10).await.len(), 1);
+    assert_eq!(
+        store
+            .envelopes_for(keep.vault, keep.device)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let usage = store.account_usage(keep.account).await.unwrap();
+    assert_eq!(
+        (usage.stored_bytes, usage.devices, usage.vaults),
+        (10, 1, 1)
+    );
 }

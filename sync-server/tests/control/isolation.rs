@@ -23,6 +23,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/v1/tenants/{t}/accounts", Some(r#"{"name":"x"}"#)),
     ("GET", "/v1/tenants/{t}/accounts", None),
     ("GET", "/v1/tenants/{t}/accounts/{a}", None),
+    ("DELETE", "/v1/tenants/{t}/accounts/{a}", None),
     ("GET", "/v1/tenants/{t}/accounts/{a}/usage", None),
     (
         "POST",
