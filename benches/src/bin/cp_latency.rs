@@ -137,6 +137,7 @@ async fn run(port: u16, rate: u64, secs: u64) -> anyhow::Result<()> {
     let api = Arc::new(Api {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(10))
             .build()?,
         base: format!("http://127.0.0.1:{port}/v1"),
     });
@@ -216,6 +217,7 @@ async fn run(port: u16, rate: u64, secs: u64) -> anyhow::Result<()> {
     ]);
     let key = Arc::new(key);
 
+    eprintln!("cp_latency: set up tenant {t}, account {account}, subscription {sub}; loading");
     let load_before = loadavg();
     let total = rate * secs;
     let period = Duration::from_nanos(1_000_000_000 / rate);
