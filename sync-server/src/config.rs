@@ -88,6 +88,33 @@ pub struct ServerSettings {
     pub default_tenant: String,
     /// Account created on first start in the default tenant. Default `default`.
     pub default_account: String,
+    /// How the server logs to stderr: `text` (for people) or `json` (one object a line, for log
+    /// collectors). Default `text`.
+    pub log_format: LogFormat,
+}
+
+/// The server's log format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`, `span`, `spans`).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("{other:?} is not a log format: use text or json")),
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -122,6 +149,7 @@ impl Default for ServerSettings {
             shutdown_grace_secs: 10,
             default_tenant: "default".to_owned(),
             default_account: "default".to_owned(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -437,6 +465,16 @@ fn check_host_port(name: &'static str, value: &str) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_format_from_file_and_text() {
+        let s: ServerSettings = serde_json::from_str(r#"{"log_format": "json"}"#).unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(ServerSettings::default().log_format, LogFormat::Text);
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert!("xml".parse::<LogFormat>().is_err());
+        assert!(serde_json::from_str::<ServerSettings>(r#"{"log_format": "xml"}"#).is_err());
+    }
 
     #[test]
     fn defaults_validate() {

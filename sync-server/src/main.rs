@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use dooz_server::config::{DEFAULT_DATA_DIR, ServerConfig, ServerSettings};
+use dooz_server::config::{DEFAULT_DATA_DIR, LogFormat, ServerConfig, ServerSettings};
 use dooz_server::control::{
     ApiParts, CONTROL_DIR, ControlPolicy, ControlStore, EnrolTarget, Secret, ensure_admin_token,
 };
@@ -60,6 +60,9 @@ struct Global {
     /// Address devices dial, written into enrolment codes [default: the listen address]
     #[arg(long, global = true, env = "DOOZ_ADVERTISE", value_name = "HOST:PORT")]
     advertise: Option<String>,
+    /// Log format on stderr: text or json [default: text]
+    #[arg(long, global = true, env = "DOOZ_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,18 +143,31 @@ impl Global {
         if let Some(advertise) = &self.advertise {
             settings.advertise = Some(advertise.clone());
         }
+        if let Some(format) = self.log_format {
+            settings.log_format = format;
+        }
         Ok(settings)
     }
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli.global.settings() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,quinn_proto=warn"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+        _ => logs.init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -162,7 +178,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -171,8 +187,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = cli.global.settings()?.validate()?;
+async fn run(cli: Cli, settings: ServerSettings) -> anyhow::Result<()> {
+    let config = settings.validate()?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Admin {
@@ -224,6 +240,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             )
         })?;
     let http_addr = listener.local_addr()?;
+    let webhooks = tokio::spawn(policy.webhooks().clone().run(store.clone(), cancel.clone()));
     let router = dooz_server::control::router(ApiParts {
         meta: store.clone(),
         control,
@@ -293,6 +310,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "the control plane stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "the control plane task failed"),
+    }
+    if let Err(e) = webhooks.await {
+        tracing::warn!(error = %e, "the webhook task failed");
     }
     // The API has stopped, so its handle on the server is gone.
     match Arc::try_unwrap(server) {

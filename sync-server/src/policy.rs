@@ -96,6 +96,9 @@ pub trait PolicySource: Send + Sync + 'static {
         account: AccountId,
         now: u64,
     ) -> Result<AccountPolicy, StoreError>;
+
+    /// A device was just enrolled (the control plane sends a webhook). Default: nothing.
+    async fn device_enrolled(&self, _device: &crate::store::DeviceRecord) {}
 }
 
 /// Everyone gets [`AccountPolicy::unlimited`]; the default when no control plane is configured.

@@ -14,11 +14,11 @@
 //!   ([`rate_limit`]), request ids in traces ([`request_id`]), `/healthz`, `/readyz` and
 //!   `/metrics` ([`metrics`]).
 //! - Account policies for the data plane from subscriptions and plans ([`ControlPolicy`]).
+//! - Webhooks: signed events from a durable outbox, retried with backoff ([`webhooks`]).
 //!
 //! # Non-goals (not built yet)
 //!
-//! Webhooks, OpenAPI, account deletion, device
-//! rename, egress and retention enforcement. See `docs/CONTROL-PLANE.md`.
+//! OpenAPI, tenant deletion, egress and retention enforcement. See `docs/CONTROL-PLANE.md`.
 
 pub mod auth;
 pub mod idempotency;
@@ -31,13 +31,14 @@ pub mod request_id;
 mod routes;
 pub mod secrets;
 pub mod store;
+pub mod webhooks;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
 use axum::routing::{get, post};
-use dooz_protocol::DeviceId;
+use dooz_protocol::{DeviceId, VaultId};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -45,9 +46,10 @@ pub use policy::ControlPolicy;
 pub use problem::Problem;
 pub use secrets::{Secret, SecretKind};
 pub use store::ControlStore;
+pub use webhooks::{WebhookSettings, Webhooks};
 
 use crate::service::Server;
-use crate::store::{DeviceRecord, MetaStore, StoreError};
+use crate::store::{DeviceRecord, MetaStore, StoreError, TenantId};
 
 /// Directory of the control store inside the data dir.
 pub const CONTROL_DIR: &str = "control";
@@ -59,6 +61,16 @@ pub trait DataPlane: Send + Sync + 'static {
     async fn revoke_device(&self, device: DeviceId) -> Result<DeviceRecord, StoreError>;
     /// Plans or subscriptions changed: forget cached account policies.
     fn policies_changed(&self);
+    /// Whether the blob backend answers (`/readyz`); the error says why not.
+    async fn check_blobs(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Deletes every blob of a vault (under `<tenant>/<vault hex>/`: chunks and packs) and
+    /// returns how many there were.
+    async fn delete_vault_blobs(&self, tenant: TenantId, vault: VaultId) -> Result<u64, String> {
+        let _ = (tenant, vault);
+        Ok(0)
+    }
 }
 
 #[async_trait]
@@ -70,7 +82,39 @@ impl DataPlane for Server {
     fn policies_changed(&self) {
         self.forget_cached_policies();
     }
+
+    async fn check_blobs(&self) -> Result<(), String> {
+        // A head on a key that is never written: "not found" is an answer.
+        let key = dooz_storage::BlobKey::new(READY_PROBE_KEY).map_err(|e| e.to_string())?;
+        match self.blobs().head(&key).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn delete_vault_blobs(&self, tenant: TenantId, vault: VaultId) -> Result<u64, String> {
+        let prefix = dooz_storage::BlobKey::new(&format!("{tenant}/{}", vault.to_hex()))
+            .map_err(|e| e.to_string())?;
+        let blobs = self
+            .blobs()
+            .list(Some(&prefix))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut deleted = 0u64;
+        for blob in blobs {
+            match self.blobs().delete(&blob.key).await {
+                Ok(()) => deleted += 1,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(deleted)
+    }
 }
+
+/// The blob key `/readyz` asks the blob backend about (never written).
+pub const READY_PROBE_KEY: &str = "readyz-probe";
 
 /// Where devices reach the data plane, for enrolment codes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,12 +158,14 @@ pub(crate) struct AppState {
     pub(crate) enrol: Option<EnrolTarget>,
     pub(crate) in_flight: idempotency::InFlight,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) webhooks: Webhooks,
 }
 
 /// The API's router: `/healthz`, `/readyz` and `/v1/...` (routes in `docs/CONTROL-PLANE.md`).
 pub fn router(parts: ApiParts) -> Router {
     use routes::*;
     let state = Arc::new(AppState {
+        webhooks: parts.policy.webhooks().clone(),
         meta: parts.meta,
         control: parts.control,
         data_plane: parts.data_plane,
@@ -140,7 +186,10 @@ pub fn router(parts: ApiParts) -> Router {
             &format!("{t}/api_keys"),
             post(create_api_key).get(list_api_keys),
         )
-        .route(&format!("{t}/api_keys/{{key}}"), get(get_api_key))
+        .route(
+            &format!("{t}/api_keys/{{key}}"),
+            get(get_api_key).delete(delete_api_key),
+        )
         .route(
             &format!("{t}/api_keys/{{key}}/revoke"),
             post(revoke_api_key),
@@ -149,7 +198,10 @@ pub fn router(parts: ApiParts) -> Router {
             &format!("{t}/accounts"),
             post(create_account).get(list_accounts),
         )
-        .route(&format!("{t}/accounts/{{account}}"), get(get_account))
+        .route(
+            &format!("{t}/accounts/{{account}}"),
+            get(get_account).delete(delete_account),
+        )
         .route(&format!("{t}/accounts/{{account}}/usage"), get(get_usage))
         .route(
             &format!("{t}/accounts/{{account}}/enrolment_tokens"),
@@ -161,7 +213,7 @@ pub fn router(parts: ApiParts) -> Router {
         )
         .route(
             &format!("{t}/accounts/{{account}}/devices/{{device}}"),
-            get(get_device),
+            get(get_device).patch(rename_device),
         )
         .route(
             &format!("{t}/accounts/{{account}}/devices/{{device}}/revoke"),
@@ -170,7 +222,7 @@ pub fn router(parts: ApiParts) -> Router {
         .route(&format!("{t}/plans"), post(create_plan).get(list_plans))
         .route(
             &format!("{t}/plans/{{plan}}"),
-            get(get_plan).patch(update_plan),
+            get(get_plan).patch(update_plan).delete(delete_plan),
         )
         .route(
             &format!("{t}/subscriptions"),
@@ -179,6 +231,24 @@ pub fn router(parts: ApiParts) -> Router {
         .route(
             &format!("{t}/subscriptions/{{subscription}}"),
             get(get_subscription).patch(update_subscription),
+        )
+        .route(
+            &format!("{t}/webhooks"),
+            post(create_webhook).get(list_webhooks),
+        )
+        .route(
+            &format!("{t}/webhooks/{{webhook}}"),
+            get(get_webhook)
+                .patch(update_webhook)
+                .delete(delete_webhook),
+        )
+        .route(
+            &format!("{t}/webhooks/{{webhook}}/deliveries"),
+            get(list_deliveries),
+        )
+        .route(
+            &format!("{t}/webhooks/{{webhook}}/deliveries/{{delivery}}"),
+            get(get_delivery),
         )
         .route(&format!("{t}/audit"), get(list_audit))
         .route(&format!("{t}/export"), get(export))

@@ -217,6 +217,95 @@ pub struct AuditRecord {
     pub target: String,
 }
 
+/// Event types webhooks carry.
+pub const EVENT_TYPES: [&str; 5] = [
+    "subscription.created",
+    "subscription.updated",
+    "device.enrolled",
+    "device.revoked",
+    "quota.threshold",
+];
+
+/// A tenant's webhook endpoint (its signing secret is stored apart and shown once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookEndpoint {
+    /// Its id.
+    pub id: u64,
+    /// Its tenant.
+    pub tenant: u64,
+    /// Where events are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// The event types sent to it; empty: all.
+    pub events: Vec<String>,
+    /// Whether deliveries to it are paused.
+    pub disabled: bool,
+    /// When it was made (unix seconds).
+    pub created_at: u64,
+}
+
+impl WebhookEndpoint {
+    /// Whether events of `event_type` go to this endpoint.
+    pub fn wants(&self, event_type: &str) -> bool {
+        !self.disabled && (self.events.is_empty() || self.events.iter().any(|e| e == event_type))
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DeliveryStatus {
+    /// Not delivered yet; in the outbox, tried again at `next_attempt_at`.
+    Pending,
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Every attempt failed; given up.
+    Failed,
+}
+
+/// One attempt at a delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    /// When (unix milliseconds).
+    pub at_ms: u64,
+    /// The HTTP status the endpoint answered, if it answered.
+    pub response_code: Option<u16>,
+    /// Why it failed, when it did without an answer (connection refused, timeout).
+    pub error: Option<String>,
+}
+
+/// One event on its way to one endpoint: the delivery log's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// Its id.
+    pub id: u64,
+    /// The tenant.
+    pub tenant: u64,
+    /// The endpoint.
+    pub endpoint: u64,
+    /// The event's id (`evt_<n>`), the same for every endpoint it goes to.
+    pub event_id: String,
+    /// The event's type, e.g. `device.revoked`.
+    pub event_type: String,
+    /// The exact body POSTed (and signed).
+    pub payload: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// The attempts so far, oldest first.
+    pub attempts: Vec<DeliveryAttempt>,
+    /// When the next attempt is due (unix milliseconds), while pending.
+    pub next_attempt_at_ms: Option<u64>,
+    /// When it was made (unix seconds).
+    pub created_at: u64,
+}
+
+impl DeliveryRecord {
+    /// Whether it is still to be delivered.
+    pub fn is_pending(&self) -> bool {
+        self.status == DeliveryStatus::Pending
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

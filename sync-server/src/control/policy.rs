@@ -16,6 +16,7 @@ use async_trait::async_trait;
 
 use crate::control::model::SubscriptionStatus;
 use crate::control::store::ControlStore;
+use crate::control::webhooks::{WebhookSettings, Webhooks};
 use crate::policy::{Access, AccountPolicy, Limits, PolicySource};
 use crate::store::{AccountId, StoreError, TenantId};
 
@@ -24,15 +25,30 @@ use crate::store::{AccountId, StoreError, TenantId};
 pub struct ControlPolicy {
     store: ControlStore,
     past_due_grace_secs: u64,
+    webhooks: Webhooks,
 }
 
 impl ControlPolicy {
     /// Policies from `store`, with `past_due` keeping full access for `past_due_grace_secs`.
+    /// Its webhooks have [`WebhookSettings::default`].
     pub fn new(store: ControlStore, past_due_grace_secs: u64) -> Self {
         Self {
+            webhooks: Webhooks::new(store.clone(), WebhookSettings::default()),
             store,
             past_due_grace_secs,
         }
+    }
+
+    /// The same, with webhooks delivered with `settings`.
+    #[must_use]
+    pub fn with_webhook_settings(mut self, settings: WebhookSettings) -> Self {
+        self.webhooks = Webhooks::new(self.store.clone(), settings);
+        self
+    }
+
+    /// The webhook outbox: run its delivery task with [`Webhooks::run`].
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 }
 
@@ -78,6 +94,22 @@ impl PolicySource for ControlPolicy {
             }
         };
         Ok(AccountPolicy { access, limits })
+    }
+
+    async fn device_enrolled(&self, device: &crate::store::DeviceRecord) {
+        self.webhooks
+            .emit_logged(
+                device.tenant.get(),
+                "device.enrolled",
+                serde_json::json!({ "object": {
+                    "id": device.device.to_hex(),
+                    "account": device.account.get(),
+                    "name": device.name,
+                    "created_at": device.created_at,
+                }}),
+            )
+            .await;
+        self.webhooks.usage_changed();
     }
 }
 

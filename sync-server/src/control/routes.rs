@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::control::AppState;
 use crate::control::auth::{Caller, JsonBody, PathParams, QueryParams};
 use crate::control::model::{
-    ApiKeyRecord, AuditRecord, PlanLimits, PlanRecord, Scope, SubscriptionRecord,
-    SubscriptionStatus,
+    ApiKeyRecord, AuditRecord, DeliveryRecord, EVENT_TYPES, PlanLimits, PlanRecord, Scope,
+    SubscriptionRecord, SubscriptionStatus, WebhookEndpoint,
 };
 use crate::control::problem::Problem;
 use crate::control::secrets::{Secret, SecretKind};
@@ -176,6 +176,11 @@ pub(crate) async fn readyz(State(state): AppStateRef) -> ApiResult<Json<serde_js
         .tenant(TenantId::new(0))
         .await
         .map_err(|e| unavailable("metadata store", &e))?;
+    state
+        .data_plane
+        .check_blobs()
+        .await
+        .map_err(|e| unavailable("blob store", &e))?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
@@ -384,6 +389,19 @@ pub(crate) async fn revoke_api_key(
     Ok(Json(key))
 }
 
+pub(crate) async fn delete_api_key(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<StatusCode> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    if !state.control.delete_api_key(tenant, id).await? {
+        return Err(Problem::not_found(format!("API key {id}")));
+    }
+    state.audit(&caller, tenant, "api_key.delete", format!("api_key/{id}"));
+    Ok(StatusCode::NO_CONTENT)
+}
+
 // --- accounts ---------------------------------------------------------------------------------
 
 #[derive(Debug, Serialize)]
@@ -467,6 +485,64 @@ pub(crate) async fn get_account(
         .await?;
     let account = state.account(tenant, id).await?;
     Ok(Json(state.account_out(account)?))
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct DeletedAccount {
+    id: u64,
+    deleted: bool,
+    devices_revoked: u64,
+    vaults_deleted: u64,
+    blobs_deleted: u64,
+}
+
+/// Deletes an account: its devices are revoked (live connections close), then its vaults'
+/// blobs are deleted, then its metadata, then its control-plane records. Run again after a
+/// failure, it carries on where it stopped.
+pub(crate) async fn delete_account(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<Json<DeletedAccount>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let account = state.account(tenant, id).await?;
+    let _lock = state.control.lock().await;
+    let mut devices_revoked = 0;
+    for device in state.meta.list_devices(account.id).await? {
+        if device.revoked_at.is_none() {
+            state.data_plane.revoke_device(device.device).await?;
+            devices_revoked += 1;
+        }
+    }
+    let mut blobs_deleted = 0;
+    let vaults = state.meta.list_vaults(account.id).await?;
+    for vault in &vaults {
+        blobs_deleted += state
+            .data_plane
+            .delete_vault_blobs(account.tenant, vault.vault)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, account = id, "could not delete a vault's blobs");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Unavailable",
+                    "the blob store failed while deleting the account's blobs; nothing else was \
+                     deleted yet beyond revoking its devices: try again",
+                )
+            })?;
+    }
+    state.meta.delete_account(account.id).await?;
+    state.control.delete_account(tenant, id).await?;
+    state.data_plane.policies_changed();
+    state.audit(&caller, tenant, "account.delete", format!("account/{id}"));
+    Ok(Json(DeletedAccount {
+        id,
+        deleted: true,
+        devices_revoked,
+        vaults_deleted: u64::try_from(vaults.len()).unwrap_or(u64::MAX),
+        blobs_deleted,
+    }))
 }
 
 #[derive(Debug, Serialize)]
@@ -682,7 +758,46 @@ pub(crate) async fn revoke_device(
         "device.revoke",
         format!("device/{}", record.device.to_hex()),
     );
-    Ok(Json(revoked.into()))
+    let out = DeviceOut::from(revoked);
+    if record.revoked_at.is_none() {
+        state
+            .webhooks
+            .emit_logged(
+                tenant,
+                "device.revoked",
+                serde_json::json!({ "object": &out }),
+            )
+            .await;
+        state.webhooks.usage_changed();
+    }
+    Ok(Json(out))
+}
+
+/// Body of `PATCH .../devices/{d}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RenameDevice {
+    name: String,
+}
+
+pub(crate) async fn rename_device(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id, device)): PathParams<(u64, u64, String)>,
+    JsonBody(body): JsonBody<RenameDevice>,
+) -> ApiResult<Json<DeviceOut>> {
+    state.tenant(&caller, tenant, Some(Scope::Devices)).await?;
+    state.account(tenant, id).await?;
+    let record = device_of(&state, tenant, id, &device).await?;
+    check_name("device", &body.name)?;
+    let renamed = state.meta.rename_device(record.device, &body.name).await?;
+    state.audit(
+        &caller,
+        tenant,
+        "device.rename",
+        format!("device/{}", record.device.to_hex()),
+    );
+    Ok(Json(renamed.into()))
 }
 
 // --- plans ------------------------------------------------------------------------------------
@@ -770,7 +885,33 @@ pub(crate) async fn update_plan(
     state.control.update_plan(&plan).await?;
     state.data_plane.policies_changed();
     state.audit(&caller, tenant, "plan.update", format!("plan/{id}"));
+    state.webhooks.usage_changed();
     Ok(Json(plan))
+}
+
+pub(crate) async fn delete_plan(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<StatusCode> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let _lock = state.control.lock().await;
+    state.plan(tenant, id)?;
+    if let Some(sub) = state.control.plan_subscription(tenant, id)? {
+        return Err(Problem::conflict(
+            "plan-in-use",
+            "Plan in use",
+            format!(
+                "plan {id} is named by subscription {sub} (and maybe others, canceled ones \
+                 included); move them to another plan first"
+            ),
+        ));
+    }
+    state.control.delete_plan(tenant, id).await?;
+    // A tenant's last plan going changes the policy of accounts without a subscription.
+    state.data_plane.policies_changed();
+    state.audit(&caller, tenant, "plan.delete", format!("plan/{id}"));
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // --- subscriptions ----------------------------------------------------------------------------
@@ -889,6 +1030,15 @@ pub(crate) async fn create_subscription(
         "subscription.create",
         format!("subscription/{}", sub.id),
     );
+    state
+        .webhooks
+        .emit_logged(
+            tenant,
+            "subscription.created",
+            serde_json::json!({ "object": &sub }),
+        )
+        .await;
+    state.webhooks.usage_changed();
     Ok(created(sub))
 }
 
@@ -924,6 +1074,7 @@ pub(crate) async fn update_subscription(
     state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
     let _lock = state.control.lock().await;
     let mut sub = state.subscription(tenant, id)?;
+    let previous = sub.clone();
     if let Some(to) = body.status {
         let from = sub.status;
         if !from.can_become(to) {
@@ -978,7 +1129,204 @@ pub(crate) async fn update_subscription(
         "subscription.update",
         format!("subscription/{id}"),
     );
+    if sub != previous {
+        state
+            .webhooks
+            .emit_logged(
+                tenant,
+                "subscription.updated",
+                serde_json::json!({ "object": &sub, "previous": &previous }),
+            )
+            .await;
+        state.webhooks.usage_changed();
+    }
     Ok(Json(sub))
+}
+
+// --- webhooks ---------------------------------------------------------------------------------
+
+/// Body of `POST .../webhooks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateWebhook {
+    url: String,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+/// Body of `PATCH .../webhooks/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateWebhook {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    disabled: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct CreatedWebhook {
+    #[serde(flatten)]
+    endpoint: WebhookEndpoint,
+    /// The signing secret, shown this once.
+    secret: String,
+}
+
+fn check_webhook_url(url: &str) -> ApiResult<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        Problem::invalid(format!(
+            "url is not a URL ({e}); give an absolute http(s) URL"
+        ))
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https")
+        || parsed.host_str().is_none_or(str::is_empty)
+        || url.len() > 2048
+    {
+        return Err(Problem::invalid(
+            "url must be an absolute http:// or https:// URL with a host, at most 2048 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn check_events(events: &mut Vec<String>) -> ApiResult<()> {
+    if let Some(bad) = events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
+        return Err(Problem::invalid(format!(
+            "unknown event type {bad:.64}; known: {} (an empty list: all)",
+            EVENT_TYPES.join(", ")
+        )));
+    }
+    events.sort();
+    events.dedup();
+    Ok(())
+}
+
+fn webhook_of(state: &AppState, tenant: u64, id: u64) -> ApiResult<WebhookEndpoint> {
+    state
+        .control
+        .webhook(tenant, id)?
+        .ok_or_else(|| Problem::not_found(format!("webhook endpoint {id}")))
+}
+
+pub(crate) async fn create_webhook(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    JsonBody(mut body): JsonBody<CreateWebhook>,
+) -> ApiResult<Response> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    check_webhook_url(&body.url)?;
+    check_events(&mut body.events)?;
+    let secret = crate::control::webhooks::new_secret()?;
+    let endpoint = WebhookEndpoint {
+        id: 0,
+        tenant,
+        url: body.url,
+        events: body.events,
+        disabled: false,
+        created_at: unix_now(),
+    };
+    let endpoint = state.control.create_webhook(endpoint, &secret).await?;
+    state.audit(
+        &caller,
+        tenant,
+        "webhook.create",
+        format!("webhook/{}", endpoint.id),
+    );
+    Ok(created_secret(CreatedWebhook { endpoint, secret }))
+}
+
+pub(crate) async fn list_webhooks(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams(tenant): PathParams<u64>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<PageOut<WebhookEndpoint>>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let (limit, after) = page_args(q.limit, q.cursor.as_deref())?;
+    Ok(Json(page_out(
+        state.control.webhooks(tenant, after, limit)?,
+        |w| w,
+    )))
+}
+
+pub(crate) async fn get_webhook(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<Json<WebhookEndpoint>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    Ok(Json(webhook_of(&state, tenant, id)?))
+}
+
+pub(crate) async fn update_webhook(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+    JsonBody(body): JsonBody<UpdateWebhook>,
+) -> ApiResult<Json<WebhookEndpoint>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let _lock = state.control.lock().await;
+    let mut endpoint = webhook_of(&state, tenant, id)?;
+    if let Some(url) = body.url {
+        check_webhook_url(&url)?;
+        endpoint.url = url;
+    }
+    if let Some(mut events) = body.events {
+        check_events(&mut events)?;
+        endpoint.events = events;
+    }
+    if let Some(disabled) = body.disabled {
+        endpoint.disabled = disabled;
+    }
+    state.control.update_webhook(&endpoint).await?;
+    state.webhooks.wake();
+    state.audit(&caller, tenant, "webhook.update", format!("webhook/{id}"));
+    Ok(Json(endpoint))
+}
+
+pub(crate) async fn delete_webhook(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+) -> ApiResult<StatusCode> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let _lock = state.control.lock().await;
+    webhook_of(&state, tenant, id)?;
+    state.control.delete_webhook(tenant, id).await?;
+    state.audit(&caller, tenant, "webhook.delete", format!("webhook/{id}"));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn list_deliveries(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<PageOut<DeliveryRecord>>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    webhook_of(&state, tenant, id)?;
+    let (limit, after) = page_args(q.limit, q.cursor.as_deref())?;
+    Ok(Json(page_out(
+        state.control.deliveries(tenant, id, after, limit)?,
+        |d| d,
+    )))
+}
+
+pub(crate) async fn get_delivery(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id, delivery)): PathParams<(u64, u64, u64)>,
+) -> ApiResult<Json<DeliveryRecord>> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    webhook_of(&state, tenant, id)?;
+    state
+        .control
+        .delivery(tenant, id, delivery)?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("delivery {delivery}")))
 }
 
 // --- audit ------------------------------------------------------------------------------------

@@ -14,11 +14,16 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Tree;
 
-use crate::control::model::{ApiKeyRecord, AuditRecord, PlanRecord, SubscriptionRecord};
+use crate::control::model::{
+    ApiKeyRecord, AuditRecord, DeliveryRecord, PlanRecord, SubscriptionRecord, WebhookEndpoint,
+};
 use crate::control::secrets::SecretHash;
 use crate::store::StoreError;
 
 const ADMIN_TOKEN_KEY: &[u8] = b"admin_token";
+
+/// How long an `Idempotency-Key` response is kept and replayed: 24 hours.
+pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 
 /// The control store. Cheap to clone.
 #[derive(Clone)]
@@ -44,6 +49,11 @@ struct Inner {
     key_ids: Tree,
     audit: Tree,
     idem: Tree,
+    webhooks: Tree,
+    webhook_secrets: Tree,
+    deliveries: Tree,
+    outbox: Tree,
+    usage_levels: Tree,
     /// Serialises multi-tree writes.
     write: tokio::sync::Mutex<()>,
 }
@@ -96,6 +106,20 @@ fn key2(a: u64, b: u64) -> [u8; 16] {
     k
 }
 
+fn key3(a: u64, b: u64, c: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..16].copy_from_slice(&b.to_be_bytes());
+    k[16..].copy_from_slice(&c.to_be_bytes());
+    k
+}
+
+fn usage_key(account: u64, resource: &str) -> Vec<u8> {
+    let mut k = account.to_be_bytes().to_vec();
+    k.extend_from_slice(resource.as_bytes());
+    k
+}
+
 fn tail_id(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     if let Some(tail) = key.len().checked_sub(8).and_then(|s| key.get(s..)) {
@@ -129,6 +153,11 @@ impl ControlStore {
             key_ids: tree("cp1/api_key_ids")?,
             audit: tree("cp1/audit")?,
             idem: tree("cp1/idempotency")?,
+            webhooks: tree("cp1/webhooks")?,
+            webhook_secrets: tree("cp1/webhook_secrets")?,
+            deliveries: tree("cp1/webhook_deliveries")?,
+            outbox: tree("cp1/webhook_outbox")?,
+            usage_levels: tree("cp1/usage_levels")?,
             write: tokio::sync::Mutex::new(()),
             db,
         };
@@ -147,6 +176,11 @@ impl ControlStore {
     pub fn check(&self) -> Result<(), StoreError> {
         self.inner.meta.get(ADMIN_TOKEN_KEY).map_err(sled_err)?;
         Ok(())
+    }
+
+    /// A new id, unique in this store (event ids).
+    pub fn new_id(&self) -> Result<u64, StoreError> {
+        self.next_id()
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
@@ -202,6 +236,31 @@ impl ControlStore {
         self.flush().await
     }
 
+    /// Forgets an account: its place in the index, its subscriptions and its reported usage
+    /// levels. Call under [`lock`](Self::lock).
+    pub async fn delete_account(&self, tenant: u64, account: u64) -> Result<(), StoreError> {
+        for item in self.inner.subs.scan_prefix(tenant.to_be_bytes()) {
+            let (k, v) = item.map_err(sled_err)?;
+            let sub: SubscriptionRecord = decode("cp1/subscriptions", &v)?;
+            if sub.account == account {
+                self.inner.subs.remove(k).map_err(sled_err)?;
+            }
+        }
+        self.inner
+            .account_subs
+            .remove(account.to_be_bytes())
+            .map_err(sled_err)?;
+        for item in self.inner.usage_levels.scan_prefix(account.to_be_bytes()) {
+            let (k, _) = item.map_err(sled_err)?;
+            self.inner.usage_levels.remove(k).map_err(sled_err)?;
+        }
+        self.inner
+            .accounts
+            .remove(key2(tenant, account))
+            .map_err(sled_err)?;
+        self.flush().await
+    }
+
     /// A tenant's accounts made through the API, by id, after `after`.
     pub fn accounts(
         &self,
@@ -247,6 +306,28 @@ impl ControlStore {
             after,
             limit,
         )
+    }
+
+    /// Deletes a plan. Call under [`lock`](Self::lock), after
+    /// [`plan_subscription`](Self::plan_subscription) found none.
+    pub async fn delete_plan(&self, tenant: u64, id: u64) -> Result<(), StoreError> {
+        self.inner
+            .plans
+            .remove(key2(tenant, id))
+            .map_err(sled_err)?;
+        self.flush().await
+    }
+
+    /// A subscription of the tenant (canceled ones too) that names `plan`, if any.
+    pub fn plan_subscription(&self, tenant: u64, plan: u64) -> Result<Option<u64>, StoreError> {
+        for item in self.inner.subs.scan_prefix(tenant.to_be_bytes()) {
+            let (_, v) = item.map_err(sled_err)?;
+            let sub: SubscriptionRecord = decode("cp1/subscriptions", &v)?;
+            if sub.plan == plan {
+                return Ok(Some(sub.id));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether the tenant uses the control plane (has a plan).
@@ -382,6 +463,20 @@ impl ControlStore {
         Ok(())
     }
 
+    /// Deletes a key (it stops working at once); `false` when there was none.
+    pub async fn delete_api_key(&self, tenant: u64, id: u64) -> Result<bool, StoreError> {
+        let Some(hash) = self.key_hash(tenant, id)? else {
+            return Ok(false);
+        };
+        self.inner.keys.remove(hash.as_bytes()).map_err(sled_err)?;
+        self.inner
+            .key_ids
+            .remove(key2(tenant, id))
+            .map_err(sled_err)?;
+        self.flush().await?;
+        Ok(true)
+    }
+
     /// A tenant's keys.
     pub fn api_keys(
         &self,
@@ -438,12 +533,31 @@ impl ControlStore {
 
     // --- idempotency -----------------------------------------------------------------------
 
-    /// The stored response under `key` (a hash of the caller and the idempotency key).
+    /// The stored response under `key` (a hash of the caller and the idempotency key), unless
+    /// it is older than [`IDEMPOTENCY_TTL_SECS`].
     pub fn idempotent_response(
         &self,
         key: &[u8; 32],
     ) -> Result<Option<IdempotentResponse>, StoreError> {
-        self.get(&self.inner.idem, "cp1/idempotency", key)
+        let found: Option<IdempotentResponse> =
+            self.get(&self.inner.idem, "cp1/idempotency", key)?;
+        let now = crate::service::unix_now();
+        Ok(found.filter(|r| r.at.saturating_add(IDEMPOTENCY_TTL_SECS) > now))
+    }
+
+    /// Deletes idempotency records older than [`IDEMPOTENCY_TTL_SECS`]; returns how many.
+    pub fn purge_idempotency(&self, now: u64) -> Result<usize, StoreError> {
+        let mut purged = 0;
+        for item in self.inner.idem.iter() {
+            let (k, v) = item.map_err(sled_err)?;
+            let expired = decode::<IdempotentResponse>("cp1/idempotency", &v)
+                .map_or(true, |r| r.at.saturating_add(IDEMPOTENCY_TTL_SECS) <= now);
+            if expired {
+                self.inner.idem.remove(k).map_err(sled_err)?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
     }
 
     /// Stores a response under `key`.
@@ -454,6 +568,203 @@ impl ControlStore {
     ) -> Result<(), StoreError> {
         self.put(&self.inner.idem, key, response)?;
         self.flush().await
+    }
+
+    // --- webhooks --------------------------------------------------------------------------
+
+    /// Stores a new webhook endpoint and its signing secret; `endpoint.id` is assigned.
+    pub async fn create_webhook(
+        &self,
+        mut endpoint: WebhookEndpoint,
+        secret: &str,
+    ) -> Result<WebhookEndpoint, StoreError> {
+        endpoint.id = self.next_id()?;
+        let key = key2(endpoint.tenant, endpoint.id);
+        self.inner
+            .webhook_secrets
+            .insert(key, secret.as_bytes())
+            .map_err(sled_err)?;
+        self.put(&self.inner.webhooks, key, &endpoint)?;
+        self.flush().await?;
+        Ok(endpoint)
+    }
+
+    /// Replaces a webhook endpoint.
+    pub async fn update_webhook(&self, endpoint: &WebhookEndpoint) -> Result<(), StoreError> {
+        self.put(
+            &self.inner.webhooks,
+            key2(endpoint.tenant, endpoint.id),
+            endpoint,
+        )?;
+        self.flush().await
+    }
+
+    /// Deletes a webhook endpoint, its secret, its delivery log and its pending deliveries.
+    pub async fn delete_webhook(&self, tenant: u64, id: u64) -> Result<(), StoreError> {
+        let key = key2(tenant, id);
+        self.inner.webhooks.remove(key).map_err(sled_err)?;
+        self.inner.webhook_secrets.remove(key).map_err(sled_err)?;
+        for item in self.inner.deliveries.scan_prefix(key) {
+            let (k, _) = item.map_err(sled_err)?;
+            self.inner
+                .outbox
+                .remove(tail_id(&k).to_be_bytes())
+                .map_err(sled_err)?;
+            self.inner.deliveries.remove(k).map_err(sled_err)?;
+        }
+        self.flush().await
+    }
+
+    /// A webhook endpoint of `tenant`.
+    pub fn webhook(&self, tenant: u64, id: u64) -> Result<Option<WebhookEndpoint>, StoreError> {
+        self.get(&self.inner.webhooks, "cp1/webhooks", key2(tenant, id))
+    }
+
+    /// The signing secret of a webhook endpoint.
+    pub fn webhook_secret(&self, tenant: u64, id: u64) -> Result<Option<String>, StoreError> {
+        match self
+            .inner
+            .webhook_secrets
+            .get(key2(tenant, id))
+            .map_err(sled_err)?
+        {
+            Some(v) => String::from_utf8(v.to_vec())
+                .map(Some)
+                .map_err(|_| StoreError::corrupt("cp1/webhook_secrets", "secret is not UTF-8")),
+            None => Ok(None),
+        }
+    }
+
+    /// A tenant's webhook endpoints.
+    pub fn webhooks(
+        &self,
+        tenant: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<WebhookEndpoint>, StoreError> {
+        page_records(
+            &self.inner.webhooks,
+            "cp1/webhooks",
+            &tenant.to_be_bytes(),
+            after,
+            limit,
+        )
+    }
+
+    /// Whether the tenant has a webhook endpoint.
+    pub fn tenant_has_webhooks(&self, tenant: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .webhooks
+            .scan_prefix(tenant.to_be_bytes())
+            .next()
+            .transpose()
+            .map_err(sled_err)?
+            .is_some())
+    }
+
+    /// Stores a delivery (new or updated): pending ones are in the outbox, others not. A new
+    /// delivery (`id` 0) gets an id. Not flushed: call [`flush`](Self::flush).
+    pub fn put_delivery(&self, delivery: &mut DeliveryRecord) -> Result<(), StoreError> {
+        if delivery.id == 0 {
+            delivery.id = self.next_id()?;
+        }
+        let key = key3(delivery.tenant, delivery.endpoint, delivery.id);
+        self.put(&self.inner.deliveries, key, delivery)?;
+        if delivery.is_pending() {
+            self.inner
+                .outbox
+                .insert(delivery.id.to_be_bytes(), key.as_slice())
+                .map_err(sled_err)?;
+        } else {
+            self.inner
+                .outbox
+                .remove(delivery.id.to_be_bytes())
+                .map_err(sled_err)?;
+        }
+        Ok(())
+    }
+
+    /// Every pending delivery (the outbox), oldest first.
+    pub fn pending_deliveries(&self) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.outbox.iter() {
+            let (_, key) = item.map_err(sled_err)?;
+            if let Some(d) = self.get(&self.inner.deliveries, "cp1/webhook_deliveries", &key)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One delivery of an endpoint.
+    pub fn delivery(
+        &self,
+        tenant: u64,
+        endpoint: u64,
+        id: u64,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.get(
+            &self.inner.deliveries,
+            "cp1/webhook_deliveries",
+            key3(tenant, endpoint, id),
+        )
+    }
+
+    /// An endpoint's delivery log, oldest first.
+    pub fn deliveries(
+        &self,
+        tenant: u64,
+        endpoint: u64,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Page<DeliveryRecord>, StoreError> {
+        page_records(
+            &self.inner.deliveries,
+            "cp1/webhook_deliveries",
+            &key2(tenant, endpoint),
+            after,
+            limit,
+        )
+    }
+
+    /// Every `(tenant, account)` made through the API.
+    pub fn all_accounts(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.accounts.iter() {
+            let (k, _) = item.map_err(sled_err)?;
+            let mut t = [0u8; 8];
+            if let Some(head) = k.get(..8) {
+                t.copy_from_slice(head);
+            }
+            out.push((u64::from_be_bytes(t), tail_id(&k)));
+        }
+        Ok(out)
+    }
+
+    /// The last usage level (0, 80 or 100 percent) reported for an account's resource.
+    pub fn usage_level(&self, account: u64, resource: &str) -> Result<u8, StoreError> {
+        Ok(self
+            .inner
+            .usage_levels
+            .get(usage_key(account, resource))
+            .map_err(sled_err)?
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0))
+    }
+
+    /// Remembers the usage level reported for an account's resource.
+    pub fn set_usage_level(
+        &self,
+        account: u64,
+        resource: &str,
+        level: u8,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .usage_levels
+            .insert(usage_key(account, resource), &[level])
+            .map_err(sled_err)?;
+        Ok(())
     }
 
     // --- helpers ---------------------------------------------------------------------------
@@ -535,4 +846,35 @@ fn page_raw(
         data.push((tail_id(&k), v));
     }
     Ok(Page { data, next: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idempotency_records_expire_after_a_day() {
+        let store = ControlStore::temporary().unwrap();
+        let now = crate::service::unix_now();
+        let record = |at| IdempotentResponse {
+            request_hash: [1; 32],
+            status: 201,
+            body: vec![1, 2, 3],
+            at,
+        };
+        let fresh = record(now - 60);
+        store
+            .put_idempotent_response(&[1; 32], &fresh)
+            .await
+            .unwrap();
+        store
+            .put_idempotent_response(&[2; 32], &record(now - IDEMPOTENCY_TTL_SECS - 1))
+            .await
+            .unwrap();
+        assert_eq!(store.idempotent_response(&[1; 32]).unwrap(), Some(fresh));
+        assert_eq!(store.idempotent_response(&[2; 32]).unwrap(), None);
+        assert_eq!(store.purge_idempotency(now).unwrap(), 1);
+        assert!(store.idempotent_response(&[1; 32]).unwrap().is_some());
+        assert!(store.inner.idem.get([2u8; 32]).unwrap().is_none());
+    }
 }

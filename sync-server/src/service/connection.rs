@@ -297,6 +297,7 @@ async fn redeem(
     {
         Ok(record) => {
             tracing::info!(name = %req.device_name, "device enrolled");
+            shared.policies.device_enrolled(&record).await;
             record
         }
         // Enrolling again (an answer that was lost, say) is not an error while the device

@@ -71,6 +71,11 @@ impl Policies {
         Ok(policy)
     }
 
+    /// Tells the policy source that a device was enrolled.
+    pub(crate) async fn device_enrolled(&self, device: &crate::store::DeviceRecord) {
+        self.source.device_enrolled(device).await;
+    }
+
     /// Drops the cached policies, so that the next request asks the source again.
     pub(crate) fn forget(&self) {
         self.cache

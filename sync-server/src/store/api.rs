@@ -403,6 +403,11 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Revokes a device (idempotent: the first revocation time stays) and returns it.
     async fn revoke_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError>;
 
+    /// Renames a device, revoked or not (the name is checked as at enrolment) and returns it.
+    /// Fails with [`StoreError::NotFound`] for an unknown device.
+    async fn rename_device(&self, device: DeviceId, name: &str)
+    -> Result<DeviceRecord, StoreError>;
+
     /// The account's devices, revoked ones included, by device id.
     async fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError>;
 
@@ -416,6 +421,14 @@ pub trait MetaStore: Send + Sync + 'static {
     /// bytes, or a committed chunk, changes nothing; a pending chunk re-uploaded with other
     /// bytes counts its new length instead of its old one.
     async fn account_usage(&self, account: AccountId) -> Result<AccountUsage, StoreError>;
+
+    /// Deletes an account and everything of it in this store: its vaults with their chunk
+    /// records, logs, entry heads, versions and key envelopes, its devices, its enrolment
+    /// tokens, its usage counter, and the account itself. Returns the vaults it had (so that
+    /// the caller can delete their blobs, which this store does not hold). Fails with
+    /// [`StoreError::NotFound`] for an unknown account. Not atomic across vaults, but safe to
+    /// run again after a crash: the account record goes last.
+    async fn delete_account(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError>;
 
     // --- vaults ------------------------------------------------------------------------------
 

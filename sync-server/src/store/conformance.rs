@@ -50,6 +50,7 @@ macro_rules! conformance_tests {
             forget_lost_pending_chunks,
             packed_chunks_are_located_and_counted,
             collect_only_chunks_still_pending,
+            delete_account_removes_everything_of_it,
         );
     };
     (@each $make:expr; $($check:ident,)*) => {
@@ -422,6 +423,16 @@ pub(crate) async fn devices_touch_and_revoke(store: Store) {
     // The other device is unaffected.
     store.touch_device(other, NOW + 300).await.unwrap();
 
+    // Renaming keeps everything else, revoked or not; bad names are refused.
+    let renamed = store.rename_device(f.device, "old laptop").await.unwrap();
+    assert_eq!(renamed.name, "old laptop");
+    assert_eq!(renamed.revoked_at, Some(NOW + 100));
+    assert_eq!(store.device(f.device).await.unwrap().unwrap(), renamed);
+    assert!(matches!(
+        store.rename_device(f.device, "").await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+
     let unknown = registration("devices", 99).device;
     assert!(matches!(
         store.touch_device(unknown, NOW).await,
@@ -429,6 +440,10 @@ pub(crate) async fn devices_touch_and_revoke(store: Store) {
     ));
     assert!(matches!(
         store.revoke_device(unknown, NOW).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.rename_device(unknown, "x").await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(store.device(unknown).await.unwrap(), None);
@@ -1505,4 +1520,94 @@ pub(crate) async fn collect_only_chunks_still_pending(store: Store) {
     assert!(store.delete_pack(f.vault, pack).await.unwrap());
     assert!(store.packs(f.vault).await.unwrap().is_empty());
     assert!(!store.delete_pack(f.vault, pack).await.unwrap());
+}
+
+pub(crate) async fn delete_account_removes_everything_of_it(store: Store) {
+    let f = fixture(&store, "doomed").await;
+    let keep = fixture(&store, "kept").await;
+    let (c0, c1) = (chunk("doomed", 0), chunk("kept", 0));
+    for (g, c) in [(&f, c0), (&keep, c1)] {
+        store
+            .record_chunk(g.vault, c, 10, [1; 32], NOW)
+            .await
+            .unwrap();
+        let e = commit_entry(entry("x", 0), None, version("x", 0), vec![c]);
+        commit_one(&store, g, e).await;
+        store
+            .put_envelope(g.vault, Epoch::new(1), g.device, g.device, vec![1])
+            .await
+            .unwrap();
+    }
+    let spare = store
+        .create_enrolment_token(f.account, NOW + 3600, true)
+        .await
+        .unwrap();
+    let second = vault_id("doomed", 1);
+    store.create_vault(f.account, second, NOW).await.unwrap();
+    store
+        .record_packed_chunks(
+            f.vault,
+            PackId::from_bytes([4; 16]),
+            60,
+            vec![PackedChunk {
+                chunk: chunk("doomed", 1),
+                offset: 5,
+                sealed_len: 20,
+                blake3: [4; 32],
+            }],
+            NOW,
+        )
+        .await
+        .unwrap();
+
+    let mut deleted = store.delete_account(f.account).await.unwrap();
+    deleted.sort();
+    let mut want = vec![f.vault, second];
+    want.sort();
+    assert_eq!(deleted, want);
+    assert_eq!(store.account(f.account).await.unwrap(), None);
+    assert_eq!(store.vault(f.vault).await.unwrap(), None);
+    assert_eq!(store.vault(second).await.unwrap(), None);
+    assert!(store.packs(f.vault).await.unwrap().is_empty());
+    assert_eq!(store.device(f.device).await.unwrap(), None);
+    assert!(matches!(
+        store.chunk(f.vault, c0).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        store.enrolment_token_account(spare.expose()).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        store.account_usage(f.account).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.pull(f.vault, Seq::ZERO, 10).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.delete_account(f.account).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // The name can be used again; the other account is untouched.
+    store
+        .create_account(f.tenant, "account doomed")
+        .await
+        .unwrap();
+    assert!(store.chunk(keep.vault, c1).await.unwrap().is_some());
+    assert_eq!(pull_all(&store, keep.vault, 10).await.len(), 1);
+    assert_eq!(
+        store
+            .envelopes_for(keep.vault, keep.device)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let usage = store.account_usage(keep.account).await.unwrap();
+    assert_eq!(
+        (usage.stored_bytes, usage.devices, usage.vaults),
+        (10, 1, 1)
+    );
 }

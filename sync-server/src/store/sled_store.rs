@@ -619,6 +619,52 @@ impl Inner {
         Ok((record, created))
     }
 
+    fn delete_account(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError> {
+        let record = self.account_v1(account)?;
+        let prefix = account.get().to_be_bytes();
+        let mut vaults = Vec::new();
+        for item in self.account_vaults.scan_prefix(prefix) {
+            let (k, _) = item?;
+            let vault = VaultId::from_bytes(codec::account_member(ACCOUNT_VAULTS, &k)?);
+            for tree in [
+                &self.chunks,
+                &self.chunk_locs,
+                &self.packs,
+                &self.log,
+                &self.heads,
+                &self.versions,
+                &self.envelopes,
+            ] {
+                for item in tree.scan_prefix(vault.as_bytes()) {
+                    let (k, _) = item?;
+                    tree.remove(k)?;
+                }
+            }
+            self.vaults.remove(vault.as_bytes())?;
+            self.account_vaults.remove(k)?;
+            vaults.push(vault);
+        }
+        for item in self.account_devices.scan_prefix(prefix) {
+            let (k, _) = item?;
+            let device: [u8; 32] = codec::account_member(ACCOUNT_DEVICES, &k)?;
+            self.devices.remove(device)?;
+            self.account_devices.remove(k)?;
+        }
+        for item in &self.tokens {
+            let (k, v) = item?;
+            let token: TokenV1 = decode(&v)?;
+            if token.account == account.get() {
+                self.tokens.remove(k)?;
+            }
+        }
+        self.usage.remove(prefix)?;
+        self.account_names
+            .remove(codec::account_name_key(record.tenant, &record.name))?;
+        self.accounts.remove(prefix)?;
+        self.flush()?;
+        Ok(vaults)
+    }
+
     fn list_vaults(&self, account: AccountId) -> Result<Vec<VaultInfo>, StoreError> {
         self.account_v1(account)?;
         let mut out = Vec::new();
@@ -1282,6 +1328,26 @@ impl MetaStore for SledStore {
         Ok(device_record(device, d))
     }
 
+    async fn rename_device(
+        &self,
+        device: DeviceId,
+        name: &str,
+    ) -> Result<DeviceRecord, StoreError> {
+        check_name("device name", name)?;
+        let name = name.to_owned();
+        let d = self
+            .blocking(move |s| {
+                let d = s.update_device(device, |d| {
+                    d.name.clone_from(&name);
+                    Ok(())
+                })?;
+                s.flush()?;
+                Ok(d)
+            })
+            .await?;
+        Ok(device_record(device, d))
+    }
+
     async fn list_devices(&self, account: AccountId) -> Result<Vec<DeviceRecord>, StoreError> {
         self.blocking(move |s| s.list_devices(account)).await
     }
@@ -1307,6 +1373,10 @@ impl MetaStore for SledStore {
             get_decoded::<VaultV1>(&self.inner.vaults, vault.as_bytes())?
                 .map(|v| vault_record(vault, &v)),
         )
+    }
+
+    async fn delete_account(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError> {
+        self.blocking(move |s| s.delete_account(account)).await
     }
 
     async fn list_vaults(&self, account: AccountId) -> Result<Vec<VaultInfo>, StoreError> {

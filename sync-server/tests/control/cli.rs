@@ -56,3 +56,40 @@ fn bootstrap_subcommands_print_working_secrets_once() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope"));
 }
+
+#[test]
+fn json_logs_are_one_object_a_line() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dooz-server"))
+        .args(["--log-format", "json", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .env_remove("DOOZ_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut listening = None;
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        let event: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if event["fields"]["message"] == "listening" {
+            listening = Some(event);
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let event = listening.expect("the server logged that it listens");
+    assert_eq!(event["level"], "INFO");
+    assert!(
+        event["fields"]["addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+}

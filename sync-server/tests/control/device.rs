@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use dooz_protocol::{
-    ALPN, ChunkId, CreateVault, Extensions, GetChunk, Hello, Message, PROTOCOL_VERSION, PutChunk,
-    Response, VaultId,
+    ALPN, ChunkId, CreateVault, ENROL_ALPN, EnrolRequest, Extensions, GetChunk, Hello, Message,
+    PROTOCOL_VERSION, PutChunk, Response, VaultId,
 };
 use dooz_server::DeviceRegistration;
 use dooz_server::frame_io::{FrameReader, write_frame, write_frame_with_body};
@@ -65,6 +65,40 @@ impl Device {
             other => panic!("unexpected answer to Hello: {other:?}"),
         }
         device
+    }
+
+    /// Enrols a new device with `token` over the enrolment ALPN, as `dooz enroll` does; returns
+    /// the server's answer and the device's certificate.
+    pub(crate) async fn enrol_over_quic(api: &TestApi, token: &str) -> (Response, DeviceCert) {
+        let cert = DeviceCert::generate().unwrap();
+        let tuning = TransportTuning::default();
+        let config = client_config(&cert, api.server().fingerprint(), ENROL_ALPN, &tuning).unwrap();
+        let endpoint = client_endpoint("127.0.0.1:0".parse().unwrap(), config, &tuning).unwrap();
+        let conn = within(
+            endpoint
+                .connect(api.server().local_addr(), SERVER_NAME)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let request = EnrolRequest {
+            token: token.to_owned(),
+            exchange_key: [7; 32],
+            device_name: "phone".to_owned(),
+        };
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: "control tests".into(),
+            client_version: "0".into(),
+            ext: Extensions::new().with(request.to_extension().unwrap()),
+        };
+        let device = Self {
+            cert,
+            conn,
+            _endpoint: endpoint,
+        };
+        let answer = device.request(hello.into()).await;
+        (answer, device.cert)
     }
 
     /// One request on a new stream; the first response frame.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use dooz_server::config::ServerSettings;
 use dooz_server::control::rate_limit::RateLimit;
 use dooz_server::control::{
-    ApiParts, CONTROL_DIR, ControlPolicy, ControlStore, EnrolTarget, ensure_admin_token,
+    ApiParts, CONTROL_DIR, ControlPolicy, ControlStore, EnrolTarget, WebhookSettings,
+    ensure_admin_token,
 };
 use dooz_server::service::{Server, ServerParts};
 use serde_json::Value;
@@ -22,6 +23,18 @@ pub(crate) async fn within<T>(fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), fut)
         .await
         .expect("the test did not finish within 60 s: something hangs")
+}
+
+/// Webhook settings for tests: retries after a millisecond or two, so that a receiver that
+/// fails a few times gets the event at once.
+pub(crate) fn fast_webhooks() -> WebhookSettings {
+    WebhookSettings {
+        retry_base: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(5),
+        max_attempts: 6,
+        timeout: Duration::from_secs(10),
+        usage_check_interval: Duration::from_secs(3600),
+    }
 }
 
 /// Everything logged by any test of this binary (at TRACE level).
@@ -100,6 +113,7 @@ pub(crate) struct TestApi {
     pub(crate) dir: TempDir,
     cancel: CancellationToken,
     http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    webhooks: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestApi {
@@ -125,12 +139,15 @@ impl TestApi {
             .unwrap()
             .expect("a new admin token on first start");
         assert!(ensure_admin_token(&control, None).await.unwrap().is_none());
-        let policy = ControlPolicy::new(control.clone(), 7 * 24 * 3600);
+        let policy = ControlPolicy::new(control.clone(), 7 * 24 * 3600)
+            .with_webhook_settings(fast_webhooks());
         parts.policy = Arc::new(policy.clone());
         let meta = parts.store.clone();
         let server = Arc::new(Server::start(parts).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let webhooks = tokio::spawn(policy.webhooks().clone().run(meta.clone(), cancel.clone()));
         let router = dooz_server::control::router(ApiParts {
             meta,
             control,
@@ -142,7 +159,6 @@ impl TestApi {
             }),
             rate_limit: limit,
         });
-        let cancel = CancellationToken::new();
         let http = tokio::spawn(dooz_server::control::serve(
             listener,
             router,
@@ -156,6 +172,7 @@ impl TestApi {
             dir,
             cancel,
             http: Some(http),
+            webhooks: Some(webhooks),
         }
     }
 
@@ -242,6 +259,9 @@ impl TestApi {
         self.cancel.cancel();
         if let Some(http) = self.http.take() {
             within(http).await.unwrap().unwrap();
+        }
+        if let Some(webhooks) = self.webhooks.take() {
+            within(webhooks).await.unwrap();
         }
         if let Some(server) = self.server.take() {
             let server = Arc::try_unwrap(server).expect("the API let go of the server");

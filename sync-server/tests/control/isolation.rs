@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use crate::harness::TestApi;
 
 /// Every tenant-scoped route, with a body for the writes. `{t}` is the tenant, `{a}` an
-/// account, `{p}` a plan, `{s}` a subscription, `{k}` an API key, `{d}` a device.
+/// account, `{p}` a plan, `{s}` a subscription, `{k}` an API key, `{d}` a device, `{w}` a
+/// webhook endpoint.
 const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/v1/tenants/{t}", None),
     (
@@ -17,10 +18,12 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ),
     ("GET", "/v1/tenants/{t}/api_keys", None),
     ("GET", "/v1/tenants/{t}/api_keys/{k}", None),
+    ("DELETE", "/v1/tenants/{t}/api_keys/{k}", None),
     ("POST", "/v1/tenants/{t}/api_keys/{k}/revoke", None),
     ("POST", "/v1/tenants/{t}/accounts", Some(r#"{"name":"x"}"#)),
     ("GET", "/v1/tenants/{t}/accounts", None),
     ("GET", "/v1/tenants/{t}/accounts/{a}", None),
+    ("DELETE", "/v1/tenants/{t}/accounts/{a}", None),
     ("GET", "/v1/tenants/{t}/accounts/{a}/usage", None),
     (
         "POST",
@@ -29,6 +32,11 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ),
     ("GET", "/v1/tenants/{t}/accounts/{a}/devices", None),
     ("GET", "/v1/tenants/{t}/accounts/{a}/devices/{d}", None),
+    (
+        "PATCH",
+        "/v1/tenants/{t}/accounts/{a}/devices/{d}",
+        Some(r#"{"name":"x"}"#),
+    ),
     (
         "POST",
         "/v1/tenants/{t}/accounts/{a}/devices/{d}/revoke",
@@ -42,6 +50,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         "/v1/tenants/{t}/plans/{p}",
         Some(r#"{"name":"y"}"#),
     ),
+    ("DELETE", "/v1/tenants/{t}/plans/{p}", None),
     (
         "POST",
         "/v1/tenants/{t}/subscriptions",
@@ -54,6 +63,21 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         "/v1/tenants/{t}/subscriptions/{s}",
         Some(r#"{"status":"canceled"}"#),
     ),
+    (
+        "POST",
+        "/v1/tenants/{t}/webhooks",
+        Some(r#"{"url":"http://127.0.0.1:9/"}"#),
+    ),
+    ("GET", "/v1/tenants/{t}/webhooks", None),
+    ("GET", "/v1/tenants/{t}/webhooks/{w}", None),
+    (
+        "PATCH",
+        "/v1/tenants/{t}/webhooks/{w}",
+        Some(r#"{"disabled":true}"#),
+    ),
+    ("DELETE", "/v1/tenants/{t}/webhooks/{w}", None),
+    ("GET", "/v1/tenants/{t}/webhooks/{w}/deliveries", None),
+    ("GET", "/v1/tenants/{t}/webhooks/{w}/deliveries/1", None),
     ("GET", "/v1/tenants/{t}/audit", None),
     ("GET", "/v1/tenants/{t}/export", None),
 ];
@@ -65,6 +89,7 @@ struct Ids {
     s: u64,
     k: u64,
     d: String,
+    w: u64,
 }
 
 /// A tenant with one of everything; its admin key.
@@ -114,6 +139,15 @@ async fn populated(api: &TestApi, name: &str) -> (Ids, String) {
         )
         .await
         .expect(201);
+    let w = id(api
+        .call(
+            "POST",
+            &format!("{base}/webhooks"),
+            k,
+            Some(json!({"url": "http://127.0.0.1:9/", "events": ["device.revoked"]})),
+        )
+        .await
+        .expect(201));
     let device = DeviceCert::generate().unwrap();
     let registered = api
         .server()
@@ -137,6 +171,7 @@ async fn populated(api: &TestApi, name: &str) -> (Ids, String) {
         s,
         k: key_id,
         d: registered.device.to_hex(),
+        w,
     };
     (ids, key)
 }
@@ -148,6 +183,7 @@ fn fill(path: &str, ids: &Ids) -> String {
         .replace("{s}", &ids.s.to_string())
         .replace("{k}", &ids.k.to_string())
         .replace("{d}", &ids.d)
+        .replace("{w}", &ids.w.to_string())
 }
 
 #[tokio::test]
@@ -172,9 +208,10 @@ async fn a_key_of_tenant_a_gets_404_on_every_resource_of_tenant_b() {
                 s: b_ids.s,
                 k: b_ids.k,
                 d: b_ids.d.clone(),
+                w: b_ids.w,
             };
             let mixed_path = fill(route, &mixed);
-            let only_tenant_in_path = !["{a}", "{p}", "{s}", "{k}", "{d}"]
+            let only_tenant_in_path = !["{a}", "{p}", "{s}", "{k}", "{d}", "{w}"]
                 .iter()
                 .any(|p| route.contains(p));
             if !only_tenant_in_path {
@@ -200,6 +237,11 @@ async fn a_key_of_tenant_a_gets_404_on_every_resource_of_tenant_b() {
         .await
         .expect(200);
     assert!(device["revoked_at"].is_null());
+    let hook = api
+        .admin("GET", &format!("{b}/webhooks/{}", b_ids.w), None)
+        .await
+        .expect(200);
+    assert_eq!(hook["disabled"], false);
     // And A's key cannot list tenants at all (operator only).
     api.call("GET", "/v1/tenants", Some(&a_key), None)
         .await

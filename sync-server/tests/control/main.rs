@@ -5,9 +5,11 @@
 
 mod cli;
 mod conventions;
+mod deletions;
 mod device;
 mod harness;
 mod isolation;
 mod lifecycle;
 mod quota;
 mod secrets;
+mod webhooks;
