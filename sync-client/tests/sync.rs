@@ -1,5 +1,7 @@
 //! End-to-end sync tests: an in-process `dooz-server` on loopback QUIC and two devices with
-//! their own folders and indexes in temp dirs.
+//! their own folders and indexes in temp dirs. Every test runs with the server's blobs on a
+//! `LocalDir` (`local::`) and on a bucket of an in-process S3 server (`s3::`); `faults::` syncs
+//! through a blob store failing 20% of its calls, on both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
