@@ -19,7 +19,8 @@ use dooz_server::transport::TransportTuning;
 use dooz_server::{AccountId, DeviceRegistration, MetaStore, SledStore};
 use dooz_storage::testing::S3Server;
 use dooz_storage::{
-    BlobKey, BlobStore, FaultInjecting, LocalDir, Meter, Metered, RetryPolicy, Retrying,
+    BlobKey, BlobStore, FaultInjecting, LocalDir, Meter, Metered, PutFaultMode, RetryPolicy,
+    Retrying,
 };
 use tempfile::TempDir;
 
@@ -67,7 +68,8 @@ impl TestServer {
     }
 
     /// A server on `backend`. With `faults`, its blob store is
-    /// `Retrying(FaultInjecting(backend))` with that retry policy, the faults set by the
+    /// `Retrying(FaultInjecting(backend))` with that retry policy (failed puts land on S3, not on
+    /// `LocalDir`), the faults set by the
     /// caller through [`TestServer::faults`]; without, `Retrying(backend)` on S3 (as
     /// `dooz-server` opens remote stores) and the bare `LocalDir` otherwise. The meter counts
     /// above all of that.
@@ -88,7 +90,15 @@ impl TestServer {
         let mut retrying = None;
         let served: Arc<dyn BlobStore> = match (faults, backend) {
             (Some(policy), _) => {
-                let f = Arc::new(FaultInjecting::new(Arc::clone(&raw_blobs), 0x5eed));
+                // On S3 a failed put may have landed (a lost response); on LocalDir it never
+                // did (a request that never arrived).
+                let mode = match backend {
+                    Backend::Local => PutFaultMode::BeforeWrite,
+                    Backend::S3 => PutFaultMode::AfterWrite,
+                };
+                let f = Arc::new(
+                    FaultInjecting::new(Arc::clone(&raw_blobs), 0x5eed).with_put_mode(mode),
+                );
                 injecting = Some(Arc::clone(&f));
                 let r = Arc::new(
                     Retrying::new(f as Arc<dyn BlobStore>)
