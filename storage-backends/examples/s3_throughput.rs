@@ -11,9 +11,6 @@
 //! file system; `LocalDir` also makes each put durable (syncfs), s3s-fs does not fsync.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/s3_server.rs"]
-mod s3_server;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -109,7 +106,7 @@ async fn main() -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(3);
-    let server = s3_server::S3Server::start().await?;
+    let server = dooz_storage::testing::S3Server::start().await?;
     let s3 = server.config().open()?;
     let dir = tempfile::tempdir()?;
     let local: Arc<dyn BlobStore> = Arc::new(LocalDir::open(dir.path())?);

@@ -18,6 +18,8 @@
 //! - [`validate()`]: a list, write, read and delete of a probe blob, naming the step that
 //!   failed.
 //! - `conformance` (cargo feature `conformance`): the suite every backend runs.
+//! - `testing` (cargo feature `s3-test-server`): [`testing::S3Server`], an S3-compatible server
+//!   in the test's process, for tests of this and other crates.
 //!
 //! # Durability
 //!
@@ -79,6 +81,8 @@ mod validate;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "s3-test-server")]
+pub mod testing;
 
 pub use crate::{
     error::{BoxError, Op, StorageError},

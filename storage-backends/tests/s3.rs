@@ -14,10 +14,7 @@ use dooz_storage::{
 };
 use tokio::net::TcpListener;
 
-#[path = "support/s3_server.rs"]
-mod s3_server;
-
-use s3_server::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use dooz_storage::testing::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 
 fn key(s: &str) -> BlobKey {
     BlobKey::new(s).unwrap()

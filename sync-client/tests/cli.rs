@@ -1,6 +1,7 @@
 //! The `dooz` CLI end to end: an in-process `dooz-server` on loopback QUIC and real `dooz`
 //! processes, each device with its own home (`--home`) and folder in temp dirs. Also the
-//! library's enrolment ([`Connection::enrol`]) against the same server.
+//! library's enrolment ([`Connection::enrol`]) against the same server. Every test runs with
+//! the server's blobs on a `LocalDir` (`local::`) and on an in-process S3 server (`s3::`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -20,8 +21,19 @@ use dooz_server::service::{Server, ServerParts, mint_enrolment_code};
 use dooz_server::tls::ServerIdentity;
 use dooz_server::transport::TransportTuning;
 use dooz_server::{AccountId, MetaStore, SledStore, StoreError, TenantId};
-use dooz_storage::LocalDir;
+use dooz_storage::testing::S3Server;
+use dooz_storage::{BlobStore, LocalDir, Retrying};
 use tempfile::TempDir;
+
+/// Where the server keeps its blobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// `LocalDir` in the server's temp dir.
+    Local,
+    /// A bucket on an in-process S3 server (s3s-fs), behind `Retrying` as `dooz-server` opens
+    /// remote stores.
+    S3,
+}
 
 struct TestServer {
     server: Option<Server>,
@@ -30,19 +42,25 @@ struct TestServer {
     listen: SocketAddr,
     /// Where account policies come from (quotas, subscription access).
     policy: Arc<dyn PolicySource>,
-    /// The TLS identity (so a restart keeps the fingerprint) and the blobs.
+    /// The TLS identity (so a restart keeps the fingerprint) and, on `LocalDir`, the blobs.
     dir: TempDir,
+    /// The S3 server holding the blobs, on [`Backend::S3`]; it outlives restarts.
+    s3: Option<S3Server>,
 }
 
 impl TestServer {
-    async fn start() -> Self {
-        Self::start_with_policy(Arc::new(Unlimited)).await
+    async fn start(backend: Backend) -> Self {
+        Self::start_with_policy(backend, Arc::new(Unlimited)).await
     }
 
-    async fn start_with_policy(policy: Arc<dyn PolicySource>) -> Self {
+    async fn start_with_policy(backend: Backend, policy: Arc<dyn PolicySource>) -> Self {
         let store = Arc::new(SledStore::temporary().unwrap());
         let tenant = store.create_tenant("test").await.unwrap();
         let account = store.create_account(tenant, "ana").await.unwrap();
+        let s3 = match backend {
+            Backend::Local => None,
+            Backend::S3 => Some(S3Server::start().await.unwrap()),
+        };
         let mut this = Self {
             server: None,
             store,
@@ -50,6 +68,7 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().unwrap(),
             policy,
             dir: tempfile::tempdir().unwrap(),
+            s3,
         };
         this.restart();
         this
@@ -57,9 +76,13 @@ impl TestServer {
 
     /// Starts the server (again), on the same address and with the same identity and data.
     fn restart(&mut self) {
+        let blobs: Arc<dyn BlobStore> = match &self.s3 {
+            None => Arc::new(LocalDir::open(self.dir.path().join("blobs")).unwrap()),
+            Some(s3) => Arc::new(Retrying::new(s3.config().open_bucket().unwrap())),
+        };
         let parts = ServerParts {
             store: self.store.clone(),
-            blobs: Arc::new(LocalDir::open(self.dir.path().join("blobs")).unwrap()),
+            blobs,
             identity: ServerIdentity::load_or_create(self.dir.path()).unwrap(),
             listen: self.listen,
             tuning: TransportTuning::default(),
@@ -197,6 +220,39 @@ fn write(root: &Path, rel: &str, data: &[u8]) {
     fs::write(p, data).unwrap();
 }
 
+/// Runs each named test (an `async fn(Backend)`) twice: `local::name` with the server's blobs
+/// on a `LocalDir`, `s3::name` on a bucket of an in-process S3 server.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Local).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::S3).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    two_devices_sync_a_folder_through_the_cli,
+    devices_that_are_not_enrolled_are_told_to_enrol,
+    bad_enrolment_codes_get_clear_errors,
+    the_library_enrols_and_then_connects,
+    sync_waits_for_a_server_that_is_down,
+    sync_watch_keeps_a_device_in_sync_both_ways,
+    quotas_and_inactive_subscriptions_are_explained_and_lose_nothing,
+);
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -204,10 +260,9 @@ fn now() -> u64 {
         .as_secs()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_devices_sync_a_folder_through_the_cli() {
+async fn two_devices_sync_a_folder_through_the_cli(backend: Backend) {
     use std::os::unix::fs::PermissionsExt;
-    let server = TestServer::start().await;
+    let server = TestServer::start(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let (home_a, home_b) = (dir.path().join("home-a"), dir.path().join("home-b"));
     let (folder_a, folder_b) = (dir.path().join("folder-a"), dir.path().join("folder-b"));
@@ -334,9 +389,8 @@ async fn two_devices_sync_a_folder_through_the_cli() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn devices_that_are_not_enrolled_are_told_to_enrol() {
-    let server = TestServer::start().await;
+async fn devices_that_are_not_enrolled_are_told_to_enrol(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let dir = tempfile::tempdir().unwrap();
 
     // Nothing set up at all.
@@ -378,9 +432,8 @@ async fn devices_that_are_not_enrolled_are_told_to_enrol() {
     assert!(run.stderr.contains("dooz enroll"), "{}", run.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_enrolment_codes_get_clear_errors() {
-    let server = TestServer::start().await;
+async fn bad_enrolment_codes_get_clear_errors(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
 
@@ -422,9 +475,8 @@ async fn bad_enrolment_codes_get_clear_errors() {
     dooz(&other, &["frobnicate"]).await.fails(2);
 }
 
-#[tokio::test]
-async fn the_library_enrols_and_then_connects() {
-    let server = TestServer::start().await;
+async fn the_library_enrols_and_then_connects(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let keys = DeviceSecretKeys::generate().unwrap();
 
     // Not enrolled yet: the sync connection is refused.
@@ -478,9 +530,8 @@ async fn the_library_enrols_and_then_connects() {
     assert!(matches!(e, NetError::ServerCertMismatch { .. }), "{e}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_waits_for_a_server_that_is_down() {
-    let mut server = TestServer::start().await;
+async fn sync_waits_for_a_server_that_is_down(backend: Backend) {
+    let mut server = TestServer::start(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let folder = dir.path().join("folder");
@@ -625,10 +676,9 @@ async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut() -
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_watch_keeps_a_device_in_sync_both_ways() {
+async fn sync_watch_keeps_a_device_in_sync_both_ways(backend: Backend) {
     const WITHIN: Duration = Duration::from_secs(60);
-    let server = TestServer::start().await;
+    let server = TestServer::start(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let (home_a, home_b) = (dir.path().join("home-a"), dir.path().join("home-b"));
     let (folder_a, folder_b) = (dir.path().join("folder-a"), dir.path().join("folder-b"));
@@ -759,10 +809,9 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quotas_and_inactive_subscriptions_are_explained_and_lose_nothing() {
+async fn quotas_and_inactive_subscriptions_are_explained_and_lose_nothing(backend: Backend) {
     let policy = TestPolicy(Arc::new(std::sync::Mutex::new(AccountPolicy::unlimited())));
-    let server = TestServer::start_with_policy(Arc::new(policy.clone())).await;
+    let server = TestServer::start_with_policy(backend, Arc::new(policy.clone())).await;
     let dir = tempfile::tempdir().unwrap();
     let (home_a, home_b) = (dir.path().join("home-a"), dir.path().join("home-b"));
     let (folder_a, folder_b) = (dir.path().join("folder-a"), dir.path().join("folder-b"));

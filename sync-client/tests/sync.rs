@@ -1,5 +1,7 @@
 //! End-to-end sync tests: an in-process `dooz-server` on loopback QUIC and two devices with
-//! their own folders and indexes in temp dirs.
+//! their own folders and indexes in temp dirs. Every test runs with the server's blobs on a
+//! `LocalDir` (`local::`) and on a bucket of an in-process S3 server (`s3::`); `faults::` syncs
+//! through a blob store failing 20% of its calls, on both.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -15,7 +17,11 @@ use dooz_server::service::{Server, ServerParts};
 use dooz_server::tls::ServerIdentity;
 use dooz_server::transport::TransportTuning;
 use dooz_server::{AccountId, DeviceRegistration, MetaStore, SledStore};
-use dooz_storage::{LocalDir, Meter, Metered};
+use dooz_storage::testing::S3Server;
+use dooz_storage::{
+    BlobKey, BlobStore, FaultInjecting, LocalDir, Meter, Metered, PutFaultMode, RetryPolicy,
+    Retrying,
+};
 use tempfile::TempDir;
 
 fn now() -> u64 {
@@ -25,25 +31,104 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// Where the server keeps its blobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// `LocalDir` in a temp dir.
+    Local,
+    /// A bucket on an in-process S3 server (s3s-fs), behind `Retrying` as `dooz-server` opens
+    /// remote stores.
+    S3,
+}
+
 struct TestServer {
     server: Server,
     account: AccountId,
     fingerprint: [u8; 32],
-    blob_dir: TempDir,
+    /// The blob store under the server's adapters (no meter, no retries, no faults): tests
+    /// inspect and damage blobs through it.
+    raw_blobs: Arc<dyn BlobStore>,
     /// Counts the bytes the server's blob store takes in and gives out.
     meter: Meter,
+    /// The fault injector under the server's retries, if started with faults.
+    faults: Option<Arc<FaultInjecting<Arc<dyn BlobStore>>>>,
+    /// The retrying layer above the fault injector, if started with faults.
+    retrying: Option<Arc<Retrying<Arc<dyn BlobStore>>>>,
+    /// Kept alive for the server: the blob directory or the S3 server.
+    _backend: (Option<TempDir>, Option<S3Server>),
 }
 
 impl TestServer {
     async fn start() -> Self {
-        let blob_dir = tempfile::tempdir().unwrap();
+        Self::start_on(Backend::Local, None).await
+    }
+
+    async fn start_s3() -> Self {
+        Self::start_on(Backend::S3, None).await
+    }
+
+    /// A server on `backend`. With `faults`, its blob store is
+    /// `Retrying(FaultInjecting(backend))` with that retry policy (failed puts land on S3, not on
+    /// `LocalDir`), the faults set by the
+    /// caller through [`TestServer::faults`]; without, `Retrying(backend)` on S3 (as
+    /// `dooz-server` opens remote stores) and the bare `LocalDir` otherwise. The meter counts
+    /// above all of that.
+    async fn start_on(backend: Backend, faults: Option<RetryPolicy>) -> Self {
+        let (raw_blobs, kept): (Arc<dyn BlobStore>, _) = match backend {
+            Backend::Local => {
+                let dir = tempfile::tempdir().unwrap();
+                let blobs = Arc::new(LocalDir::open(dir.path()).unwrap());
+                (blobs, (Some(dir), None))
+            }
+            Backend::S3 => {
+                let s3 = S3Server::start().await.unwrap();
+                let blobs = Arc::new(s3.config().open_bucket().unwrap());
+                (blobs, (None, Some(s3)))
+            }
+        };
+        let mut injecting = None;
+        let mut retrying = None;
+        let served: Arc<dyn BlobStore> = match (faults, backend) {
+            (Some(policy), _) => {
+                // On S3 a failed put may have landed (a lost response); on LocalDir it never
+                // did (a request that never arrived).
+                let mode = match backend {
+                    Backend::Local => PutFaultMode::BeforeWrite,
+                    Backend::S3 => PutFaultMode::AfterWrite,
+                };
+                let f = Arc::new(
+                    FaultInjecting::new(Arc::clone(&raw_blobs), 0x5eed).with_put_mode(mode),
+                );
+                injecting = Some(Arc::clone(&f));
+                let r = Arc::new(
+                    Retrying::new(f as Arc<dyn BlobStore>)
+                        .with_policy(policy)
+                        .unwrap(),
+                );
+                retrying = Some(Arc::clone(&r));
+                r
+            }
+            (None, Backend::S3) => Arc::new(Retrying::new(Arc::clone(&raw_blobs))),
+            (None, Backend::Local) => Arc::clone(&raw_blobs),
+        };
+        let mut server = Self::start_with(served, raw_blobs, kept).await;
+        server.faults = injecting;
+        server.retrying = retrying;
+        server
+    }
+
+    async fn start_with(
+        blobs: Arc<dyn BlobStore>,
+        raw_blobs: Arc<dyn BlobStore>,
+        kept: (Option<TempDir>, Option<S3Server>),
+    ) -> Self {
         let store = Arc::new(SledStore::temporary().unwrap());
         let tenant = store.create_tenant("test").await.unwrap();
         let account = store.create_account(tenant, "ana").await.unwrap();
         let identity = ServerIdentity::generate().unwrap();
         let fingerprint = *blake3::hash(identity.cert_der()).as_bytes();
         let meter = Meter::new();
-        let blobs = Metered::with_meter(LocalDir::open(blob_dir.path()).unwrap(), meter.clone());
+        let blobs = Metered::with_meter(blobs, meter.clone());
         let parts = ServerParts {
             store,
             blobs: Arc::new(blobs),
@@ -59,8 +144,11 @@ impl TestServer {
             server,
             account,
             fingerprint,
-            blob_dir,
+            raw_blobs,
             meter,
+            faults: None,
+            retrying: None,
+            _backend: kept,
         }
     }
 
@@ -148,6 +236,24 @@ impl Device {
     async fn sync(&mut self) -> dooz_client::SyncReport {
         self.engine.sync().await.unwrap()
     }
+
+    /// Syncs until a sync succeeds, retrying (after reconnecting if need be) while the engine
+    /// says its error is retryable; any other error fails the test. Returns the report and
+    /// the number of failed attempts.
+    async fn sync_until_done(&mut self) -> (dooz_client::SyncReport, u32) {
+        let mut failed = 0;
+        loop {
+            if self.engine.connection().close_reason().is_some() {
+                let conn = self.connector.connect().await.unwrap();
+                self.engine.set_connection(conn);
+            }
+            match self.engine.sync().await {
+                Ok(report) => return (report, failed),
+                Err(e) if e.is_retryable() && failed < 50 => failed += 1,
+                Err(e) => panic!("sync failed after {failed} retryable failures: {e}"),
+            }
+        }
+    }
 }
 
 /// Every file and directory under `root` (relative path, content or `None` for a dir, mode),
@@ -197,10 +303,48 @@ async fn pair(server: &TestServer) -> (Device, Device) {
     (a, b)
 }
 
-#[tokio::test]
-async fn a_folder_propagates_both_ways() {
+/// Runs each named test (an `async fn(TestServer)`) twice: `local::name` on a `LocalDir`,
+/// `s3::name` on a bucket of an in-process S3 server.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::TestServer::start().await).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::TestServer::start_s3().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_folder_propagates_both_ways,
+    renames_move_no_chunk_bytes_and_inserts_move_few,
+    concurrent_edits_keep_both_versions,
+    a_corrupted_chunk_is_reported_and_the_old_copy_kept,
+    an_unknown_device_is_refused_with_a_clear_message,
+    a_modification_survives_a_concurrent_deletion,
+    subscribers_hear_about_commits,
+    an_interrupted_upload_resumes_without_resending_acknowledged_chunks,
+    a_lost_connection_is_reopened,
+    an_edit_made_after_the_scan_is_never_overwritten,
+    downloads_follow_the_local_ignore_rules,
+    the_watcher_follows_pushes_and_local_edits_without_echo,
+    one_watcher_serves_several_vaults_and_stops_cleanly,
+    progress_is_reported_and_downloaded_files_match_the_index,
+);
+
+async fn a_folder_propagates_both_ways(server: TestServer) {
     use std::os::unix::fs::PermissionsExt;
-    let server = TestServer::start().await;
     let (mut a, mut b) = pair(&server).await;
 
     a.write("hello.txt", b"hello world\n");
@@ -241,9 +385,7 @@ async fn a_folder_propagates_both_ways() {
     assert_eq!((idle.committed, idle.applied), (0, 0), "{idle:?}");
 }
 
-#[tokio::test]
-async fn renames_move_no_chunk_bytes_and_inserts_move_few() {
-    let server = TestServer::start().await;
+async fn renames_move_no_chunk_bytes_and_inserts_move_few(server: TestServer) {
     let (mut a, mut b) = pair(&server).await;
     let big = pseudo_random(64 * 1024 * 1024, 7);
     a.write("big.bin", &big);
@@ -304,9 +446,7 @@ async fn renames_move_no_chunk_bytes_and_inserts_move_few() {
     assert_eq!(b.read("moved/big.bin"), edited);
 }
 
-#[tokio::test]
-async fn concurrent_edits_keep_both_versions() {
-    let server = TestServer::start().await;
+async fn concurrent_edits_keep_both_versions(server: TestServer) {
     let (mut a, mut b) = pair(&server).await;
     a.write("doc.txt", b"base\n");
     a.sync().await;
@@ -333,24 +473,23 @@ async fn concurrent_edits_keep_both_versions() {
     );
 }
 
-#[tokio::test]
-async fn a_corrupted_chunk_is_reported_and_the_old_copy_kept() {
-    let server = TestServer::start().await;
+async fn a_corrupted_chunk_is_reported_and_the_old_copy_kept(server: TestServer) {
     let (mut a, mut b) = pair(&server).await;
     a.write("precious.bin", &pseudo_random(100_000, 3));
     a.sync().await;
     b.sync().await;
-    let before = blob_files(server.blob_dir.path());
+    let before = blob_keys(&server).await;
 
     a.write("precious.bin", &pseudo_random(100_000, 4));
     a.sync().await;
+    // Flip a bit in every blob written since, through the store (a disk or a bucket).
     let mut flipped = 0;
-    for f in blob_files(server.blob_dir.path()) {
-        if !before.contains(&f) {
-            let mut bytes = fs::read(&f).unwrap();
+    for key in blob_keys(&server).await {
+        if !before.contains(&key) {
+            let mut bytes = server.raw_blobs.get(&key).await.unwrap().to_vec();
             let i = bytes.len() / 2;
             bytes[i] ^= 0x40;
-            fs::write(&f, bytes).unwrap();
+            server.raw_blobs.put(&key, bytes.into()).await.unwrap();
             flipped += 1;
         }
     }
@@ -364,26 +503,21 @@ async fn a_corrupted_chunk_is_reported_and_the_old_copy_kept() {
     assert_eq!(b.read("precious.bin"), pseudo_random(100_000, 3));
 }
 
-fn blob_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+/// The keys of every blob the server stores, sorted.
+async fn blob_keys(server: &TestServer) -> Vec<BlobKey> {
+    let mut keys: Vec<_> = server
+        .raw_blobs
+        .list(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    keys.sort();
+    keys
 }
 
-#[tokio::test]
-async fn an_unknown_device_is_refused_with_a_clear_message() {
-    let server = TestServer::start().await;
+async fn an_unknown_device_is_refused_with_a_clear_message(server: TestServer) {
     let keys = DeviceSecretKeys::generate().unwrap();
     let err = Connection::connect(&server.addr(), &server.fingerprint, &keys)
         .await
@@ -403,9 +537,7 @@ async fn an_unknown_device_is_refused_with_a_clear_message() {
     );
 }
 
-#[tokio::test]
-async fn a_modification_survives_a_concurrent_deletion() {
-    let server = TestServer::start().await;
+async fn a_modification_survives_a_concurrent_deletion(server: TestServer) {
     let (mut a, mut b) = pair(&server).await;
     a.write("keep.txt", b"v1\n");
     a.write("gone.txt", b"v1\n");
@@ -426,9 +558,7 @@ async fn a_modification_survives_a_concurrent_deletion() {
     assert_eq!(b.read("gone.txt"), b"v2 from alpha\n");
 }
 
-#[tokio::test]
-async fn subscribers_hear_about_commits() {
-    let server = TestServer::start().await;
+async fn subscribers_hear_about_commits(server: TestServer) {
     let (mut a, b) = pair(&server).await;
     let vault = dooz_protocol::VaultId::from_bytes(b.engine.vault_index().vault().0);
     let mut sub = b.engine.connection().subscribe(vec![vault]).await.unwrap();
@@ -439,10 +569,8 @@ async fn subscribers_hear_about_commits() {
     assert!(changed.seq.get() >= 1);
 }
 
-#[tokio::test]
-async fn an_interrupted_upload_resumes_without_resending_acknowledged_chunks() {
+async fn an_interrupted_upload_resumes_without_resending_acknowledged_chunks(server: TestServer) {
     use dooz_client::{PendingUpload, RelPath};
-    let server = TestServer::start().await;
     let (mut a, mut b) = pair(&server).await;
     let data = pseudo_random(1024 * 1024, 11);
     a.write("big.bin", &data);
@@ -499,9 +627,7 @@ async fn an_interrupted_upload_resumes_without_resending_acknowledged_chunks() {
     assert_eq!(b.read("big.bin"), data);
 }
 
-#[tokio::test]
-async fn a_lost_connection_is_reopened() {
-    let server = TestServer::start().await;
+async fn a_lost_connection_is_reopened(server: TestServer) {
     let (mut a, mut b) = pair(&server).await;
     a.engine.connection().close().await;
     a.write("after-reconnect.txt", b"still syncing\n");
@@ -513,9 +639,7 @@ async fn a_lost_connection_is_reopened() {
     assert_eq!(b.read("after-reconnect.txt"), b"still syncing\n");
 }
 
-#[tokio::test]
-async fn an_edit_made_after_the_scan_is_never_overwritten() {
-    let server = TestServer::start().await;
+async fn an_edit_made_after_the_scan_is_never_overwritten(server: TestServer) {
     let (mut a, mut b) = pair(&server).await;
     a.write("race.txt", b"v1\n");
     a.sync().await;
@@ -542,9 +666,7 @@ async fn an_edit_made_after_the_scan_is_never_overwritten() {
     );
 }
 
-#[tokio::test]
-async fn downloads_follow_the_local_ignore_rules() {
-    let server = TestServer::start().await;
+async fn downloads_follow_the_local_ignore_rules(server: TestServer) {
     let (mut a, mut b) = pair(&server).await;
     a.write("keep.txt", b"keep\n");
     a.write("noise.log", b"noise\n");
@@ -606,10 +728,8 @@ impl Events {
     }
 }
 
-#[tokio::test]
-async fn the_watcher_follows_pushes_and_local_edits_without_echo() {
+async fn the_watcher_follows_pushes_and_local_edits_without_echo(server: TestServer) {
     use dooz_client::{Trigger, WatchEvent, WatchOptions, Watcher};
-    let server = TestServer::start().await;
     let (mut a, b) = pair(&server).await;
     let Device {
         connector,
@@ -706,10 +826,8 @@ async fn the_watcher_follows_pushes_and_local_edits_without_echo() {
     assert_eq!(events.committed, 1, "{:#?}", events.seen);
 }
 
-#[tokio::test]
-async fn one_watcher_serves_several_vaults_and_stops_cleanly() {
+async fn one_watcher_serves_several_vaults_and_stops_cleanly(server: TestServer) {
     use dooz_client::{StopHandle, Trigger, WatchError, WatchEvent, WatchOptions, Watcher};
-    let server = TestServer::start().await;
     let (_a1, b1) = pair(&server).await;
     let (mut a2, b2) = pair(&server).await;
     let vault2 = b2.engine.vault_index().vault();
@@ -794,11 +912,9 @@ async fn one_watcher_serves_several_vaults_and_stops_cleanly() {
     assert!(b1_folder.path().exists());
 }
 
-#[tokio::test]
-async fn progress_is_reported_and_downloaded_files_match_the_index() {
+async fn progress_is_reported_and_downloaded_files_match_the_index(server: TestServer) {
     use dooz_client::{ProgressEvent, SyncPhase};
     use std::sync::Mutex;
-    let server = TestServer::start().await;
     let (mut a, mut b) = pair(&server).await;
     type Log = Arc<Mutex<Vec<ProgressEvent>>>;
     let record = |log: &Log| -> Arc<dyn dooz_client::Progress> {
@@ -881,4 +997,106 @@ async fn progress_is_reported_and_downloaded_files_match_the_index() {
     );
     // A's next pull has something to apply.
     assert!(a.engine.pull_has_changes().await.unwrap());
+}
+
+// ---- sync through a failing backend ----
+
+/// A folder of mixed content: many small files in nested directories, a few of MiBs, an
+/// empty file and an empty directory.
+fn write_mixed_folder(d: &Device) {
+    for i in 0..240u64 {
+        let len = (i as usize * 997) % 6000;
+        d.write(
+            &format!("docs/{:02}/sub{}/file-{i}.txt", i % 12, i % 3),
+            &pseudo_random(len, 1000 + i),
+        );
+    }
+    d.write("media/one.bin", &pseudo_random(1024 * 1024, 1));
+    d.write(
+        "media/nested/two.bin",
+        &pseudo_random(3 * 1024 * 1024 + 123, 2),
+    );
+    d.write("media/three.bin", &pseudo_random(5 * 1024 * 1024 - 7, 3));
+    d.write("empty", b"");
+    fs::create_dir_all(d.path("empty-dir/inner")).unwrap();
+}
+
+/// Devices A and B sync through a server whose blob store fails 20% of all operations (put,
+/// get, get_range, head, delete, list) at random, under the server's retries: every sync
+/// completes (retried by the device while the error is retryable) and both trees end
+/// byte-identical, both ways.
+async fn a_sync_through_a_failing_backend_completes(backend: Backend) {
+    let policy = RetryPolicy::default()
+        .with_max_attempts(FAULT_TEST_ATTEMPTS)
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(20));
+    let server = TestServer::start_on(backend, Some(policy)).await;
+    let (mut a, mut b) = pair(&server).await;
+    let faults = server.faults.clone().unwrap();
+    faults.set_fail_rate(None, 0.2).unwrap();
+
+    write_mixed_folder(&a);
+    let (up, up_retries) = a.sync_until_done().await;
+    let (down, down_retries) = b.sync_until_done().await;
+    assert_eq!(
+        tree(a.folder.path()),
+        tree(b.folder.path()),
+        "{up:?} {down:?}"
+    );
+    assert!(tree(b.folder.path()).len() > 250);
+
+    // An edit round back from B to A under the same faults.
+    b.write("docs/03/sub0/file-3.txt", b"edited on beta\n");
+    let mut big = b.read("media/nested/two.bin");
+    big.splice(1000..1000, pseudo_random(40_000, 9));
+    b.write("media/nested/two.bin", &big);
+    fs::remove_file(b.path("media/one.bin")).unwrap();
+    fs::rename(b.path("docs/05"), b.path("docs/renamed-05")).unwrap();
+    for i in 0..40u64 {
+        b.write(
+            &format!("new/n-{i}.dat"),
+            &pseudo_random(3000 + i as usize, 5000 + i),
+        );
+    }
+    let (back_up, back_up_retries) = b.sync_until_done().await;
+    let (back_down, back_down_retries) = a.sync_until_done().await;
+    assert_eq!(
+        tree(a.folder.path()),
+        tree(b.folder.path()),
+        "{back_up:?} {back_down:?}"
+    );
+    assert_eq!(a.read("media/nested/two.bin"), big);
+    assert!(!a.path("media/one.bin").exists());
+
+    // Quiet again: nothing left to do on either side.
+    faults.set_fail_rate(None, 0.0).unwrap();
+    for d in [&mut a, &mut b] {
+        let idle = d.sync().await;
+        assert_eq!((idle.committed, idle.applied), (0, 0), "{idle:?}");
+    }
+    let retries = server.retrying.as_ref().unwrap().retries();
+    println!(
+        "{backend:?}: {} faults injected, {retries} storage retries; device sync retries: \
+         A up {up_retries}, B down {down_retries}, B up {back_up_retries}, A down \
+         {back_down_retries}",
+        faults.injected()
+    );
+    assert!(faults.injected() > 50, "faults were injected");
+}
+
+/// Attempts per storage call in the fault test: with 20% failures, a call fails for good
+/// (and the device sees a retryable error) with probability 0.2^4 = 0.16%.
+const FAULT_TEST_ATTEMPTS: u32 = 4;
+
+mod faults {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_through_a_failing_local_dir_completes() {
+        a_sync_through_a_failing_backend_completes(Backend::Local).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_through_a_failing_s3_bucket_completes() {
+        a_sync_through_a_failing_backend_completes(Backend::S3).await;
+    }
 }
