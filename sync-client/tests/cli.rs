@@ -251,6 +251,7 @@ on_both_backends!(
     sync_waits_for_a_server_that_is_down,
     sync_watch_keeps_a_device_in_sync_both_ways,
     quotas_and_inactive_subscriptions_are_explained_and_lose_nothing,
+    history_lists_versions_and_restore_brings_one_back,
 );
 
 fn now() -> u64 {
@@ -979,9 +980,8 @@ async fn quotas_and_inactive_subscriptions_are_explained_and_lose_nothing(backen
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_lists_versions_and_restore_brings_one_back() {
-    let server = TestServer::start().await;
+async fn history_lists_versions_and_restore_brings_one_back(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let folder = dir.path().join("folder");
