@@ -98,6 +98,8 @@ async fn quota_upgrade_and_cancellation_reach_the_data_plane() {
         .await
         .expect(200);
     stored(device.put_chunk(v, 2, &[2; 600]).await);
+    // Small chunks are counted in the stored bytes once their pack is written.
+    api.server().seal_open_packs().await;
     let usage = api
         .call("GET", &format!("{a}/usage"), k, None)
         .await
