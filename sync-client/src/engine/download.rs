@@ -94,6 +94,41 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Opens a logged version (pulled or from `History`) into its path and the remote entry it
+/// makes: the record is checked against the entry key and version it was sealed for.
+pub(super) fn remote_entry(
+    keyring: &Keyring,
+    c: &dooz_protocol::Change,
+) -> Result<(RelPath, RemoteEntry), EngineError> {
+    let entry = EntryKey::from_bytes(*c.entry.as_bytes());
+    let version = VersionId(*c.version.as_bytes());
+    let record = EntryRecord::open(keyring, &entry, &version, &c.record).map_err(|e| {
+        EngineError::Integrity {
+            path: format!("entry {entry}"),
+            reason: e.to_string(),
+        }
+    })?;
+    let chunks = match &record.chunks {
+        RecordChunks::Inline(c) => c.clone(),
+        RecordChunks::List { .. } => {
+            return Err(EngineError::TooManyChunks {
+                path: record.path.to_string(),
+                chunks: usize::MAX,
+                max: dooz_protocol::limits::MAX_CHUNKS_PER_ENTRY,
+            });
+        }
+    };
+    let remote = RemoteEntry {
+        entry_key: entry,
+        version,
+        parent: c.parent.map(|p| VersionId(*p.as_bytes())),
+        seq: c.seq,
+        state: record.state(),
+        chunks,
+    };
+    Ok((record.path, remote))
+}
+
 impl Engine {
     /// Pulls the vault's log since the cursor into the remote-state tree; returns how many
     /// changes arrived.
@@ -107,32 +142,7 @@ impl Engine {
             phase.advance(page.changes.len() as u64);
             let mut entries = Vec::with_capacity(page.changes.len());
             for c in &page.changes {
-                let entry = EntryKey::from_bytes(*c.entry.as_bytes());
-                let version = VersionId(*c.version.as_bytes());
-                let record = EntryRecord::open(&self.keyring, &entry, &version, &c.record)
-                    .map_err(|e| EngineError::Integrity {
-                        path: format!("entry {entry}"),
-                        reason: e.to_string(),
-                    })?;
-                let chunks = match &record.chunks {
-                    RecordChunks::Inline(c) => c.clone(),
-                    RecordChunks::List { .. } => {
-                        return Err(EngineError::TooManyChunks {
-                            path: record.path.to_string(),
-                            chunks: usize::MAX,
-                            max: dooz_protocol::limits::MAX_CHUNKS_PER_ENTRY,
-                        });
-                    }
-                };
-                let remote = RemoteEntry {
-                    entry_key: entry,
-                    version,
-                    parent: c.parent.map(|p| VersionId(*p.as_bytes())),
-                    seq: c.seq,
-                    state: record.state(),
-                    chunks,
-                };
-                entries.push((record.path, remote));
+                entries.push(remote_entry(&self.keyring, c)?);
             }
             count += entries.len() as u64;
             let next = if page.next > cursor {

@@ -7,13 +7,13 @@
 //! current head: history is never rewritten, and other devices receive the restore as an
 //! ordinary change. Chunks the server still has are not uploaded again.
 
-use dooz_crypto::{EntryKey, VersionId};
+use dooz_crypto::VersionId;
 use dooz_protocol::limits::MAX_HISTORY_PAGE;
 use dooz_protocol::{DeviceId, Seq};
 
+use super::download::remote_entry;
 use super::{Engine, EngineError, SyncReport};
 use crate::index::{EntryState, RelPath, RemoteEntry};
-use crate::record::{EntryRecord, RecordChunks};
 
 /// One version of an entry, as [`Engine::history`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,39 +89,19 @@ impl Engine {
                 .history(vault, p_entry, MAX_HISTORY_PAGE, before)
                 .await?;
             for c in page.versions {
-                let version = VersionId(*c.version.as_bytes());
-                let record = open_record(&self.keyring, &entry, &version, &c.record)?;
-                if record.path != *path {
+                let (record_path, remote) = remote_entry(&self.keyring, &c)?;
+                if record_path != *path {
                     return Err(EngineError::Integrity {
                         path: path.to_string(),
-                        reason: format!("a version of it names another path, {}", record.path),
+                        reason: format!("a version of it names another path, {record_path}"),
                     });
                 }
-                let chunks = match &record.chunks {
-                    RecordChunks::Inline(c) => c.clone(),
-                    RecordChunks::List { .. } => {
-                        return Err(EngineError::TooManyChunks {
-                            path: record.path.to_string(),
-                            chunks: usize::MAX,
-                            max: dooz_protocol::limits::MAX_CHUNKS_PER_ENTRY,
-                        });
-                    }
-                };
-                let state = record.state();
-                let remote = RemoteEntry {
-                    entry_key: entry,
-                    version,
-                    parent: c.parent.map(|p| VersionId(*p.as_bytes())),
-                    seq: c.seq,
-                    state,
-                    chunks,
-                };
                 out.push((
                     EntryVersion {
-                        version,
+                        version: remote.version,
                         seq: c.seq,
                         device: c.device,
-                        state,
+                        state: remote.state,
                     },
                     remote,
                 ));
@@ -133,16 +113,4 @@ impl Engine {
         }
         Ok(out)
     }
-}
-
-fn open_record(
-    keyring: &dooz_crypto::Keyring,
-    entry: &EntryKey,
-    version: &VersionId,
-    sealed: &[u8],
-) -> Result<EntryRecord, EngineError> {
-    EntryRecord::open(keyring, entry, version, sealed).map_err(|e| EngineError::Integrity {
-        path: format!("entry {entry}"),
-        reason: e.to_string(),
-    })
 }

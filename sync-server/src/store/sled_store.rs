@@ -837,23 +837,7 @@ impl Inner {
         chunk: &ChunkId,
         since: u64,
     ) -> Result<bool, StoreError> {
-        let account = self.vault_v1(vault)?.account;
-        let key = codec::chunk_key(vault, chunk);
-        let removed = tx_result((&self.chunks, &self.chunk_locs, &self.usage).transaction(
-            |(chunks, locs, usage)| match tx_get_decoded::<ChunkV1>(chunks, &key)? {
-                Some(existing) if existing.state == (ChunkStateV1::Pending { since }) => {
-                    chunks.remove(key.as_slice())?;
-                    locs.remove(key.as_slice())?;
-                    tx_adjust_usage(usage, account, existing.sealed_len, 0)?;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            },
-        ))?;
-        if removed {
-            self.flush()?;
-        }
-        Ok(removed)
+        self.remove_pending(vault, chunk, Some(since))
     }
 
     fn packs(&self, vault: &VaultId) -> Result<Vec<PackInfo>, StoreError> {
@@ -912,11 +896,26 @@ impl Inner {
     }
 
     fn forget_chunk(&self, vault: &VaultId, chunk: &ChunkId) -> Result<bool, StoreError> {
+        self.remove_pending(vault, chunk, None)
+    }
+
+    /// Removes a pending chunk's record and location and lowers the account's stored bytes,
+    /// in one transaction; with `since`, only if it is still pending since then. Returns
+    /// whether it removed the record (flushed when it did).
+    fn remove_pending(
+        &self,
+        vault: &VaultId,
+        chunk: &ChunkId,
+        since: Option<u64>,
+    ) -> Result<bool, StoreError> {
         let account = self.vault_v1(vault)?.account;
         let key = codec::chunk_key(vault, chunk);
         let removed = tx_result((&self.chunks, &self.chunk_locs, &self.usage).transaction(
             |(chunks, locs, usage)| match tx_get_decoded::<ChunkV1>(chunks, &key)? {
-                Some(existing) if matches!(existing.state, ChunkStateV1::Pending { .. }) => {
+                Some(existing)
+                    if matches!(existing.state, ChunkStateV1::Pending { since: s }
+                        if since.is_none_or(|since| since == s)) =>
+                {
                     chunks.remove(key.as_slice())?;
                     locs.remove(key.as_slice())?;
                     tx_adjust_usage(usage, account, existing.sealed_len, 0)?;
