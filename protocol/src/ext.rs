@@ -157,8 +157,12 @@ impl<'de> Deserialize<'de> for Extensions {
 
 /// Extension tags this build understands, as `(type_id, tag)`; a critical extension not listed
 /// here fails the message. `GetEnvelopes` (0x0005) may carry
-/// [`RECOVERY_ENVELOPES_TAG`](crate::RECOVERY_ENVELOPES_TAG).
-const KNOWN_EXTENSIONS: &[(u16, u32)] = &[(0x0005, crate::pairing::RECOVERY_ENVELOPES_TAG)];
+/// [`RECOVERY_ENVELOPES_TAG`](crate::RECOVERY_ENVELOPES_TAG), `PutEnvelope` (0x0004)
+/// [`NEW_EPOCH_TAG`](crate::NEW_EPOCH_TAG).
+const KNOWN_EXTENSIONS: &[(u16, u32)] = &[
+    (0x0005, crate::pairing::RECOVERY_ENVELOPES_TAG),
+    (0x0004, crate::pairing::NEW_EPOCH_TAG),
+];
 
 /// Whether this build understands extension `tag` on message type `type_id`.
 pub(crate) fn is_known_extension(type_id: u16, tag: u32) -> bool {

@@ -108,6 +108,7 @@ pub use crate::messages::{
     message_type, message_types,
 };
 pub use crate::pairing::{
-    RECOVERY_ENVELOPES_TAG, RECOVERY_RECIPIENT, ROTATION_DUE_TAG, SLOT_REFUSAL_TAG, SlotRefusal,
+    NEW_EPOCH_TAG, RECOVERY_ENVELOPES_TAG, RECOVERY_RECIPIENT, REVOKED_DEVICES_TAG, ROSTER_EPOCH,
+    ROTATION_DUE_TAG, SLOT_REFUSAL_TAG, SlotRefusal, revoked_devices, revoked_devices_extension,
     rotation_due, rotation_due_extension,
 };

@@ -48,6 +48,46 @@ pub fn rotation_due(ext: &Extensions) -> Vec<VaultId> {
         .collect()
 }
 
+/// Non-critical extension of a `Vaults` answer: the account's revoked devices, as
+/// concatenated 32-byte device ids. A device drops them from the devices it trusts before it
+/// rotates or re-wraps a key (the server can only make a device trust fewer devices this way,
+/// never more).
+pub const REVOKED_DEVICES_TAG: u32 = 0x0005;
+
+/// Critical extension of `PutEnvelope` (empty value): this envelope starts a new epoch. The
+/// server stores it only if its epoch is exactly one past the vault's newest epoch, and if
+/// the recipient is the sender, and answers `Conflict` otherwise; so two devices rotating at
+/// once cannot both make a key for the same epoch. A server that does not know it refuses it.
+pub const NEW_EPOCH_TAG: u32 = 0x0006;
+
+/// The epoch of a device's roster: an envelope slot at this epoch holds no key but the list of
+/// devices its sender trusts, signed by the sender (format in `docs/FORMAT.md`, "Roster").
+/// The server stores it like an envelope, except that it never counts as a key epoch: it does
+/// not raise the vault's newest epoch, cannot start an epoch and does not end a due rotation.
+pub const ROSTER_EPOCH: crate::Epoch = crate::Epoch::new(u32::MAX);
+
+/// The [`REVOKED_DEVICES_TAG`] extension naming `devices`.
+pub fn revoked_devices_extension(devices: &[DeviceId]) -> Extension {
+    let mut value = Vec::with_capacity(devices.len() * 32);
+    for d in devices {
+        value.extend_from_slice(d.as_bytes());
+    }
+    Extension::optional(REVOKED_DEVICES_TAG, value)
+}
+
+/// The devices a [`REVOKED_DEVICES_TAG`] extension in `ext` names (none if absent or
+/// malformed).
+pub fn revoked_devices(ext: &Extensions) -> Vec<DeviceId> {
+    let Some(e) = ext.get(REVOKED_DEVICES_TAG) else {
+        return Vec::new();
+    };
+    e.value
+        .chunks_exact(32)
+        .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+        .map(DeviceId::from_bytes)
+        .collect()
+}
+
 /// Why a pairing slot could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -119,5 +159,9 @@ mod tests {
         let ext = Extensions::new().with(rotation_due_extension(&vaults));
         assert_eq!(rotation_due(&ext), vaults);
         assert!(rotation_due(&Extensions::new()).is_empty());
+        let devices = vec![DeviceId::from_bytes([3; 32]), DeviceId::from_bytes([4; 32])];
+        let ext = Extensions::new().with(revoked_devices_extension(&devices));
+        assert_eq!(revoked_devices(&ext), devices);
+        assert!(revoked_devices(&Extensions::new()).is_empty());
     }
 }

@@ -41,8 +41,9 @@
 //! - [`set_up_recovery`] and [`recover`]: every vault key also wrapped to the account's
 //!   recovery secret, shown once as 12 words ([`recovery_words`]); a fresh device regains every
 //!   vault with them.
-//! - [`rotate_vault`]: after a revocation ([`rotations_due`]), a new epoch key wrapped only to
-//!   the devices that remain; they pick it up with [`receive_keys`].
+//! - [`maintain_keys`]: after a revocation, rotates the vaults the server marks due
+//!   ([`rotate_vault`]: a new epoch key wrapped only to the trusted devices that remain) and
+//!   takes and passes on the keys other devices made ([`receive_keys`]).
 //! - [`Engine`]: syncs one vault's folder: scan, pull and apply remote changes (temp file,
 //!   fsync, rename; chunks reused from disk; conflicts kept as conflicted copies), then upload
 //!   local changes (journalled, `Have`, parallel sealed `PutChunk`s, `Commit`).
@@ -86,6 +87,8 @@ mod net;
 mod pairing;
 mod record;
 mod recovery;
+mod roster;
+pub use roster::MAX_ROSTER_DEVICES;
 mod rotation;
 mod scanner;
 mod watch;
@@ -127,7 +130,10 @@ pub use recovery::{
     RECOVERY_WORDS, RecoveredVault, RecoveryError, parse_recovery_words, recover, recovery_words,
     set_up_recovery, wrap_vault_to_recovery,
 };
-pub use rotation::{RotationError, receive_keys, rotate_vault, rotations_due};
+pub use rotation::{
+    KeyReport, RotationError, maintain_keys, publish_roster, receive_keys, rotate_vault,
+    rotations_due,
+};
 pub use scanner::{
     RACY_WINDOW_NS, ScanError, ScanProgress, ScanReport, Scanner, SkipReason, Skipped,
 };

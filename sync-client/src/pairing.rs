@@ -10,6 +10,12 @@
 //! accepts it only if its sender's fingerprint is the one in the code, and stores the keys only
 //! if every expected envelope checked out.
 //!
+//! Both sides then trust each other ([`Index::trust_peer`]): key rotation wraps new keys to
+//! trusted devices and accepts envelopes only from them. The reply also carries the devices
+//! the inviter trusts (its own keys first, checked against the code's fingerprint), so the new
+//! device trusts the devices paired before it; they learn of it through the inviter only
+//! (see `docs/SECURITY.md`, "Rotation").
+//!
 //! ```text
 //! code    = "dooz-pair1-" base32(payload) in groups of 4 joined by "-"
 //! payload = secret:[u8; 16] | fingerprint:[u8; 32] | check:[u8; 4]
@@ -17,6 +23,7 @@
 //! reply plaintext (sealed, see dooz-crypto `PairingSecret::seal_reply`):
 //!   count:u16 BE | count × (vault:[u8; 16] | epochs:u16 BE | epochs × epoch:u32 BE
 //!                           | name_len:u8 | name)
+//!                   | peers:u16 BE | peers × keys:[u8; 64]   (identity ‖ exchange; first: the inviter)
 //! ```
 //!
 //! Both flows are split in two steps (open/complete, post/finish) so a program can show the
@@ -225,6 +232,10 @@ pub enum PairingError {
     /// The reply's content is malformed.
     #[error("the pairing reply is malformed ({0}); upgrade dooz on both devices")]
     BadReply(&'static str),
+    /// The devices this device trusts could not be told about the new device. The new device
+    /// has every key; the others learn of it once this device publishes its roster again.
+    #[error("paired, but the other devices could not be told about the new one: {0}")]
+    Roster(#[source] Box<crate::RotationError>),
     /// The server answered a pairing call with something unexpected.
     #[error("the server answered {request} with {got}; upgrade dooz or the server")]
     Unexpected {
@@ -300,7 +311,7 @@ pub struct PairedVault {
     pub epochs: Vec<Epoch>,
 }
 
-fn encode_reply(vaults: &[PairedVault]) -> Vec<u8> {
+fn encode_reply(vaults: &[PairedVault], peers: &[DevicePublicKeys]) -> Vec<u8> {
     let mut out = Vec::new();
     let count = u16::try_from(vaults.len()).unwrap_or(u16::MAX);
     out.extend_from_slice(&count.to_be_bytes());
@@ -317,6 +328,11 @@ fn encode_reply(vaults: &[PairedVault]) -> Vec<u8> {
         }
         out.push(u8::try_from(cut).unwrap_or(u8::MAX));
         out.extend_from_slice(v.name.get(..cut).unwrap_or_default().as_bytes());
+    }
+    let count = u16::try_from(peers.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&count.to_be_bytes());
+    for p in peers.iter().take(usize::from(count)) {
+        out.extend_from_slice(&p.to_bytes());
     }
     out
 }
@@ -340,7 +356,10 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn decode_reply(bytes: &[u8]) -> Result<Vec<PairedVault>, PairingError> {
+/// The vaults and the trusted devices (inviter first) of a reply.
+type Reply = (Vec<PairedVault>, Vec<DevicePublicKeys>);
+
+fn decode_reply(bytes: &[u8]) -> Result<Reply, PairingError> {
     let mut r = Reader(bytes);
     let count = u16::from_be_bytes(r.array()?);
     let mut out = Vec::new();
@@ -361,10 +380,15 @@ fn decode_reply(bytes: &[u8]) -> Result<Vec<PairedVault>, PairingError> {
             epochs,
         });
     }
+    let count = u16::from_be_bytes(r.array()?);
+    let mut peers = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        peers.push(DevicePublicKeys::from_bytes(&r.array()?));
+    }
     if !r.0.is_empty() {
         return Err(PairingError::BadReply("it has trailing bytes"));
     }
-    Ok(out)
+    Ok((out, peers))
 }
 
 /// The initiator's side: a slot opened on the server, waiting for the new device.
@@ -443,16 +467,32 @@ impl Invitation {
                 epochs,
             });
         }
+        let mut peers = vec![me.public()];
+        peers.extend(
+            index
+                .trusted_peers()?
+                .into_iter()
+                .filter(|p| *p != me.public() && *p != joiner.keys),
+        );
         let sealed = self
             .code
             .secret
-            .seal_reply(&joiner.keys, &encode_reply(&vaults))?;
+            .seal_reply(&joiner.keys, &encode_reply(&vaults, &peers))?;
         let reply = Request::PairingReply(PairingReply {
             slot,
             payload: sealed,
             ext: Extensions::default(),
         });
         expect_ok("PairingReply", call(conn, reply).await?)?;
+        index.trust_peer(&joiner.keys)?;
+        // Tell the devices this one trusts about the new one (and the new one about them).
+        crate::rotation::publish_roster(conn, me, index)
+            .await
+            .map_err(|e| match e {
+                crate::RotationError::Net(n) => PairingError::Net(n),
+                crate::RotationError::Index(i) => PairingError::Index(i),
+                other => PairingError::Roster(Box::new(other)),
+            })?;
         Ok(PairedDevice {
             device: joiner.keys.device_id(),
             name: joiner.name,
@@ -500,7 +540,15 @@ impl Joining {
         });
         let sealed = expect_payload("PairingAwaitReply", call(conn, req).await?)?;
         let reply = self.code.secret.open_reply(&me.public(), &sealed)?;
-        let vaults = decode_reply(&reply)?;
+        let (vaults, peers) = decode_reply(&reply)?;
+        let inviter = match peers.first() {
+            Some(p) if p.fingerprint() == self.code.fingerprint => *p,
+            _ => {
+                return Err(PairingError::BadReply(
+                    "it does not start with the inviter's keys",
+                ));
+            }
+        };
         let mut keys: Vec<(VaultId, Epoch, VaultKey)> = Vec::new();
         for v in &vaults {
             let envelopes = conn.get_envelopes(protocol_vault(v.vault)).await?;
@@ -538,6 +586,10 @@ impl Joining {
         }
         for (vault, epoch, key) in &keys {
             index.put_vault_key(*vault, *epoch, key)?;
+        }
+        index.trust_peer(&inviter)?;
+        for p in peers.iter().skip(1).filter(|p| **p != me.public()) {
+            index.trust_peer(p)?;
         }
         for v in &vaults {
             let name = match index.vault_by_name(&v.name)? {
@@ -609,8 +661,12 @@ mod tests {
                 epochs: vec![Epoch(1)],
             },
         ];
-        let bytes = encode_reply(&vaults);
-        assert_eq!(decode_reply(&bytes).unwrap(), vaults);
+        let peers = vec![
+            DeviceSecretKeys::generate().unwrap().public(),
+            DeviceSecretKeys::generate().unwrap().public(),
+        ];
+        let bytes = encode_reply(&vaults, &peers);
+        assert_eq!(decode_reply(&bytes).unwrap(), (vaults, peers));
         assert!(decode_reply(&bytes[..bytes.len() - 1]).is_err());
     }
 }

@@ -1059,3 +1059,141 @@ async fn history_lists_versions_and_restore_brings_one_back(backend: Backend) {
     let idle = dooz(&home, &["--json", "sync"]).await.ok();
     assert_eq!(idle.json()[0]["committed"], 0, "{:?}", idle.json());
 }
+
+/// `dooz pair invite` on `inviter` and `dooz pair join` on `joiner`, through the real binary:
+/// the invite runs as a child whose first `--json` line is the code.
+async fn pair_cli(inviter: &Path, joiner: &Path) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let inviter = inviter.to_owned();
+    let (code, child) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dooz"))
+            .arg("--home")
+            .arg(&inviter)
+            .args(["--json", "pair", "invite"])
+            .env_remove("DOOZ_HOME")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut first).unwrap();
+        let line: serde_json::Value = serde_json::from_str(&first).unwrap();
+        assert_eq!(line["event"], "code", "{first}");
+        let code = line["code"].as_str().unwrap().to_owned();
+        let rest = std::thread::spawn(move || {
+            let mut tail = String::new();
+            std::io::Read::read_to_string(&mut out, &mut tail).unwrap();
+            tail
+        });
+        (code, (child, rest))
+    })
+    .await
+    .unwrap();
+    let joined = dooz(joiner, &["--json", "pair", "join", &code]).await.ok();
+    assert!(!joined.json().is_empty(), "{}", joined.stdout);
+    let (mut child, rest) = child;
+    let (status, tail) = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        (status, rest.join().unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "pair invite failed: {tail}");
+    assert!(tail.contains("\"paired\""), "{tail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_device_makes_the_next_sync_rotate_the_key() {
+    let server = TestServer::start(Backend::Local).await;
+    let dir = tempfile::tempdir().unwrap();
+    let home = |n: &str| dir.path().join(format!("home-{n}"));
+    let folder = |n: &str| dir.path().join(format!("folder-{n}"));
+    let code = server.code(true).await.to_string();
+    for n in ["alpha", "beta", "gamma"] {
+        dooz(&home(n), &["enroll", &code, "--name", n]).await.ok();
+    }
+    write(&folder("alpha"), "old.txt", b"before the revocation\n");
+    let fa = folder("alpha");
+    dooz(
+        &home("alpha"),
+        &["vault", "create", "docs", "--folder", fa.to_str().unwrap()],
+    )
+    .await
+    .ok();
+    dooz(&home("alpha"), &["sync"]).await.ok();
+    // alpha pairs beta, then gamma; beta hears of gamma through alpha on its next sync.
+    pair_cli(&home("alpha"), &home("beta")).await;
+    pair_cli(&home("alpha"), &home("gamma")).await;
+    for n in ["beta", "gamma"] {
+        let f = folder(n);
+        dooz(&home(n), &["add", "docs", f.to_str().unwrap()])
+            .await
+            .ok();
+        dooz(&home(n), &["sync"]).await.ok();
+        assert_eq!(
+            fs::read(folder(n).join("old.txt")).unwrap(),
+            b"before the revocation\n"
+        );
+    }
+
+    // alpha is lost: revoked. gamma's next sync rotates the key, beta's takes it up.
+    let alpha = server
+        .store
+        .list_devices(server.account)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.name == "alpha")
+        .unwrap();
+    server
+        .store
+        .revoke_device(alpha.device, now())
+        .await
+        .unwrap();
+    let rotated = dooz(&home("gamma"), &["sync"]).await.ok();
+    assert!(
+        rotated.stderr.contains("made a new key (epoch 1)"),
+        "{}",
+        rotated.stderr
+    );
+    write(&folder("beta"), "new.txt", b"after the rotation\n");
+    let received = dooz(&home("beta"), &["sync"]).await.ok();
+    assert!(
+        received
+            .stderr
+            .contains("received the vault's new key (epoch 1)"),
+        "{}",
+        received.stderr
+    );
+    dooz(&home("gamma"), &["sync"]).await.ok();
+    assert_eq!(
+        fs::read(folder("gamma").join("new.txt")).unwrap(),
+        b"after the rotation\n"
+    );
+    // What beta wrote after the rotation is sealed under epoch 1, which alpha never got.
+    let vault = server.store.list_vaults(server.account).await.unwrap()[0].vault;
+    let page = server
+        .store
+        .pull(vault, dooz_protocol::Seq::ZERO, 100)
+        .await
+        .unwrap();
+    let new = page.changes.last().unwrap();
+    assert_eq!(new.epoch.get(), 1);
+    let to_alpha = server
+        .store
+        .envelopes_for(vault, alpha.device)
+        .await
+        .unwrap();
+    assert!(
+        to_alpha
+            .iter()
+            .all(|e| e.epoch.get() == 0 || e.epoch == dooz_protocol::ROSTER_EPOCH),
+        "{to_alpha:?}"
+    );
+    // And alpha cannot sync at all.
+    let refused = dooz(&home("alpha"), &["sync"]).await.fails(1);
+    assert!(refused.stderr.contains("revoked"), "{}", refused.stderr);
+}

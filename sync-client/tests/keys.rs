@@ -301,7 +301,11 @@ async fn an_envelope_the_server_substitutes_is_refused_and_no_key_is_kept() {
         .envelopes_for(pvault(vault), pid(&b.keys))
         .await
         .unwrap();
-    assert_eq!(held.len(), 1, "the server's envelope replaced A's");
+    let keys_held = held
+        .iter()
+        .filter(|e| e.epoch != dooz_protocol::ROSTER_EPOCH)
+        .count();
+    assert_eq!(keys_held, 1, "the server's envelope replaced A's");
 
     let err = joining
         .finish(&b.conn, &b.keys, &b.index)
@@ -450,67 +454,84 @@ async fn after_revocation_and_rotation_the_revoked_keys_open_nothing_new() {
     let vault = a.create_vault("photos").await;
     let b = server.device("beta").await;
     let c = server.device("gamma").await;
+    // A pairs B, then C: B knows only A, C knows A and (from A's reply) B.
     pair(&a, &b).await.unwrap();
     pair(&a, &c).await.unwrap();
+    // B hears of C through A's roster.
+    let report = dooz_client::maintain_keys(&b.conn, &b.keys, &b.index)
+        .await
+        .unwrap();
+    assert_eq!(report.trusted_added, 1, "{report:?}");
     fs::write(
         a.folder.path().join("old.txt"),
         b"written before the rotation",
     )
     .unwrap();
     a.engine(vault).sync().await.unwrap();
-    c.engine(vault).sync().await.unwrap();
-    assert_eq!(
-        fs::read(c.folder.path().join("old.txt")).unwrap(),
-        b"written before the rotation"
-    );
 
-    // C is revoked: the server closes it out and asks for a rotation, which it cannot do.
-    server.server.revoke_device(pid(&c.keys)).await.unwrap();
+    // A, the device that paired the others, is revoked: the server closes it out and asks
+    // for a rotation, which it cannot do.
+    server.server.revoke_device(pid(&a.keys)).await.unwrap();
     assert_eq!(
-        dooz_client::rotations_due(&a.conn).await.unwrap(),
+        dooz_client::rotations_due(&c.conn).await.unwrap(),
         vec![vault]
     );
-    let epoch = dooz_client::rotate_vault(&a.conn, &a.keys, &a.index, vault, &[b.keys.public()])
+    // C comes online first: it stops trusting A and rotates to the devices that remain.
+    let report = dooz_client::maintain_keys(&c.conn, &c.keys, &c.index)
         .await
         .unwrap();
-    assert_eq!(epoch, Epoch(1));
+    assert_eq!(report.distrusted, 1, "{report:?}");
+    assert_eq!(report.rotated, vec![(vault, Epoch(1))], "{report:?}");
     assert!(
-        dooz_client::rotations_due(&a.conn)
+        dooz_client::rotations_due(&c.conn)
             .await
             .unwrap()
             .is_empty()
     );
-    let head = a.conn.list_vaults().await.unwrap()[0].head_seq;
+    let head = c.conn.list_vaults().await.unwrap()[0].head_seq;
+
+    // B, which remains, takes the new key from C (whom it trusts through A's roster).
+    let report = dooz_client::maintain_keys(&b.conn, &b.keys, &b.index)
+        .await
+        .unwrap();
+    assert_eq!(report.received, vec![(vault, Epoch(1))], "{report:?}");
+    assert!(report.rotated.is_empty(), "{report:?}");
+    // Nothing further to do on either.
+    for d in [&b, &c] {
+        let again = dooz_client::maintain_keys(&d.conn, &d.keys, &d.index)
+            .await
+            .unwrap();
+        assert!(again.is_empty(), "{}: {again:?}", d.name);
+    }
 
     // New data is sealed under the new epoch.
     let fresh: Vec<u8> = (0..600_000u32)
         .map(|i| (i.wrapping_mul(40_503) >> 7) as u8)
         .collect();
-    fs::write(a.folder.path().join("new.bin"), &fresh).unwrap();
+    b.engine(vault).sync().await.unwrap();
+    fs::write(b.folder.path().join("new.bin"), &fresh).unwrap();
     fs::write(
-        a.folder.path().join("new.txt"),
+        b.folder.path().join("new.txt"),
         b"written after the rotation",
     )
     .unwrap();
-    a.engine(vault).sync().await.unwrap();
-
-    // B, which remains, picks the new key up (from A, whom it trusts) and reads old and new.
-    let gained = dooz_client::receive_keys(&b.conn, &b.keys, &b.index, vault, &[a.keys.public()])
-        .await
-        .unwrap();
-    assert_eq!(gained, vec![epoch]);
     b.engine(vault).sync().await.unwrap();
-    assert_eq!(files(b.folder.path()), files(a.folder.path()));
-    assert_eq!(fs::read(b.folder.path().join("new.bin")).unwrap(), fresh);
+    c.engine(vault).sync().await.unwrap();
+    assert_eq!(files(c.folder.path()), files(b.folder.path()));
+    assert_eq!(fs::read(c.folder.path().join("new.bin")).unwrap(), fresh);
+    assert_eq!(
+        fs::read(c.folder.path().join("old.txt")).unwrap(),
+        b"written before the rotation"
+    );
 
-    // C's keys, tried on every record and chunk written after the rotation: none opens.
-    let revoked = keyring_from_index(&c.index, vault).unwrap();
-    let remaining = keyring_from_index(&b.index, vault).unwrap();
-    let page = b.conn.pull(pvault(vault), head, 1000).await.unwrap();
+    // A's keys, tried on every record and chunk written after the rotation: none opens.
+    let revoked = keyring_from_index(&a.index, vault).unwrap();
+    let remaining = keyring_from_index(&c.index, vault).unwrap();
+    let page = c.conn.pull(pvault(vault), head, 1000).await.unwrap();
     assert!(!page.changes.is_empty());
     let mut chunks = 0;
     for change in &page.changes {
-        assert_eq!(change.epoch.get(), epoch.0);
+        assert_eq!(change.epoch.get(), 1);
         let entry = dooz_crypto::EntryKey::from_bytes(*change.entry.as_bytes());
         let version = dooz_crypto::VersionId::from_bytes(*change.version.as_bytes());
         assert!(
@@ -524,7 +545,7 @@ async fn after_revocation_and_rotation_the_revoked_keys_open_nothing_new() {
                 .is_ok()
         );
         for id in &change.chunks {
-            let sealed = b.conn.get_chunk(pvault(vault), *id).await.unwrap();
+            let sealed = c.conn.get_chunk(pvault(vault), *id).await.unwrap();
             let cid = dooz_crypto::ChunkId::from_bytes(*id.as_bytes());
             assert!(revoked.open_chunk(&cid, &sealed).is_err());
             assert!(remaining.open_chunk(&cid, &sealed).is_ok());
@@ -532,5 +553,63 @@ async fn after_revocation_and_rotation_the_revoked_keys_open_nothing_new() {
         }
     }
     assert!(chunks >= 2, "{chunks} chunks checked");
+    // The revoked device is not trusted by anyone, and no envelope of epoch 1 is its.
+    for d in [&b, &c] {
+        assert!(!d.index.trusted_peers().unwrap().contains(&a.keys.public()));
+    }
+    let to_a = server
+        .server
+        .store()
+        .envelopes_for(pvault(vault), pid(&a.keys))
+        .await
+        .unwrap();
+    assert!(
+        to_a.iter()
+            .all(|e| e.epoch.get() == 0 || e.epoch == dooz_protocol::ROSTER_EPOCH),
+        "{to_a:?}"
+    );
+    server.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_devices_rotating_at_once_agree_on_one_key() {
+    let server = TestServer::start().await;
+    let a = server.device("alpha").await;
+    let vault = a.create_vault("photos").await;
+    let b = server.device("beta").await;
+    let c = server.device("gamma").await;
+    let d = server.device("delta").await;
+    pair(&a, &b).await.unwrap();
+    pair(&a, &c).await.unwrap();
+    pair(&a, &d).await.unwrap();
+    server.server.revoke_device(pid(&d.keys)).await.unwrap();
+    let (rb, rc) = tokio::join!(
+        dooz_client::maintain_keys(&b.conn, &b.keys, &b.index),
+        dooz_client::maintain_keys(&a.conn, &a.keys, &a.index),
+    );
+    let (rb, ra) = (rb.unwrap(), rc.unwrap());
+    assert_eq!(
+        rb.rotated.len() + ra.rotated.len(),
+        1,
+        "exactly one device rotates: {rb:?} {ra:?}"
+    );
+    // Once each has run again, A, B and C hold the same key of epoch 1; D none.
+    for dev in [&a, &b, &c, &a, &b] {
+        dooz_client::maintain_keys(&dev.conn, &dev.keys, &dev.index)
+            .await
+            .unwrap();
+    }
+    let key = |dev: &Device| {
+        dev.index
+            .vault_keys(vault)
+            .unwrap()
+            .into_iter()
+            .find(|(e, _)| *e == Epoch(1))
+            .map(|(_, k)| *k.expose_secret())
+    };
+    let ka = key(&a).expect("A holds epoch 1");
+    assert_eq!(key(&b), Some(ka));
+    assert_eq!(key(&c), Some(ka));
+    assert_eq!(key(&d), None);
     server.server.shutdown().await;
 }

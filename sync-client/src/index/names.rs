@@ -1,17 +1,20 @@
-//! Local bookkeeping of the `dooz` CLI in the index: the names people give vaults on this
-//! device (the server only knows vault ids) and when each vault last synced.
+//! Local bookkeeping in the index: the names people give vaults on this device (the server
+//! only knows vault ids), when each vault last synced, and the devices this device trusts to
+//! hold vault keys (learnt by pairing, never from the server).
 //!
 //! | tree | key | value |
 //! |---|---|---|
 //! | `vault-names-v1` | name (UTF-8) | `1` then the vault id (16 bytes) |
 //! | `last-sync-v1` | vault id (16 bytes) | `1` then unix seconds as u64 big-endian |
+//! | `trusted-peers-v1` | device id (32 bytes) | `1` then the device's public keys (64 bytes: Ed25519 identity ‖ X25519 exchange) |
 
-use dooz_crypto::VaultId;
+use dooz_crypto::{DeviceId, DevicePublicKeys, VaultId};
 
 use super::{Index, IndexError, codec, show_key, storage};
 
 const VAULT_NAMES_TREE: &str = "vault-names-v1";
 const LAST_SYNC_TREE: &str = "last-sync-v1";
+const TRUSTED_PEERS_TREE: &str = "trusted-peers-v1";
 
 fn decode_fixed<const N: usize>(
     tree: &str,
@@ -52,6 +55,54 @@ impl Index {
         self.db
             .open_tree(VAULT_NAMES_TREE)
             .map_err(storage("opening the vault names"))
+    }
+
+    fn trusted_tree(&self) -> Result<sled::Tree, IndexError> {
+        self.db
+            .open_tree(TRUSTED_PEERS_TREE)
+            .map_err(storage("opening the trusted devices"))
+    }
+
+    /// Trusts `peer` to hold this account's vault keys: key rotation wraps new keys to it and
+    /// envelopes it wraps are accepted. Only pairing (which checks the peer's keys against a
+    /// secret the server never sees) calls this. **Durable.**
+    pub fn trust_peer(&self, peer: &DevicePublicKeys) -> Result<(), IndexError> {
+        self.trusted_tree()?
+            .insert(peer.device_id().as_bytes(), encode_fixed(&peer.to_bytes()))
+            .map_err(storage("writing a trusted device"))?;
+        self.flush()
+    }
+
+    /// Stops trusting `device` (it was revoked). Returns whether it was trusted. **Durable.**
+    pub fn distrust_peer(&self, device: &DeviceId) -> Result<bool, IndexError> {
+        let existed = self
+            .trusted_tree()?
+            .remove(device.as_bytes())
+            .map_err(storage("removing a trusted device"))?
+            .is_some();
+        if existed {
+            self.flush()?;
+        }
+        Ok(existed)
+    }
+
+    /// The devices this device trusts, in device-id order.
+    pub fn trusted_peers(&self) -> Result<Vec<DevicePublicKeys>, IndexError> {
+        let mut out = Vec::new();
+        for item in self.trusted_tree()?.iter() {
+            let (k, v) = item.map_err(storage("listing trusted devices"))?;
+            let keys =
+                DevicePublicKeys::from_bytes(&decode_fixed::<64>(TRUSTED_PEERS_TREE, &k, &v)?);
+            if keys.device_id().as_bytes()[..] != k[..] {
+                return Err(IndexError::Corrupt {
+                    tree: TRUSTED_PEERS_TREE.into(),
+                    key: show_key(&k),
+                    reason: "the keys are not those of the device the key names".into(),
+                });
+            }
+            out.push(keys);
+        }
+        Ok(out)
     }
 
     fn last_sync_tree(&self) -> Result<sled::Tree, IndexError> {
@@ -156,6 +207,39 @@ mod tests {
         assert!(index.remove_vault_name("docs").unwrap());
         assert!(!index.remove_vault_name("docs").unwrap());
         assert_eq!(index.vault_names().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn trusted_peers_persist_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dooz_crypto::DeviceSecretKeys::generate().unwrap().public();
+        let b = dooz_crypto::DeviceSecretKeys::generate().unwrap().public();
+        {
+            let index = Index::open(dir.path()).unwrap();
+            assert!(index.trusted_peers().unwrap().is_empty());
+            index.trust_peer(&a).unwrap();
+            index.trust_peer(&b).unwrap();
+            index.trust_peer(&a).unwrap();
+        }
+        let index = Index::open(dir.path()).unwrap();
+        let mut want = vec![a, b];
+        want.sort_by_key(|k| *k.device_id().as_bytes());
+        assert_eq!(index.trusted_peers().unwrap(), want);
+        assert!(index.distrust_peer(&a.device_id()).unwrap());
+        assert!(!index.distrust_peer(&a.device_id()).unwrap());
+        assert_eq!(index.trusted_peers().unwrap(), vec![b]);
+        // Keys filed under another device's id are refused.
+        let mut value = vec![codec::VALUE_VERSION];
+        value.extend_from_slice(&a.to_bytes());
+        index
+            .trusted_tree()
+            .unwrap()
+            .insert(b.device_id().as_bytes(), value)
+            .unwrap();
+        assert!(matches!(
+            index.trusted_peers(),
+            Err(IndexError::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -570,6 +570,32 @@ impl Connection {
         }
     }
 
+    /// Starts epoch `epoch` of `vault`'s key with the envelope this device (`me`) wrapped to
+    /// itself. The server stores it only as the vault's next epoch; a device that rotated first
+    /// makes this fail with [`ErrorCode::Conflict`](dooz_protocol::ErrorCode::Conflict).
+    pub async fn start_epoch(
+        &self,
+        vault: VaultId,
+        epoch: Epoch,
+        me: DeviceId,
+        envelope: Vec<u8>,
+    ) -> Result<(), NetError> {
+        let req = dooz_protocol::PutEnvelope {
+            vault,
+            epoch,
+            recipient: me,
+            envelope,
+            ext: Extensions::new().with(dooz_protocol::Extension::critical(
+                dooz_protocol::NEW_EPOCH_TAG,
+                Vec::new(),
+            )),
+        };
+        match self.request(Request::PutEnvelope(req)).await? {
+            Response::Ok(_) => Ok(()),
+            other => Err(unexpected(&self.inner.server, "PutEnvelope", &other)),
+        }
+    }
+
     /// The envelopes of `vault` addressed to this device.
     pub async fn get_envelopes(&self, vault: VaultId) -> Result<Vec<EnvelopeInfo>, NetError> {
         let req = dooz_protocol::GetEnvelopes {

@@ -20,8 +20,8 @@ use crate::frame_io::{FrameIoError, FrameReader, write_frame, write_frame_with_b
 use crate::policy::AccountPolicy;
 use crate::service::connection::{ConnCtx, internal_error};
 use crate::service::quota::{Kind, Reservation, check_access, check_limit};
-use crate::service::recovery;
 use crate::service::{pack, unix_now};
+use crate::service::{recovery, rotation};
 use crate::store::{ChunkLocation, ChunkState, StoreError, TenantId, VaultRecord};
 
 /// A successful answer: the response, the raw body that follows it (`ChunkData`), and the
@@ -146,10 +146,15 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
         }
         Request::Hello(req) => hello(&ctx, &req),
         Request::CreateVault(req) => create_vault(&ctx, req).await,
-        Request::ListVaults(_) => list_vaults(&ctx).await.map(|mut reply| {
-            ctx.shared.rotations.annotate(&mut reply.msg);
-            reply
-        }),
+        Request::ListVaults(_) => match list_vaults(&ctx).await {
+            Ok(mut reply) => {
+                rotation::annotate(ctx.shared.store.as_ref(), ctx.account.id, &mut reply.msg)
+                    .await
+                    .map_err(|e| Fail::store(e, "list the vaults"))
+                    .map(|()| reply)
+            }
+            Err(e) => Err(e),
+        },
         Request::PutEnvelope(req) if recovery::is_put(&req) => recovery::put(&ctx, req)
             .await
             .map(Reply::new)
@@ -158,14 +163,7 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
             .await
             .map(Reply::new)
             .map_err(Fail::Respond),
-        Request::PutEnvelope(req) => {
-            let (vault, epoch) = (req.vault, req.epoch);
-            let put = put_envelope(&ctx, req).await;
-            if put.is_ok() {
-                ctx.shared.rotations.envelope_stored(vault, epoch);
-            }
-            put
-        }
+        Request::PutEnvelope(req) => put_envelope(&ctx, req).await,
         Request::GetEnvelopes(req) => get_envelopes(&ctx, req).await,
         Request::Have(req) => have(&ctx, req).await,
         Request::PutChunk(req) => put_chunk(&ctx, req, &mut reader).await,
@@ -358,17 +356,29 @@ async fn put_envelope(ctx: &ConnCtx, req: PutEnvelope) -> Handled {
             ),
         ));
     }
-    ctx.shared
-        .store
-        .put_envelope(
-            req.vault,
-            req.epoch,
-            req.recipient,
-            ctx.device,
-            req.envelope,
-        )
-        .await
-        .map_err(|e| Fail::store(e, "store the envelope"))?;
+    let store = &ctx.shared.store;
+    let stored = if rotation::is_new_epoch(&req) {
+        if req.recipient != ctx.device {
+            return Err(Fail::new(
+                ErrorCode::BadRequest,
+                "a new epoch starts with the envelope a device wraps to itself".to_owned(),
+            ));
+        }
+        store
+            .start_epoch(req.vault, req.epoch, ctx.device, req.envelope)
+            .await
+    } else {
+        store
+            .put_envelope(
+                req.vault,
+                req.epoch,
+                req.recipient,
+                ctx.device,
+                req.envelope,
+            )
+            .await
+    };
+    stored.map_err(|e| Fail::store(e, "store the envelope"))?;
     Ok(Reply::new(Ack::default()))
 }
 

@@ -225,8 +225,6 @@ pub(crate) struct Shared {
     upload_locks: Vec<tokio::sync::Mutex<()>>,
     /// Pairing slots (in memory).
     pub(crate) pairing: pairing::Slots,
-    /// Vaults whose key must be rotated after a revocation (in memory).
-    pub(crate) rotations: rotation::Rotations,
 }
 
 impl Shared {
@@ -357,7 +355,6 @@ impl Server {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             pairing: pairing::Slots::default(),
-            rotations: rotation::Rotations::default(),
         });
         let span = tracing::info_span!("server", addr = %local_addr);
         let accept =
@@ -409,10 +406,6 @@ impl Server {
     /// account's devices see it in `Vaults`).
     pub async fn revoke_device(&self, device: DeviceId) -> Result<DeviceRecord, StoreError> {
         let record = self.shared.store.revoke_device(device, unix_now()).await?;
-        self.shared
-            .rotations
-            .device_revoked(self.shared.store.as_ref(), record.account)
-            .await?;
         let closed = self.shared.disconnect(
             device,
             CloseCode::Revoked,

@@ -1,67 +1,53 @@
 //! Key rotation after a revocation. The server cannot rotate (it holds no vault key); it only
-//! tells the account's devices that a rotation is due, in the `Vaults` answer
-//! ([`ROTATION_DUE_TAG`](dooz_protocol::ROTATION_DUE_TAG)). When a device of the account stores
-//! an envelope of an epoch newer than the vault's newest epoch at the revocation, the rotation
-//! is done and the mark goes.
+//! tells the account's devices what they need to rotate safely, in the `Vaults` answer:
 //!
-//! Non-goal for now: durability. The marks live in memory; after a restart the server no longer
-//! asks for a rotation (devices that know of the revocation can still rotate on their own).
+//! - [`ROTATION_DUE_TAG`](dooz_protocol::ROTATION_DUE_TAG): the vaults whose key must be
+//!   rotated. The store marks every vault of the account in the transaction that revokes a
+//!   device ([`MetaStore::rotations_due`]), so the marks survive restarts; an envelope of an
+//!   epoch newer than the vault's newest epoch at the revocation ends the mark.
+//! - [`REVOKED_DEVICES_TAG`](dooz_protocol::REVOKED_DEVICES_TAG): the account's revoked
+//!   devices, which devices stop trusting.
+//!
+//! A device starts the new epoch with a `PutEnvelope` carrying the critical
+//! [`NEW_EPOCH_TAG`](dooz_protocol::NEW_EPOCH_TAG) ([`is_new_epoch`]); the store accepts it only
+//! as the vault's next epoch ([`MetaStore::start_epoch`]), so two devices rotating at once
+//! cannot both make a key for one epoch: the second gets `Conflict` and fetches the first's
+//! key instead.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
-
-use dooz_protocol::{Epoch, Message, Response, VaultId, rotation_due_extension};
+use dooz_protocol::{
+    Message, NEW_EPOCH_TAG, PutEnvelope, Response, revoked_devices_extension,
+    rotation_due_extension,
+};
 
 use crate::store::{AccountId, MetaStore, StoreError};
 
-/// Vaults whose key must be rotated, with their newest epoch when the rotation became due.
-#[derive(Debug, Default)]
-pub(crate) struct Rotations {
-    due: Mutex<HashMap<VaultId, Epoch>>,
+/// Whether `req` starts a new epoch.
+pub(crate) fn is_new_epoch(req: &PutEnvelope) -> bool {
+    req.ext.get(NEW_EPOCH_TAG).is_some()
 }
 
-impl Rotations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<VaultId, Epoch>> {
-        self.due.lock().unwrap_or_else(PoisonError::into_inner)
+/// Adds the rotation-due and revoked-devices extensions to a `Vaults` answer of `account`.
+pub(crate) async fn annotate(
+    store: &dyn MetaStore,
+    account: AccountId,
+    msg: &mut Message,
+) -> Result<(), StoreError> {
+    let Message::Response(Response::Vaults(vaults)) = msg else {
+        return Ok(());
+    };
+    let due = store.rotations_due(account).await?;
+    if !due.is_empty() {
+        vaults.ext.push(rotation_due_extension(&due));
     }
-
-    /// A device of `account` was revoked: every vault of the account needs a new epoch.
-    pub(crate) async fn device_revoked(
-        &self,
-        store: &dyn MetaStore,
-        account: AccountId,
-    ) -> Result<(), StoreError> {
-        let vaults = store.list_vaults(account).await?;
-        let mut due = self.lock();
-        for v in vaults {
-            due.entry(v.vault).or_insert(v.latest_epoch);
-        }
-        Ok(())
+    let revoked: Vec<_> = store
+        .list_devices(account)
+        .await?
+        .into_iter()
+        .filter(|d| d.is_revoked())
+        .map(|d| d.device)
+        .collect();
+    if !revoked.is_empty() {
+        vaults.ext.push(revoked_devices_extension(&revoked));
     }
-
-    /// An envelope of `epoch` of `vault` was stored: a newer epoch than the one the rotation
-    /// replaces ends it.
-    pub(crate) fn envelope_stored(&self, vault: VaultId, epoch: Epoch) {
-        let mut due = self.lock();
-        if due.get(&vault).is_some_and(|old| epoch > *old) {
-            due.remove(&vault);
-        }
-    }
-
-    /// Adds the rotation-due extension to a `Vaults` answer naming any of its vaults.
-    pub(crate) fn annotate(&self, msg: &mut Message) {
-        let Message::Response(Response::Vaults(vaults)) = msg else {
-            return;
-        };
-        let due = self.lock();
-        let ids: Vec<VaultId> = vaults
-            .vaults
-            .iter()
-            .map(|v| v.vault)
-            .filter(|v| due.contains_key(v))
-            .collect();
-        if !ids.is_empty() {
-            vaults.ext.push(rotation_due_extension(&ids));
-        }
-    }
+    Ok(())
 }

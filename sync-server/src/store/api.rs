@@ -400,7 +400,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// revoked one.
     async fn touch_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError>;
 
-    /// Revokes a device (idempotent: the first revocation time stays) and returns it.
+    /// Revokes a device (idempotent: the first revocation time stays) and returns it. The first
+    /// revocation also marks every vault of the device's account for key rotation, in the same
+    /// transaction ([`rotations_due`](Self::rotations_due)).
     async fn revoke_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError>;
 
     /// Renames a device, revoked or not (the name is checked as at enrolment) and returns it.
@@ -605,6 +607,24 @@ pub trait MetaStore: Send + Sync + 'static {
         sender: DeviceId,
         envelope: Vec<u8>,
     ) -> Result<(), StoreError>;
+
+    /// Starts epoch `epoch` of `vault`'s key with the envelope `device` wrapped to itself: stored
+    /// only if `epoch` is exactly one past the vault's newest epoch, else
+    /// [`StoreError::EpochTaken`] (another device rotated first), atomically. Ends a due
+    /// rotation, like any envelope of a newer epoch.
+    async fn start_epoch(
+        &self,
+        vault: VaultId,
+        epoch: Epoch,
+        device: DeviceId,
+        envelope: Vec<u8>,
+    ) -> Result<(), StoreError>;
+
+    /// The vaults of `account` whose key must be rotated: a device of the account was revoked
+    /// ([`revoke_device`](Self::revoke_device) marks every vault of the account in the same
+    /// transaction) and no envelope of a newer epoch than the vault's newest at that time has
+    /// been stored since. Marks survive restarts.
+    async fn rotations_due(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError>;
 
     /// The vault's envelopes for `recipient`, oldest epoch first (the newest
     /// [`MAX_ENVELOPES`](dooz_protocol::limits::MAX_ENVELOPES) if there are more).

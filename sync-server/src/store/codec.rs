@@ -24,6 +24,7 @@
 //! | `usage-v1` | account `u64 BE` | stored bytes `u64 BE` |
 //! | `chunk-locs-v1` | vault (16) \|\| chunk (32) | [`PackLocV1`] |
 //! | `packs-v1` | vault (16) \|\| pack (16) | [`PackV1`] |
+//! | `rotations-v1` | vault (16) | [`RotationDueV1`]: the vault's key must be rotated |
 //!
 //! `usage-v1` holds each account's stored bytes: the sum of `sealed_len` over the chunk records
 //! of its vaults. It is updated in the same sled transaction as the chunk record it accounts for,
@@ -64,6 +65,7 @@ pub(crate) const ENVELOPES: &str = "envelopes-v1";
 pub(crate) const USAGE: &str = "usage-v1";
 pub(crate) const CHUNK_LOCS: &str = "chunk-locs-v1";
 pub(crate) const PACKS: &str = "packs-v1";
+pub(crate) const ROTATIONS: &str = "rotations-v1";
 
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const NEXT_TENANT_KEY: &[u8] = b"next-tenant";
@@ -411,6 +413,16 @@ pub(crate) struct PackV1 {
     pub(crate) created_at: u64,
 }
 stored!(PackV1, PACKS, 1);
+
+/// A vault whose key must be rotated: a device of its account was revoked when `epoch` was its
+/// newest epoch. An envelope of a newer epoch ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RotationDueV1 {
+    pub(crate) epoch: u32,
+    /// The revocation that made it due (unix seconds).
+    pub(crate) since: u64,
+}
+stored!(RotationDueV1, ROTATIONS, 1);
 
 /// One commit log record: a version of an entry at a seq.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use dooz_protocol::limits::{MAX_HISTORY_PAGE, MAX_PULL_PAGE};
 use dooz_protocol::{
-    Change, ChunkId, CommitEntry, CommitResult, DeviceId, EntryKey, Epoch, ErrorCode, Seq, VaultId,
-    VersionId,
+    Change, ChunkId, CommitEntry, CommitResult, DeviceId, EntryKey, Epoch, ErrorCode, ROSTER_EPOCH,
+    Seq, VaultId, VersionId,
 };
 
 use crate::store::{
@@ -45,6 +45,7 @@ macro_rules! conformance_tests {
             pull_pages,
             history_pages,
             envelopes,
+            epochs_rosters_and_rotation_marks,
             unknown_vault_is_not_found,
             account_usage_counts,
             forget_lost_pending_chunks,
@@ -1093,6 +1094,114 @@ pub(crate) async fn envelopes(store: Store) {
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::InvalidInput { .. }), "{e}");
+}
+
+pub(crate) async fn epochs_rosters_and_rotation_marks(store: Store) {
+    let f = fixture(&store, "epochs").await;
+    let second = vault_id("epochs", 1);
+    store.create_vault(f.account, second, NOW).await.unwrap();
+    let token = store
+        .create_enrolment_token(f.account, NOW + 60, true)
+        .await
+        .unwrap();
+    let other = store
+        .redeem_enrolment(token.expose(), registration("epochs", 1), NOW)
+        .await
+        .unwrap()
+        .device;
+    let latest = |v| {
+        let store = Arc::clone(&store);
+        async move { store.vault(v).await.unwrap().unwrap().latest_epoch.get() }
+    };
+    store
+        .put_envelope(f.vault, Epoch::new(0), f.device, f.device, vec![0; 80])
+        .await
+        .unwrap();
+    assert!(store.rotations_due(f.account).await.unwrap().is_empty());
+
+    // A roster never counts as an epoch.
+    store
+        .put_envelope(f.vault, ROSTER_EPOCH, other, f.device, vec![9; 80])
+        .await
+        .unwrap();
+    assert_eq!(latest(f.vault).await, 0);
+    let roster = store.envelopes_for(f.vault, other).await.unwrap();
+    assert_eq!(roster.len(), 1);
+    assert_eq!(roster[0].epoch, ROSTER_EPOCH);
+    let e = store
+        .start_epoch(f.vault, ROSTER_EPOCH, f.device, vec![1; 80])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::EpochTaken { .. }), "{e}");
+
+    // Revoking a device marks every vault of the account, once.
+    store.revoke_device(other, NOW + 10).await.unwrap();
+    let mut due = store.rotations_due(f.account).await.unwrap();
+    due.sort_unstable();
+    let mut want = vec![f.vault, second];
+    want.sort_unstable();
+    assert_eq!(due, want);
+    store.revoke_device(other, NOW + 20).await.unwrap();
+    assert_eq!(store.rotations_due(f.account).await.unwrap().len(), 2);
+
+    // Only the next epoch can be started; the first device to start it wins.
+    for wrong in [0, 2, 7] {
+        let e = store
+            .start_epoch(f.vault, Epoch::new(wrong), f.device, vec![1; 80])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::EpochTaken { epoch, newest: 0, .. } if epoch == wrong),
+            "{e}"
+        );
+        assert_eq!(e.to_error_code(), ErrorCode::Conflict { head: None });
+    }
+    // A roster stored now ends no rotation.
+    store
+        .put_envelope(f.vault, ROSTER_EPOCH, f.device, f.device, vec![9; 80])
+        .await
+        .unwrap();
+    assert_eq!(store.rotations_due(f.account).await.unwrap().len(), 2);
+    store
+        .start_epoch(f.vault, Epoch::new(1), f.device, vec![1; 80])
+        .await
+        .unwrap();
+    assert_eq!(latest(f.vault).await, 1);
+    let e = store
+        .start_epoch(f.vault, Epoch::new(1), f.device, vec![2; 80])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::EpochTaken { newest: 1, .. }), "{e}");
+    assert_eq!(store.rotations_due(f.account).await.unwrap(), vec![second]);
+    // A plain envelope of a newer epoch ends a rotation too.
+    store
+        .put_envelope(second, Epoch::new(1), f.device, f.device, vec![1; 80])
+        .await
+        .unwrap();
+    assert!(store.rotations_due(f.account).await.unwrap().is_empty());
+
+    // Racing starts of one epoch: exactly one wins.
+    let racers: Vec<_> = (0..8u8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let (vault, device) = (f.vault, f.device);
+            tokio::spawn(async move {
+                store
+                    .start_epoch(vault, Epoch::new(2), device, vec![i; 80])
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racers {
+        match r.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::EpochTaken { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(latest(f.vault).await, 2);
 }
 
 pub(crate) async fn unknown_vault_is_not_found(store: Store) {

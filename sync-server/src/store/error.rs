@@ -61,6 +61,20 @@ pub enum StoreError {
         /// The device.
         device: DeviceId,
     },
+    /// A new epoch of a vault's key was started by another device first: the vault's newest
+    /// epoch is `newest`, so an epoch can only be started as `newest + 1`.
+    #[error(
+        "epoch {epoch} of vault {vault} cannot be started: the vault's newest epoch is {newest} \
+         (another device rotated the key first); fetch its key instead"
+    )]
+    EpochTaken {
+        /// The vault.
+        vault: VaultId,
+        /// The epoch asked for.
+        epoch: u32,
+        /// The vault's newest epoch.
+        newest: u32,
+    },
     /// The store was written by a newer (or unknown) version of the server.
     #[error(
         "the metadata store has format version {found}, this server reads version {supported}; \
@@ -132,6 +146,7 @@ impl StoreError {
         match self {
             Self::NotFound { .. } | Self::MissingChunks { .. } => ErrorCode::NotFound,
             Self::AlreadyExists { .. } => ErrorCode::AlreadyExists,
+            Self::EpochTaken { .. } => ErrorCode::Conflict { head: None },
             Self::InvalidInput { .. } => ErrorCode::BadRequest,
             Self::TokenInvalid | Self::TokenExpired | Self::TokenUsed => ErrorCode::Unauthenticated,
             Self::DeviceRevoked { .. } => ErrorCode::Revoked,

@@ -33,7 +33,8 @@ use crate::store::api::{
 };
 use crate::store::codec::{
     self, ACCOUNT_DEVICES, ACCOUNT_VAULTS, AccountV1, ChunkStateV1, ChunkV1, DeviceV1, EnvelopeV1,
-    HeadV1, LogV1, PackLocV1, PackV1, Stored, TenantV1, TokenV1, VaultV1, decode, encode,
+    HeadV1, LogV1, PackLocV1, PackV1, RotationDueV1, Stored, TenantV1, TokenV1, VaultV1, decode,
+    encode,
 };
 use crate::store::error::StoreError;
 use crate::store::token::{self, EnrolmentToken};
@@ -73,6 +74,7 @@ struct Inner {
     usage: Tree,
     chunk_locs: Tree,
     packs: Tree,
+    rotations: Tree,
 }
 
 impl SledStore {
@@ -108,6 +110,7 @@ impl SledStore {
             usage: tree(codec::USAGE)?,
             chunk_locs: tree(codec::CHUNK_LOCS)?,
             packs: tree(codec::PACKS)?,
+            rotations: tree(codec::ROTATIONS)?,
             db,
         };
         match inner.meta.get(codec::FORMAT_KEY)? {
@@ -634,6 +637,7 @@ impl Inner {
                 &self.heads,
                 &self.versions,
                 &self.envelopes,
+                &self.rotations,
             ] {
                 for item in tree.scan_prefix(vault.as_bytes()) {
                     let (k, _) = item?;
@@ -1133,6 +1137,9 @@ impl Inner {
         Ok(page)
     }
 
+    /// Stores an envelope. With `new_epoch` it must start the vault's next epoch (see
+    /// [`MetaStore::start_epoch`]). An envelope newer than a due rotation's epoch ends it, in the
+    /// same transaction.
     fn put_envelope(
         &self,
         vault: &VaultId,
@@ -1140,6 +1147,7 @@ impl Inner {
         recipient: &DeviceId,
         sender: &DeviceId,
         envelope: &[u8],
+        new_epoch: bool,
     ) -> Result<(), StoreError> {
         if envelope.len() > MAX_ENVELOPE_LEN {
             return Err(StoreError::InvalidInput {
@@ -1155,19 +1163,81 @@ impl Inner {
         })?;
         let key = codec::envelope_key(vault, recipient, epoch, sender);
         tx_result(
-            (&self.vaults, &self.envelopes).transaction(|(vaults, envelopes)| {
-                let Some(mut v) = tx_get_decoded::<VaultV1>(vaults, vault.as_bytes())? else {
-                    return fail(vault_not_found(vault));
-                };
-                if epoch.get() > v.latest_epoch {
-                    v.latest_epoch = epoch.get();
-                    tx_insert(vaults, vault.as_bytes(), &v)?;
-                }
-                envelopes.insert(&key[..], value.as_slice())?;
-                Ok(())
-            }),
+            (&self.vaults, &self.envelopes, &self.rotations).transaction(
+                |(vaults, envelopes, rotations)| {
+                    let Some(mut v) = tx_get_decoded::<VaultV1>(vaults, vault.as_bytes())? else {
+                        return fail(vault_not_found(vault));
+                    };
+                    let roster = epoch == dooz_protocol::ROSTER_EPOCH;
+                    if new_epoch && (roster || epoch.get() != v.latest_epoch.saturating_add(1)) {
+                        return fail(StoreError::EpochTaken {
+                            vault: *vault,
+                            epoch: epoch.get(),
+                            newest: v.latest_epoch,
+                        });
+                    }
+                    if !roster && epoch.get() > v.latest_epoch {
+                        v.latest_epoch = epoch.get();
+                        tx_insert(vaults, vault.as_bytes(), &v)?;
+                    }
+                    if !roster
+                        && tx_get_decoded::<RotationDueV1>(rotations, vault.as_bytes())?
+                            .is_some_and(|due| epoch.get() > due.epoch)
+                    {
+                        rotations.remove(vault.as_bytes())?;
+                    }
+                    envelopes.insert(&key[..], value.as_slice())?;
+                    Ok(())
+                },
+            ),
         )?;
         self.flush()
+    }
+
+    /// Revokes `device` and, in the same transaction, marks every vault of its account for key
+    /// rotation (a vault marked already keeps its older mark).
+    fn revoke_device(&self, device: DeviceId, now: u64) -> Result<DeviceV1, StoreError> {
+        let Some(current) = self.device_v1(&device)? else {
+            return Err(StoreError::not_found(format!("device {device}")));
+        };
+        let mut marks = Vec::new();
+        for info in self.list_vaults(AccountId::new(current.account))? {
+            marks.push((info.vault, info.latest_epoch.get()));
+        }
+        let d = tx_result(
+            (&self.devices, &self.rotations).transaction(|(devices, rotations)| {
+                let Some(mut d) = tx_get_decoded::<DeviceV1>(devices, device.as_bytes())? else {
+                    return fail(StoreError::not_found(format!("device {device}")));
+                };
+                if d.revoked_at.is_none() {
+                    d.revoked_at = Some(now);
+                    tx_insert(devices, device.as_bytes(), &d)?;
+                    for (vault, epoch) in &marks {
+                        if rotations.get(vault.as_bytes())?.is_none() {
+                            let due = RotationDueV1 {
+                                epoch: *epoch,
+                                since: now,
+                            };
+                            tx_insert(rotations, vault.as_bytes(), &due)?;
+                        }
+                    }
+                }
+                Ok(d)
+            }),
+        )?;
+        self.flush()?;
+        Ok(d)
+    }
+
+    /// The vaults of `account` whose key must be rotated.
+    fn rotations_due(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError> {
+        let mut out = Vec::new();
+        for info in self.list_vaults(account)? {
+            if self.rotations.contains_key(info.vault.as_bytes())? {
+                out.push(info.vault);
+            }
+        }
+        Ok(out)
     }
 
     fn envelopes_for(
@@ -1314,16 +1384,7 @@ impl MetaStore for SledStore {
     }
 
     async fn revoke_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError> {
-        let d = self
-            .blocking(move |s| {
-                let d = s.update_device(device, |d| {
-                    d.revoked_at = d.revoked_at.or(Some(now));
-                    Ok(())
-                })?;
-                s.flush()?;
-                Ok(d)
-            })
-            .await?;
+        let d = self.blocking(move |s| s.revoke_device(device, now)).await?;
         Ok(device_record(device, d))
     }
 
@@ -1530,8 +1591,23 @@ impl MetaStore for SledStore {
         sender: DeviceId,
         envelope: Vec<u8>,
     ) -> Result<(), StoreError> {
-        self.blocking(move |s| s.put_envelope(&vault, epoch, &recipient, &sender, &envelope))
+        self.blocking(move |s| s.put_envelope(&vault, epoch, &recipient, &sender, &envelope, false))
             .await
+    }
+
+    async fn start_epoch(
+        &self,
+        vault: VaultId,
+        epoch: Epoch,
+        device: DeviceId,
+        envelope: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |s| s.put_envelope(&vault, epoch, &device, &device, &envelope, true))
+            .await
+    }
+
+    async fn rotations_due(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError> {
+        self.blocking(move |s| s.rotations_due(account)).await
     }
 
     async fn envelopes_for(
@@ -1649,6 +1725,36 @@ mod tests {
             store.account_usage(account).await.unwrap().stored_bytes,
             100
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotation_marks_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta");
+        let store = SledStore::open(&path).unwrap();
+        let (account, device, vault) = populated(&store).await;
+        let token = store
+            .create_enrolment_token(account, NOW + 60, false)
+            .await
+            .unwrap();
+        store
+            .redeem_enrolment(token.expose(), registration(2), NOW)
+            .await
+            .unwrap();
+        store
+            .revoke_device(registration(2).device, NOW + 1)
+            .await
+            .unwrap();
+        drop(store);
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(store.rotations_due(account).await.unwrap(), vec![vault]);
+        store
+            .start_epoch(vault, Epoch::new(3), device, vec![1; 90])
+            .await
+            .unwrap();
+        drop(store);
+        let store = SledStore::open(&path).unwrap();
+        assert!(store.rotations_due(account).await.unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use dooz_client::{
     Connection, Connector, Engine, EngineError, EngineOptions, NetError, SyncReport, Trigger,
-    VaultMeta, keyring_from_index,
+    VaultMeta, keyring_from_index, maintain_keys,
 };
 use dooz_crypto::VaultId;
 use serde_json::json;
@@ -170,6 +170,7 @@ pub(crate) async fn sync(
         return crate::watch::watch(home, &enrolled, &vaults, connector, out).await;
     }
     let mut conn = connect(&connector, out).await?;
+    maintain(home, &enrolled, &conn, out).await;
     let mut failed = 0;
     for (name, meta) in &vaults {
         match sync_vault(home, &enrolled, &connector, name, meta, &mut conn, out).await {
@@ -192,6 +193,44 @@ pub(crate) async fn sync(
              `dooz sync` again",
             vaults.len()
         )),
+    }
+}
+
+/// Keeps the vault keys current before a sync ([`maintain_keys`]): rotates the vaults the
+/// server marks due after a revocation and takes the keys other devices rotated to. A failure
+/// is a warning: the sync goes on with the keys this device has, and the next run tries again.
+pub(crate) async fn maintain(home: &Opened, enrolled: &Enrolled, conn: &Connection, out: &Out) {
+    let report = match maintain_keys(conn, &enrolled.record.keys, &home.index).await {
+        Ok(report) => report,
+        Err(e) => {
+            out.warn(&format!(
+                "could not bring the vault keys up to date ({e}); syncing with the keys this \
+                 device has"
+            ));
+            return;
+        }
+    };
+    let name = |vault: VaultId| home.vault_name(vault).unwrap_or_else(|_| vault.to_string());
+    if report.distrusted > 0 {
+        out.hint(&format!(
+            "stopped trusting {} revoked device(s)",
+            report.distrusted
+        ));
+    }
+    for (vault, epoch) in &report.rotated {
+        out.hint(&format!(
+            "{}: a device was revoked, so this device made a new key (epoch {}) and wrapped it \
+             to the devices it trusts; the revoked device cannot read what is written from now on",
+            name(*vault),
+            epoch.0
+        ));
+    }
+    for (vault, epoch) in &report.received {
+        out.hint(&format!(
+            "{}: received the vault's new key (epoch {}) from a trusted device",
+            name(*vault),
+            epoch.0
+        ));
     }
 }
 

@@ -41,6 +41,7 @@ pub(crate) async fn watch(
         () = interrupted.cancelled() => return Ok(()),
         conn = crate::sync::connect_retrying(&connector, out, true) => conn?,
     };
+    crate::sync::maintain(home, enrolled, &conn, out).await;
     let mut engines = Vec::with_capacity(vaults.len());
     for (name, meta) in vaults {
         engines.push(crate::sync::engine(
