@@ -24,6 +24,7 @@ pub mod auth;
 pub mod idempotency;
 pub mod metrics;
 pub mod model;
+mod openapi;
 pub mod policy;
 pub mod problem;
 pub mod rate_limit;
@@ -37,7 +38,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use dooz_protocol::{DeviceId, VaultId};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -163,7 +164,6 @@ pub(crate) struct AppState {
 
 /// The API's router: `/healthz`, `/readyz` and `/v1/...` (routes in `docs/CONTROL-PLANE.md`).
 pub fn router(parts: ApiParts) -> Router {
-    use routes::*;
     let state = Arc::new(AppState {
         webhooks: parts.policy.webhooks().clone(),
         meta: parts.meta,
@@ -175,85 +175,15 @@ pub fn router(parts: ApiParts) -> Router {
         metrics: Arc::new(metrics::Metrics::default()),
     });
     let metrics = Arc::clone(&state.metrics);
-    let t = "/v1/tenants/{tenant}";
-    let router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/v1/tenants", post(create_tenant).get(list_tenants))
-        .route(t, get(get_tenant))
+    let (routes, _) = openapi::routes().split_for_parts();
+    let document = Arc::new(openapi_json());
+    let router = routes
         .route(
-            &format!("{t}/api_keys"),
-            post(create_api_key).get(list_api_keys),
+            "/v1/openapi.json",
+            get(move || openapi::serve(Arc::clone(&document))),
         )
-        .route(
-            &format!("{t}/api_keys/{{key}}"),
-            get(get_api_key).delete(delete_api_key),
-        )
-        .route(
-            &format!("{t}/api_keys/{{key}}/revoke"),
-            post(revoke_api_key),
-        )
-        .route(
-            &format!("{t}/accounts"),
-            post(create_account).get(list_accounts),
-        )
-        .route(
-            &format!("{t}/accounts/{{account}}"),
-            get(get_account).delete(delete_account),
-        )
-        .route(&format!("{t}/accounts/{{account}}/usage"), get(get_usage))
-        .route(
-            &format!("{t}/accounts/{{account}}/enrolment_tokens"),
-            post(create_enrolment_token),
-        )
-        .route(
-            &format!("{t}/accounts/{{account}}/devices"),
-            get(list_devices),
-        )
-        .route(
-            &format!("{t}/accounts/{{account}}/devices/{{device}}"),
-            get(get_device).patch(rename_device),
-        )
-        .route(
-            &format!("{t}/accounts/{{account}}/devices/{{device}}/revoke"),
-            post(revoke_device),
-        )
-        .route(&format!("{t}/plans"), post(create_plan).get(list_plans))
-        .route(
-            &format!("{t}/plans/{{plan}}"),
-            get(get_plan).patch(update_plan).delete(delete_plan),
-        )
-        .route(
-            &format!("{t}/subscriptions"),
-            post(create_subscription).get(list_subscriptions),
-        )
-        .route(
-            &format!("{t}/subscriptions/{{subscription}}"),
-            get(get_subscription).patch(update_subscription),
-        )
-        .route(
-            &format!("{t}/webhooks"),
-            post(create_webhook).get(list_webhooks),
-        )
-        .route(
-            &format!("{t}/webhooks/{{webhook}}"),
-            get(get_webhook)
-                .patch(update_webhook)
-                .delete(delete_webhook),
-        )
-        .route(
-            &format!("{t}/webhooks/{{webhook}}/deliveries"),
-            get(list_deliveries),
-        )
-        .route(
-            &format!("{t}/webhooks/{{webhook}}/deliveries/{{delivery}}"),
-            get(get_delivery),
-        )
-        .route(&format!("{t}/audit"), get(list_audit))
-        .route(&format!("{t}/export"), get(export))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             idempotency::idempotency,
@@ -270,6 +200,19 @@ pub fn router(parts: ApiParts) -> Router {
         metrics,
         request_id::request_id,
     ))
+}
+
+/// The API's OpenAPI 3.1 document as served at `/v1/openapi.json`: generated from the handlers,
+/// so it lists exactly the routes the router serves.
+pub fn openapi_json() -> String {
+    openapi::document().to_pretty_json().unwrap_or_else(|e| {
+        format!("{{\"error\":\"the OpenAPI document did not serialize: {e}\"}}")
+    })
+}
+
+/// The `(METHOD, path)` pairs of the OpenAPI document, sorted (for route-coverage tests).
+pub fn openapi_operations() -> Vec<(String, String)> {
+    openapi::operations(&openapi::document())
 }
 
 /// Serves `router` on `listener` until `cancel` fires, then finishes requests in flight.

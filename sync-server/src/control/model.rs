@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{Access, Limit};
 
 /// One limit of a plan: a maximum, hard (refused past it) or soft (warned).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSpec {
     /// The maximum (bytes, devices, vaults or days).
@@ -25,7 +25,7 @@ impl From<LimitSpec> for Limit {
 }
 
 /// A plan's limits; a missing limit means none.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanLimits {
     /// Sealed bytes stored across the account's vaults (enforced).
@@ -46,7 +46,7 @@ pub struct PlanLimits {
 }
 
 /// A plan of a tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanRecord {
     /// Its id.
     pub id: u64,
@@ -61,7 +61,7 @@ pub struct PlanRecord {
 }
 
 /// A subscription's status: Stripe's set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SubscriptionStatus {
@@ -138,7 +138,7 @@ impl SubscriptionStatus {
 }
 
 /// An account's subscription to a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SubscriptionRecord {
     /// Its id.
     pub id: u64,
@@ -165,7 +165,7 @@ pub struct SubscriptionRecord {
 }
 
 /// What an API key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub enum Scope {
     /// Everything in its tenant.
@@ -180,7 +180,7 @@ pub enum Scope {
 }
 
 /// An API key as stored and listed (never with its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiKeyRecord {
     /// Its id.
     pub id: u64,
@@ -201,7 +201,7 @@ pub struct ApiKeyRecord {
 }
 
 /// One audit event: who did what to what, and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Its id (increasing).
     pub id: u64,
@@ -227,7 +227,7 @@ pub const EVENT_TYPES: [&str; 5] = [
 ];
 
 /// A tenant's webhook endpoint (its signing secret is stored apart and shown once).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookEndpoint {
     /// Its id.
     pub id: u64,
@@ -251,7 +251,7 @@ impl WebhookEndpoint {
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DeliveryStatus {
@@ -264,7 +264,7 @@ pub enum DeliveryStatus {
 }
 
 /// One attempt at a delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryAttempt {
     /// When (unix milliseconds).
     pub at_ms: u64,
@@ -275,7 +275,7 @@ pub struct DeliveryAttempt {
 }
 
 /// One event on its way to one endpoint: the delivery log's entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryRecord {
     /// Its id.
     pub id: u64,

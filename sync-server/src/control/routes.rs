@@ -17,6 +17,7 @@ use crate::control::model::{
     ApiKeyRecord, AuditRecord, DeliveryRecord, EVENT_TYPES, PlanLimits, PlanRecord, Scope,
     SubscriptionRecord, SubscriptionStatus, WebhookEndpoint,
 };
+use crate::control::openapi::Problems;
 use crate::control::problem::Problem;
 use crate::control::secrets::{Secret, SecretKind};
 use crate::control::store::Page;
@@ -39,7 +40,8 @@ type AppStateRef = State<Arc<AppState>>;
 // --- pagination -------------------------------------------------------------------------------
 
 /// `?limit&cursor`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     limit: Option<u32>,
@@ -47,7 +49,7 @@ pub(crate) struct ListQuery {
 }
 
 /// A page as the API returns it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct PageOut<T> {
     data: Vec<T>,
     next_cursor: Option<String>,
@@ -153,10 +155,26 @@ impl AppState {
 
 // --- health -----------------------------------------------------------------------------------
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    operation_id = "healthz",
+    responses((status = 200, description = "The process is up", body = serde_json::Value), Problems),
+    security(())
+)]
 pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "meta",
+    operation_id = "readyz",
+    responses((status = 200, description = "The metadata store and the blob backend answer", body = serde_json::Value), Problems),
+    security(())
+)]
 pub(crate) async fn readyz(State(state): AppStateRef) -> ApiResult<Json<serde_json::Value>> {
     let unavailable = |what: &str, e: &dyn std::fmt::Display| {
         tracing::warn!(error = %e, "{what} is not ready");
@@ -184,6 +202,13 @@ pub(crate) async fn readyz(State(state): AppStateRef) -> ApiResult<Json<serde_js
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    operation_id = "metrics_text",
+    responses((status = 200, description = "Prometheus text exposition (operator only)", body = String, content_type = "text/plain; version=0.0.4"), Problems)
+)]
 pub(crate) async fn metrics_text(State(state): AppStateRef, caller: Caller) -> ApiResult<Response> {
     caller.require_operator()?;
     let mut response = state.metrics.render().into_response();
@@ -215,13 +240,13 @@ pub(crate) async fn method_not_allowed() -> Problem {
 // --- tenants ----------------------------------------------------------------------------------
 
 /// Body of `POST /v1/tenants` and `POST .../accounts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NameBody {
     name: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TenantOut {
     id: u64,
     name: String,
@@ -236,6 +261,14 @@ impl From<TenantRecord> for TenantOut {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "tenants",
+    operation_id = "create_tenant",
+    request_body = NameBody,
+    responses((status = 201, body = TenantOut), Problems)
+)]
 pub(crate) async fn create_tenant(
     State(state): AppStateRef,
     caller: Caller,
@@ -252,6 +285,14 @@ pub(crate) async fn create_tenant(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    tag = "tenants",
+    operation_id = "list_tenants",
+    params(ListQuery),
+    responses((status = 200, body = PageOut<TenantOut>), Problems)
+)]
 pub(crate) async fn list_tenants(
     State(state): AppStateRef,
     caller: Caller,
@@ -272,6 +313,14 @@ pub(crate) async fn list_tenants(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}",
+    tag = "tenants",
+    operation_id = "get_tenant",
+    params(("tenant" = u64, Path, description = "Tenant id")),
+    responses((status = 200, body = TenantOut), Problems)
+)]
 pub(crate) async fn get_tenant(
     State(state): AppStateRef,
     caller: Caller,
@@ -283,7 +332,7 @@ pub(crate) async fn get_tenant(
 // --- API keys ---------------------------------------------------------------------------------
 
 /// Body of `POST .../api_keys`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateKey {
     name: String,
@@ -292,7 +341,7 @@ pub(crate) struct CreateKey {
     expires_at: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct CreatedKey {
     #[serde(flatten)]
     key: ApiKeyRecord,
@@ -300,6 +349,15 @@ pub(crate) struct CreatedKey {
     secret: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/api_keys",
+    tag = "api_keys",
+    operation_id = "create_api_key",
+    params(("tenant" = u64, Path, description = "Tenant id")),
+    request_body = CreateKey,
+    responses((status = 201, body = CreatedKey), Problems)
+)]
 pub(crate) async fn create_api_key(
     State(state): AppStateRef,
     caller: Caller,
@@ -343,6 +401,14 @@ pub(crate) async fn create_api_key(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/api_keys",
+    tag = "api_keys",
+    operation_id = "list_api_keys",
+    params(("tenant" = u64, Path, description = "Tenant id"), ListQuery),
+    responses((status = 200, body = PageOut<ApiKeyRecord>), Problems)
+)]
 pub(crate) async fn list_api_keys(
     State(state): AppStateRef,
     caller: Caller,
@@ -364,6 +430,14 @@ fn api_key_of(state: &AppState, tenant: u64, id: u64) -> ApiResult<ApiKeyRecord>
         .ok_or_else(|| Problem::not_found(format!("API key {id}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/api_keys/{key}",
+    tag = "api_keys",
+    operation_id = "get_api_key",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("key" = u64, Path, description = "API key id")),
+    responses((status = 200, body = ApiKeyRecord), Problems)
+)]
 pub(crate) async fn get_api_key(
     State(state): AppStateRef,
     caller: Caller,
@@ -373,6 +447,14 @@ pub(crate) async fn get_api_key(
     Ok(Json(api_key_of(&state, tenant, id)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/api_keys/{key}/revoke",
+    tag = "api_keys",
+    operation_id = "revoke_api_key",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("key" = u64, Path, description = "API key id")),
+    responses((status = 200, body = ApiKeyRecord), Problems)
+)]
 pub(crate) async fn revoke_api_key(
     State(state): AppStateRef,
     caller: Caller,
@@ -389,6 +471,14 @@ pub(crate) async fn revoke_api_key(
     Ok(Json(key))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/api_keys/{key}",
+    tag = "api_keys",
+    operation_id = "delete_api_key",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("key" = u64, Path, description = "API key id")),
+    responses((status = 204, description = "Deleted"), Problems)
+)]
 pub(crate) async fn delete_api_key(
     State(state): AppStateRef,
     caller: Caller,
@@ -404,7 +494,7 @@ pub(crate) async fn delete_api_key(
 
 // --- accounts ---------------------------------------------------------------------------------
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct AccountOut {
     id: u64,
     tenant: u64,
@@ -427,6 +517,15 @@ impl AppState {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/accounts",
+    tag = "accounts",
+    operation_id = "create_account",
+    params(("tenant" = u64, Path, description = "Tenant id")),
+    request_body = NameBody,
+    responses((status = 201, body = AccountOut), Problems)
+)]
 pub(crate) async fn create_account(
     State(state): AppStateRef,
     caller: Caller,
@@ -452,6 +551,14 @@ pub(crate) async fn create_account(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/accounts",
+    tag = "accounts",
+    operation_id = "list_accounts",
+    params(("tenant" = u64, Path, description = "Tenant id"), ListQuery),
+    responses((status = 200, body = PageOut<AccountOut>), Problems)
+)]
 pub(crate) async fn list_accounts(
     State(state): AppStateRef,
     caller: Caller,
@@ -475,6 +582,14 @@ pub(crate) async fn list_accounts(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/accounts/{account}",
+    tag = "accounts",
+    operation_id = "get_account",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("account" = u64, Path, description = "Account id")),
+    responses((status = 200, body = AccountOut), Problems)
+)]
 pub(crate) async fn get_account(
     State(state): AppStateRef,
     caller: Caller,
@@ -487,7 +602,7 @@ pub(crate) async fn get_account(
     Ok(Json(state.account_out(account)?))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct DeletedAccount {
     id: u64,
     deleted: bool,
@@ -499,6 +614,14 @@ pub(crate) struct DeletedAccount {
 /// Deletes an account: its devices are revoked (live connections close), then its vaults'
 /// blobs are deleted, then its metadata, then its control-plane records. Run again after a
 /// failure, it carries on where it stopped.
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/accounts/{account}",
+    tag = "accounts",
+    operation_id = "delete_account",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("account" = u64, Path, description = "Account id")),
+    responses((status = 200, body = DeletedAccount), Problems)
+)]
 pub(crate) async fn delete_account(
     State(state): AppStateRef,
     caller: Caller,
@@ -545,7 +668,7 @@ pub(crate) async fn delete_account(
     }))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct UsageOut {
     stored_bytes: u64,
     devices: u64,
@@ -554,6 +677,14 @@ pub(crate) struct UsageOut {
     access: &'static str,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/accounts/{account}/usage",
+    tag = "accounts",
+    operation_id = "get_usage",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("account" = u64, Path, description = "Account id")),
+    responses((status = 200, body = UsageOut), Problems)
+)]
 pub(crate) async fn get_usage(
     State(state): AppStateRef,
     caller: Caller,
@@ -587,7 +718,7 @@ fn access_name(access: Access) -> &'static str {
 // --- enrolment tokens -------------------------------------------------------------------------
 
 /// Body of `POST .../enrolment_tokens`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateToken {
     #[serde(default)]
@@ -597,7 +728,7 @@ pub(crate) struct CreateToken {
     expires_in: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct CreatedToken {
     /// The enrolment token, shown this once.
     token: String,
@@ -609,6 +740,15 @@ pub(crate) struct CreatedToken {
     expires_at: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/accounts/{account}/enrolment_tokens",
+    tag = "devices",
+    operation_id = "create_enrolment_token",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("account" = u64, Path, description = "Account id")),
+    request_body = CreateToken,
+    responses((status = 201, body = CreatedToken), Problems)
+)]
 pub(crate) async fn create_enrolment_token(
     State(state): AppStateRef,
     caller: Caller,
@@ -663,7 +803,7 @@ pub(crate) async fn create_enrolment_token(
 
 // --- devices ----------------------------------------------------------------------------------
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct DeviceOut {
     id: String,
     account: u64,
@@ -692,6 +832,14 @@ fn parse_device(text: &str) -> ApiResult<DeviceId> {
         .map_err(|_| Problem::not_found(format!("device {text:.70}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/accounts/{account}/devices",
+    tag = "devices",
+    operation_id = "list_devices",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("account" = u64, Path, description = "Account id"), ListQuery),
+    responses((status = 200, body = PageOut<DeviceOut>), Problems)
+)]
 pub(crate) async fn list_devices(
     State(state): AppStateRef,
     caller: Caller,
@@ -733,6 +881,14 @@ async fn device_of(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/accounts/{account}/devices/{device}",
+    tag = "devices",
+    operation_id = "get_device",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("account" = u64, Path, description = "Account id"), ("device" = String, Path, description = "Device id (64 hex digits)")),
+    responses((status = 200, body = DeviceOut), Problems)
+)]
 pub(crate) async fn get_device(
     State(state): AppStateRef,
     caller: Caller,
@@ -743,6 +899,14 @@ pub(crate) async fn get_device(
     Ok(Json(device_of(&state, tenant, id, &device).await?.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/accounts/{account}/devices/{device}/revoke",
+    tag = "devices",
+    operation_id = "revoke_device",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("account" = u64, Path, description = "Account id"), ("device" = String, Path, description = "Device id (64 hex digits)")),
+    responses((status = 200, body = DeviceOut), Problems)
+)]
 pub(crate) async fn revoke_device(
     State(state): AppStateRef,
     caller: Caller,
@@ -774,12 +938,21 @@ pub(crate) async fn revoke_device(
 }
 
 /// Body of `PATCH .../devices/{d}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RenameDevice {
     name: String,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/tenants/{tenant}/accounts/{account}/devices/{device}",
+    tag = "devices",
+    operation_id = "rename_device",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("account" = u64, Path, description = "Account id"), ("device" = String, Path, description = "Device id (64 hex digits)")),
+    request_body = RenameDevice,
+    responses((status = 200, body = DeviceOut), Problems)
+)]
 pub(crate) async fn rename_device(
     State(state): AppStateRef,
     caller: Caller,
@@ -803,7 +976,7 @@ pub(crate) async fn rename_device(
 // --- plans ------------------------------------------------------------------------------------
 
 /// Body of `POST .../plans`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreatePlan {
     name: String,
@@ -812,7 +985,7 @@ pub(crate) struct CreatePlan {
 }
 
 /// Body of `PATCH .../plans/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdatePlan {
     #[serde(default)]
@@ -821,6 +994,15 @@ pub(crate) struct UpdatePlan {
     limits: Option<PlanLimits>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/plans",
+    tag = "plans",
+    operation_id = "create_plan",
+    params(("tenant" = u64, Path, description = "Tenant id")),
+    request_body = CreatePlan,
+    responses((status = 201, body = PlanRecord), Problems)
+)]
 pub(crate) async fn create_plan(
     State(state): AppStateRef,
     caller: Caller,
@@ -843,6 +1025,14 @@ pub(crate) async fn create_plan(
     Ok(created(plan))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/plans",
+    tag = "plans",
+    operation_id = "list_plans",
+    params(("tenant" = u64, Path, description = "Tenant id"), ListQuery),
+    responses((status = 200, body = PageOut<PlanRecord>), Problems)
+)]
 pub(crate) async fn list_plans(
     State(state): AppStateRef,
     caller: Caller,
@@ -857,6 +1047,14 @@ pub(crate) async fn list_plans(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/plans/{plan}",
+    tag = "plans",
+    operation_id = "get_plan",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("plan" = u64, Path, description = "Plan id")),
+    responses((status = 200, body = PlanRecord), Problems)
+)]
 pub(crate) async fn get_plan(
     State(state): AppStateRef,
     caller: Caller,
@@ -866,6 +1064,15 @@ pub(crate) async fn get_plan(
     Ok(Json(state.plan(tenant, id)?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/tenants/{tenant}/plans/{plan}",
+    tag = "plans",
+    operation_id = "update_plan",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("plan" = u64, Path, description = "Plan id")),
+    request_body = UpdatePlan,
+    responses((status = 200, body = PlanRecord), Problems)
+)]
 pub(crate) async fn update_plan(
     State(state): AppStateRef,
     caller: Caller,
@@ -889,6 +1096,14 @@ pub(crate) async fn update_plan(
     Ok(Json(plan))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/plans/{plan}",
+    tag = "plans",
+    operation_id = "delete_plan",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("plan" = u64, Path, description = "Plan id")),
+    responses((status = 204, description = "Deleted"), Problems)
+)]
 pub(crate) async fn delete_plan(
     State(state): AppStateRef,
     caller: Caller,
@@ -917,7 +1132,7 @@ pub(crate) async fn delete_plan(
 // --- subscriptions ----------------------------------------------------------------------------
 
 /// Body of `POST .../subscriptions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateSubscription {
     account: u64,
@@ -935,7 +1150,7 @@ pub(crate) struct CreateSubscription {
 }
 
 /// Body of `PATCH .../subscriptions/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateSubscription {
     #[serde(default)]
@@ -961,6 +1176,15 @@ fn check_period(start: u64, end: u64) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/subscriptions",
+    tag = "subscriptions",
+    operation_id = "create_subscription",
+    params(("tenant" = u64, Path, description = "Tenant id")),
+    request_body = CreateSubscription,
+    responses((status = 201, body = SubscriptionRecord), Problems)
+)]
 pub(crate) async fn create_subscription(
     State(state): AppStateRef,
     caller: Caller,
@@ -1042,6 +1266,14 @@ pub(crate) async fn create_subscription(
     Ok(created(sub))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/subscriptions",
+    tag = "subscriptions",
+    operation_id = "list_subscriptions",
+    params(("tenant" = u64, Path, description = "Tenant id"), ListQuery),
+    responses((status = 200, body = PageOut<SubscriptionRecord>), Problems)
+)]
 pub(crate) async fn list_subscriptions(
     State(state): AppStateRef,
     caller: Caller,
@@ -1056,6 +1288,14 @@ pub(crate) async fn list_subscriptions(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/subscriptions/{subscription}",
+    tag = "subscriptions",
+    operation_id = "get_subscription",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("subscription" = u64, Path, description = "Subscription id")),
+    responses((status = 200, body = SubscriptionRecord), Problems)
+)]
 pub(crate) async fn get_subscription(
     State(state): AppStateRef,
     caller: Caller,
@@ -1065,6 +1305,15 @@ pub(crate) async fn get_subscription(
     Ok(Json(state.subscription(tenant, id)?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/tenants/{tenant}/subscriptions/{subscription}",
+    tag = "subscriptions",
+    operation_id = "update_subscription",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("subscription" = u64, Path, description = "Subscription id")),
+    request_body = UpdateSubscription,
+    responses((status = 200, body = SubscriptionRecord), Problems)
+)]
 pub(crate) async fn update_subscription(
     State(state): AppStateRef,
     caller: Caller,
@@ -1146,7 +1395,7 @@ pub(crate) async fn update_subscription(
 // --- webhooks ---------------------------------------------------------------------------------
 
 /// Body of `POST .../webhooks`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateWebhook {
     url: String,
@@ -1155,7 +1404,7 @@ pub(crate) struct CreateWebhook {
 }
 
 /// Body of `PATCH .../webhooks/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateWebhook {
     #[serde(default)]
@@ -1166,7 +1415,7 @@ pub(crate) struct UpdateWebhook {
     disabled: Option<bool>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct CreatedWebhook {
     #[serde(flatten)]
     endpoint: WebhookEndpoint,
@@ -1210,6 +1459,15 @@ fn webhook_of(state: &AppState, tenant: u64, id: u64) -> ApiResult<WebhookEndpoi
         .ok_or_else(|| Problem::not_found(format!("webhook endpoint {id}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/webhooks",
+    tag = "webhooks",
+    operation_id = "create_webhook",
+    params(("tenant" = u64, Path, description = "Tenant id")),
+    request_body = CreateWebhook,
+    responses((status = 201, body = CreatedWebhook), Problems)
+)]
 pub(crate) async fn create_webhook(
     State(state): AppStateRef,
     caller: Caller,
@@ -1238,6 +1496,14 @@ pub(crate) async fn create_webhook(
     Ok(created_secret(CreatedWebhook { endpoint, secret }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/webhooks",
+    tag = "webhooks",
+    operation_id = "list_webhooks",
+    params(("tenant" = u64, Path, description = "Tenant id"), ListQuery),
+    responses((status = 200, body = PageOut<WebhookEndpoint>), Problems)
+)]
 pub(crate) async fn list_webhooks(
     State(state): AppStateRef,
     caller: Caller,
@@ -1252,6 +1518,14 @@ pub(crate) async fn list_webhooks(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/webhooks/{webhook}",
+    tag = "webhooks",
+    operation_id = "get_webhook",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("webhook" = u64, Path, description = "Webhook endpoint id")),
+    responses((status = 200, body = WebhookEndpoint), Problems)
+)]
 pub(crate) async fn get_webhook(
     State(state): AppStateRef,
     caller: Caller,
@@ -1261,6 +1535,15 @@ pub(crate) async fn get_webhook(
     Ok(Json(webhook_of(&state, tenant, id)?))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/tenants/{tenant}/webhooks/{webhook}",
+    tag = "webhooks",
+    operation_id = "update_webhook",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("webhook" = u64, Path, description = "Webhook endpoint id")),
+    request_body = UpdateWebhook,
+    responses((status = 200, body = WebhookEndpoint), Problems)
+)]
 pub(crate) async fn update_webhook(
     State(state): AppStateRef,
     caller: Caller,
@@ -1287,6 +1570,14 @@ pub(crate) async fn update_webhook(
     Ok(Json(endpoint))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tenants/{tenant}/webhooks/{webhook}",
+    tag = "webhooks",
+    operation_id = "delete_webhook",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("webhook" = u64, Path, description = "Webhook endpoint id")),
+    responses((status = 204, description = "Deleted"), Problems)
+)]
 pub(crate) async fn delete_webhook(
     State(state): AppStateRef,
     caller: Caller,
@@ -1300,6 +1591,14 @@ pub(crate) async fn delete_webhook(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/webhooks/{webhook}/deliveries",
+    tag = "webhooks",
+    operation_id = "list_deliveries",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("webhook" = u64, Path, description = "Webhook endpoint id"), ListQuery),
+    responses((status = 200, body = PageOut<DeliveryRecord>), Problems)
+)]
 pub(crate) async fn list_deliveries(
     State(state): AppStateRef,
     caller: Caller,
@@ -1315,6 +1614,14 @@ pub(crate) async fn list_deliveries(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/webhooks/{webhook}/deliveries/{delivery}",
+    tag = "webhooks",
+    operation_id = "get_delivery",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("webhook" = u64, Path, description = "Webhook endpoint id"), ("delivery" = u64, Path, description = "Delivery id")),
+    responses((status = 200, body = DeliveryRecord), Problems)
+)]
 pub(crate) async fn get_delivery(
     State(state): AppStateRef,
     caller: Caller,
@@ -1332,7 +1639,8 @@ pub(crate) async fn get_delivery(
 // --- audit ------------------------------------------------------------------------------------
 
 /// `GET .../audit` filters.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
     limit: Option<u32>,
@@ -1349,6 +1657,14 @@ pub(crate) struct AuditQuery {
     until: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/audit",
+    tag = "audit",
+    operation_id = "list_audit",
+    params(("tenant" = u64, Path, description = "Tenant id"), AuditQuery),
+    responses((status = 200, body = PageOut<AuditRecord>), Problems)
+)]
 pub(crate) async fn list_audit(
     State(state): AppStateRef,
     caller: Caller,
@@ -1385,14 +1701,14 @@ fn all<T>(
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ExportedAccount {
     #[serde(flatten)]
     account: AccountOut,
     devices: Vec<DeviceOut>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Export {
     tenant: TenantOut,
     accounts: Vec<ExportedAccount>,
@@ -1402,6 +1718,14 @@ pub(crate) struct Export {
     audit: Vec<AuditRecord>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{tenant}/export",
+    tag = "tenants",
+    operation_id = "export",
+    params(("tenant" = u64, Path, description = "Tenant id")),
+    responses((status = 200, body = Export), Problems)
+)]
 pub(crate) async fn export(
     State(state): AppStateRef,
     caller: Caller,

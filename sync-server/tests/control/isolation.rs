@@ -299,3 +299,72 @@ async fn scopes_limit_what_a_key_may_do() {
         .await
         .problem(401);
 }
+
+/// The isolation test's route list and the served OpenAPI document (generated from the
+/// router's own handler list) name exactly the same tenant-scoped operations, so a new route
+/// cannot escape the isolation test.
+#[tokio::test]
+async fn the_isolation_test_covers_every_route_of_the_openapi_document() {
+    let api = TestApi::start().await;
+    let doc = api
+        .call("GET", "/v1/openapi.json", None, None)
+        .await
+        .expect(200);
+    assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    let mut served: Vec<(String, String)> = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            served.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    served.sort();
+    assert_eq!(served, dooz_server::control::openapi_operations());
+    let named = |p: &str| {
+        p.replace("{tenant}", "{t}")
+            .replace("{account}", "{a}")
+            .replace("{plan}", "{p}")
+            .replace("{subscription}", "{s}")
+            .replace("{key}", "{k}")
+            .replace("{device}", "{d}")
+            .replace("{webhook}", "{w}")
+            .replace("{delivery}", "1")
+    };
+    let mut tenant_scoped: Vec<(String, String)> = served
+        .iter()
+        .filter(|(_, p)| p.starts_with("/v1/tenants/{tenant}"))
+        .map(|(m, p)| (m.clone(), named(p)))
+        .collect();
+    tenant_scoped.sort();
+    let mut tested: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    tested.sort();
+    assert_eq!(tested, tenant_scoped);
+    // Every operation answers errors as problem details, and has an id.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op["operationId"].is_string(), "{method} {path}");
+            if path != "/v1/openapi.json" {
+                let not_found = &op["responses"]["404"]["content"]["application/problem+json"];
+                assert!(not_found.is_object(), "{method} {path}: {op}");
+            }
+        }
+    }
+    // And every path the document names is served (not the 404 fallback).
+    for (method, path) in &served {
+        let concrete = path
+            .replace("{tenant}", "999999")
+            .replace("{device}", &"0".repeat(64))
+            .replace(['{', '}'], "");
+        // Without a credential a routed path answers 401 (or 200 for the public ones); the
+        // fallbacks answer 404 and 405.
+        let reply = api.call(method, &concrete, None, None).await;
+        assert!(
+            ![404, 405].contains(&reply.status),
+            "{method} {path} is documented but not routed: {} {:?}",
+            reply.status,
+            reply.body
+        );
+    }
+}
