@@ -131,6 +131,8 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(get_webhook, update_webhook, delete_webhook))
         .routes(routes!(list_deliveries))
         .routes(routes!(get_delivery))
+        .routes(routes!(rotate_webhook_secret))
+        .routes(routes!(redeliver))
         .routes(routes!(list_audit))
         .routes(routes!(export))
 }

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::control::AppState;
 use crate::control::auth::{Caller, JsonBody, PathParams, QueryParams};
 use crate::control::model::{
-    ApiKeyRecord, AuditRecord, DeliveryRecord, EVENT_TYPES, PlanLimits, PlanRecord, Scope,
-    SubscriptionRecord, SubscriptionStatus, WebhookEndpoint,
+    ApiKeyRecord, AuditRecord, DeliveryRecord, DeliveryStatus, EVENT_TYPES, PlanLimits, PlanRecord,
+    Scope, SubscriptionRecord, SubscriptionStatus, WebhookEndpoint,
 };
 use crate::control::openapi::Problems;
 use crate::control::problem::Problem;
@@ -1634,6 +1634,138 @@ pub(crate) async fn get_delivery(
         .delivery(tenant, id, delivery)?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("delivery {delivery}")))
+}
+
+/// Body of `POST .../webhooks/{id}/rotate_secret`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateSecret {
+    /// How long the current secret keeps signing beside the new one, in seconds: default 86400
+    /// (24 hours), at most 604800 (7 days), 0 to stop using it at once.
+    #[serde(default)]
+    #[schema(maximum = 604800)]
+    expire_current_after: Option<u64>,
+}
+
+/// The longest time a rotated-out webhook secret keeps signing: 7 days.
+const MAX_SECRET_OVERLAP: u64 = 7 * 24 * 3600;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RotatedSecret {
+    #[serde(flatten)]
+    endpoint: WebhookEndpoint,
+    /// The new signing secret, shown this once.
+    secret: String,
+    /// Until when (unix seconds) deliveries also carry a signature made with the previous
+    /// secret; absent if it stopped at once.
+    previous_secret_expires_at: Option<u64>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/webhooks/{webhook}/rotate_secret",
+    tag = "webhooks",
+    operation_id = "rotate_webhook_secret",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("webhook" = u64, Path, description = "Webhook endpoint id")),
+    request_body = RotateSecret,
+    responses((status = 200, body = RotatedSecret), Problems)
+)]
+/// Replaces an endpoint's signing secret. The current secret keeps signing beside the new one
+/// (two `v1` signatures) for `expire_current_after` seconds, so a receiver can switch without
+/// refusing an event.
+pub(crate) async fn rotate_webhook_secret(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id)): PathParams<(u64, u64)>,
+    JsonBody(body): JsonBody<RotateSecret>,
+) -> ApiResult<Response> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let overlap = body.expire_current_after.unwrap_or(24 * 3600);
+    if overlap > MAX_SECRET_OVERLAP {
+        return Err(Problem::invalid(format!(
+            "expire_current_after is {overlap} s; at most {MAX_SECRET_OVERLAP} (7 days)"
+        )));
+    }
+    let _lock = state.control.lock().await;
+    let endpoint = webhook_of(&state, tenant, id)?;
+    let secret = crate::control::webhooks::new_secret()?;
+    let now = unix_now();
+    let expires_at = now.saturating_add(overlap);
+    state
+        .control
+        .rotate_webhook_secret(tenant, id, &secret, expires_at)
+        .await?;
+    state.audit(
+        &caller,
+        tenant,
+        "webhook.rotate_secret",
+        format!("webhook/{id}"),
+    );
+    let mut response = Json(RotatedSecret {
+        endpoint,
+        secret,
+        previous_secret_expires_at: (overlap > 0).then_some(expires_at),
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tenants/{tenant}/webhooks/{webhook}/deliveries/{delivery}/redeliver",
+    tag = "webhooks",
+    operation_id = "redeliver",
+    params(("tenant" = u64, Path, description = "Tenant id"), ("webhook" = u64, Path, description = "Webhook endpoint id"), ("delivery" = u64, Path, description = "Delivery id")),
+    responses((status = 201, body = DeliveryRecord), Problems)
+)]
+/// Sends a delivered or failed delivery's event again: a new delivery with the same event id
+/// and body (receivers deduplicate by the id) and attempts of its own. A delivery still
+/// pending is refused with 409.
+pub(crate) async fn redeliver(
+    State(state): AppStateRef,
+    caller: Caller,
+    PathParams((tenant, id, delivery)): PathParams<(u64, u64, u64)>,
+) -> ApiResult<Response> {
+    state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
+    let _lock = state.control.lock().await;
+    webhook_of(&state, tenant, id)?;
+    let original = state
+        .control
+        .delivery(tenant, id, delivery)?
+        .ok_or_else(|| Problem::not_found(format!("delivery {delivery}")))?;
+    if original.is_pending() {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "delivery-pending",
+            "Delivery still pending",
+            format!(
+                "delivery {delivery} is still being delivered (attempt {} so far); redeliver \
+                 it once it has been delivered or has failed",
+                original.attempts.len()
+            ),
+        ));
+    }
+    let mut copy = DeliveryRecord {
+        id: 0,
+        status: DeliveryStatus::Pending,
+        attempts: Vec::new(),
+        next_attempt_at_ms: Some(0),
+        created_at: unix_now(),
+        ..original
+    };
+    state.control.put_delivery(&mut copy)?;
+    state.control.flush().await?;
+    state.webhooks.wake();
+    state.audit(
+        &caller,
+        tenant,
+        "webhook.redeliver",
+        format!("delivery/{delivery}"),
+    );
+    Ok(created(copy))
 }
 
 // --- audit ------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ struct Inner {
     idem: Tree,
     webhooks: Tree,
     webhook_secrets: Tree,
+    webhook_old_secrets: Tree,
     deliveries: Tree,
     outbox: Tree,
     usage_levels: Tree,
@@ -65,6 +66,13 @@ pub struct Page<T> {
     pub data: Vec<T>,
     /// The id to continue after, when there may be more.
     pub next: Option<u64>,
+}
+
+/// An endpoint's previous signing secret after a rotation.
+#[derive(Serialize, serde::Deserialize)]
+struct OldSecret {
+    secret: String,
+    expires_at: u64,
 }
 
 /// A stored response to a POST with an `Idempotency-Key`.
@@ -155,6 +163,7 @@ impl ControlStore {
             idem: tree("cp1/idempotency")?,
             webhooks: tree("cp1/webhooks")?,
             webhook_secrets: tree("cp1/webhook_secrets")?,
+            webhook_old_secrets: tree("cp1/webhook_old_secrets")?,
             deliveries: tree("cp1/webhook_deliveries")?,
             outbox: tree("cp1/webhook_outbox")?,
             usage_levels: tree("cp1/usage_levels")?,
@@ -604,6 +613,10 @@ impl ControlStore {
         let key = key2(tenant, id);
         self.inner.webhooks.remove(key).map_err(sled_err)?;
         self.inner.webhook_secrets.remove(key).map_err(sled_err)?;
+        self.inner
+            .webhook_old_secrets
+            .remove(key)
+            .map_err(sled_err)?;
         for item in self.inner.deliveries.scan_prefix(key) {
             let (k, _) = item.map_err(sled_err)?;
             self.inner
@@ -633,6 +646,69 @@ impl ControlStore {
                 .map_err(|_| StoreError::corrupt("cp1/webhook_secrets", "secret is not UTF-8")),
             None => Ok(None),
         }
+    }
+
+    /// Replaces an endpoint's signing secret with `new`; the current one stays in use beside it
+    /// (deliveries carry both signatures) until `old_expires_at` (unix seconds).
+    pub async fn rotate_webhook_secret(
+        &self,
+        tenant: u64,
+        id: u64,
+        new: &str,
+        old_expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let key = key2(tenant, id);
+        let Some(current) = self.webhook_secret(tenant, id)? else {
+            return Err(StoreError::NotFound {
+                what: format!("webhook endpoint {id}"),
+            });
+        };
+        let old = OldSecret {
+            secret: current,
+            expires_at: old_expires_at,
+        };
+        self.put(&self.inner.webhook_old_secrets, key, &old)?;
+        self.inner
+            .webhook_secrets
+            .insert(key, new.as_bytes())
+            .map_err(sled_err)?;
+        self.flush().await
+    }
+
+    /// The secrets to sign an endpoint's deliveries with at `now`: the current one, then the
+    /// previous one while it has not expired.
+    pub fn webhook_signing_secrets(
+        &self,
+        tenant: u64,
+        id: u64,
+        now: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = self.webhook_secret(tenant, id)?.into_iter().collect();
+        let old: Option<OldSecret> = self.get(
+            &self.inner.webhook_old_secrets,
+            "cp1/webhook_old_secrets",
+            key2(tenant, id),
+        )?;
+        if let Some(old) = old.filter(|o| o.expires_at > now) {
+            out.push(old.secret);
+        }
+        Ok(out)
+    }
+
+    /// When the previous secret of an endpoint stops being used, if one is still in use at
+    /// `now`.
+    pub fn webhook_old_secret_expiry(
+        &self,
+        tenant: u64,
+        id: u64,
+        now: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let old: Option<OldSecret> = self.get(
+            &self.inner.webhook_old_secrets,
+            "cp1/webhook_old_secrets",
+            key2(tenant, id),
+        )?;
+        Ok(old.map(|o| o.expires_at).filter(|at| *at > now))
     }
 
     /// A tenant's webhook endpoints.

@@ -8,6 +8,10 @@
 //!   (`random(0 ..= min(max_delay, base * 2^(attempt-1)))`) up to `max_attempts`.
 //! - Each POST carries `Dooz-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
 //!   "<t>.<body>")>` (Stripe's scheme), keyed with the endpoint's whole `whsec_...` secret.
+//!   After a secret rotation the previous secret signs too (a second `v1`) until it expires,
+//!   so receivers can switch secrets without missing an event.
+//! - A delivery can be sent again on request (`.../redeliver`): a new delivery of the same
+//!   event (same id and body, so receivers deduplicate), with its own attempts.
 //! - The same task deletes expired idempotency records, and checks usage against plan limits (every `usage_check_interval`, and at once
 //!   after [`Webhooks::usage_changed`]) and emits `quota.threshold` when an account reaches
 //!   80% or 100% of a limit (once per crossing; falling back below re-arms it).
@@ -98,7 +102,18 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The `Dooz-Signature` value for `body` sent at `t` (unix seconds).
 pub fn sign(secret: &str, t: u64, body: &[u8]) -> String {
-    format!("t={t},v1={}", hex(&mac(secret, t, body)))
+    sign_all(&[secret], t, body)
+}
+
+/// The `Dooz-Signature` value with one `v1` per secret (during a secret rotation: the new
+/// secret's first, then the old one's), as Stripe does.
+pub fn sign_all<S: AsRef<str>>(secrets: &[S], t: u64, body: &[u8]) -> String {
+    let mut out = format!("t={t}");
+    for secret in secrets {
+        out.push_str(",v1=");
+        out.push_str(&hex(&mac(secret.as_ref(), t, body)));
+    }
+    out
 }
 
 fn mac(secret: &str, t: u64, body: &[u8]) -> Vec<u8> {
@@ -313,12 +328,11 @@ impl Webhooks {
                 // Kept pending; PATCH disabled=false wakes the task again.
                 continue;
             }
-            let secret = store
-                .webhook_secret(delivery.tenant, delivery.endpoint)?
-                .unwrap_or_default();
+            let secrets =
+                store.webhook_signing_secrets(delivery.tenant, delivery.endpoint, unix_now())?;
             let (client, this) = (client.clone(), self.clone());
             tasks.spawn(async move {
-                this.attempt(&client, &endpoint.url, &secret, delivery)
+                this.attempt(&client, &endpoint.url, &secrets, delivery)
                     .await
             });
         }
@@ -339,12 +353,12 @@ impl Webhooks {
         &self,
         client: &reqwest::Client,
         url: &str,
-        secret: &str,
+        secrets: &[String],
         mut delivery: DeliveryRecord,
     ) -> Result<Option<u64>, StoreError> {
         let settings = &self.inner.settings;
         let t = unix_now();
-        let signature = sign(secret, t, delivery.payload.as_bytes());
+        let signature = sign_all(secrets, t, delivery.payload.as_bytes());
         let sent = client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")

@@ -78,6 +78,16 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("DELETE", "/v1/tenants/{t}/webhooks/{w}", None),
     ("GET", "/v1/tenants/{t}/webhooks/{w}/deliveries", None),
     ("GET", "/v1/tenants/{t}/webhooks/{w}/deliveries/1", None),
+    (
+        "POST",
+        "/v1/tenants/{t}/webhooks/{w}/deliveries/1/redeliver",
+        None,
+    ),
+    (
+        "POST",
+        "/v1/tenants/{t}/webhooks/{w}/rotate_secret",
+        Some("{}"),
+    ),
     ("GET", "/v1/tenants/{t}/audit", None),
     ("GET", "/v1/tenants/{t}/export", None),
 ];

@@ -24,6 +24,10 @@ use crate::harness::{TestApi, fast_webhooks, within};
 /// signature and passes each verified event on.
 struct Receiver {
     secret: Mutex<Option<String>>,
+    /// A second secret whose signature must be there too (during a secret rotation).
+    also: Mutex<Option<String>>,
+    /// How many `v1` signatures the last verified request carried.
+    signatures: AtomicU32,
     fail_first: u32,
     seen: AtomicU32,
     events: mpsc::UnboundedSender<Value>,
@@ -35,19 +39,31 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
     }
     let secret = r.secret.lock().unwrap().clone().expect("the secret is set");
     let header = headers["dooz-signature"].to_str().unwrap();
-    let (t, v1) = header.split_once(',').unwrap();
-    let t = t.strip_prefix("t=").unwrap();
-    let v1 = v1.strip_prefix("v1=").unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(&body);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(v1, expected, "the signature does not verify");
+    let mut parts = header.split(',');
+    let t = parts.next().unwrap().strip_prefix("t=").unwrap();
+    let v1s: Vec<&str> = parts.map(|p| p.strip_prefix("v1=").unwrap()).collect();
+    let expected = |secret: &str| -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(&body);
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert!(
+        v1s.contains(&expected(&secret).as_str()),
+        "the signature does not verify"
+    );
+    if let Some(also) = r.also.lock().unwrap().clone() {
+        assert!(
+            v1s.contains(&expected(&also).as_str()),
+            "the previous secret's signature is missing"
+        );
+    }
+    r.signatures
+        .store(u32::try_from(v1s.len()).unwrap(), Ordering::SeqCst);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -64,6 +80,8 @@ async fn receiver(fail_first: u32) -> (String, Arc<Receiver>, mpsc::UnboundedRec
     let (tx, rx) = mpsc::unbounded_channel();
     let r = Arc::new(Receiver {
         secret: Mutex::new(None),
+        also: Mutex::new(None),
+        signatures: AtomicU32::new(0),
         fail_first,
         seen: AtomicU32::new(0),
         events: tx,
@@ -289,4 +307,140 @@ async fn the_outbox_survives_a_restart() {
     assert_eq!(event["tenant"], 5);
     cancel.cancel();
     within(task).await.unwrap();
+}
+
+#[tokio::test]
+async fn secrets_rotate_with_an_overlap_and_deliveries_can_be_sent_again() {
+    let api = TestApi::start().await;
+    let (t, key) = api.tenant_with_key("rotating", &["admin"]).await;
+    let k = Some(key.as_str());
+    let base = format!("/v1/tenants/{t}");
+    let (url, r, mut events) = receiver(0).await;
+    let hook = api
+        .call(
+            "POST",
+            &format!("{base}/webhooks"),
+            k,
+            Some(json!({"url": url, "events": ["subscription.created"]})),
+        )
+        .await
+        .expect(201);
+    let first = hook["secret"].as_str().unwrap().to_owned();
+    *r.secret.lock().unwrap() = Some(first.clone());
+    let w = format!("{base}/webhooks/{}", hook["id"]);
+    let plan = api
+        .call(
+            "POST",
+            &format!("{base}/plans"),
+            k,
+            Some(json!({"name": "p"})),
+        )
+        .await
+        .expect(201);
+    let subscribe = |name: &'static str| {
+        let (api, base, plan) = (&api, base.clone(), plan["id"].clone());
+        async move {
+            let account = api
+                .call(
+                    "POST",
+                    &format!("{base}/accounts"),
+                    k,
+                    Some(json!({"name": name})),
+                )
+                .await
+                .expect(201);
+            api.call(
+                "POST",
+                &format!("{base}/subscriptions"),
+                k,
+                Some(json!({"account": account["id"], "plan": plan})),
+            )
+            .await
+            .expect(201)
+        }
+    };
+
+    // Rotation: the new secret is shown once; both sign until the old one expires.
+    api.call(
+        "POST",
+        &format!("{w}/rotate_secret"),
+        k,
+        Some(json!({"expire_current_after": 604_801})),
+    )
+    .await
+    .problem(422);
+    let rotated = api
+        .call(
+            "POST",
+            &format!("{w}/rotate_secret"),
+            k,
+            Some(json!({"expire_current_after": 3600})),
+        )
+        .await;
+    assert_eq!(rotated.headers["cache-control"], "no-store");
+    let rotated = rotated.expect(200);
+    let second = rotated["secret"].as_str().unwrap().to_owned();
+    assert!(second.starts_with("whsec_") && second != first);
+    assert!(rotated["previous_secret_expires_at"].as_u64().unwrap() > 0);
+    *r.secret.lock().unwrap() = Some(second.clone());
+    *r.also.lock().unwrap() = Some(first.clone());
+    subscribe("ana").await;
+    let event = next_event(&mut events).await;
+    assert_eq!(event["type"], "subscription.created");
+    assert_eq!(r.signatures.load(Ordering::SeqCst), 2);
+
+    // Rotating again with no overlap: only the newest secret signs.
+    let third = api
+        .call(
+            "POST",
+            &format!("{w}/rotate_secret"),
+            k,
+            Some(json!({"expire_current_after": 0})),
+        )
+        .await
+        .expect(200);
+    assert!(third["previous_secret_expires_at"].is_null());
+    *r.secret.lock().unwrap() = Some(third["secret"].as_str().unwrap().to_owned());
+    *r.also.lock().unwrap() = None;
+    subscribe("bo").await;
+    let again = next_event(&mut events).await;
+    assert_eq!(r.signatures.load(Ordering::SeqCst), 1);
+
+    // Redelivery: the same event (same id and body) comes again, as a new delivery.
+    let delivered = within(async {
+        loop {
+            let log = api
+                .call("GET", &format!("{w}/deliveries"), k, None)
+                .await
+                .expect(200);
+            let found = log["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["event_id"] == again["id"] && d["status"] == "delivered")
+                .cloned();
+            if let Some(d) = found {
+                return d;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let copy = api
+        .call(
+            "POST",
+            &format!("{w}/deliveries/{}/redeliver", delivered["id"]),
+            k,
+            None,
+        )
+        .await
+        .expect(201);
+    assert_ne!(copy["id"], delivered["id"]);
+    assert_eq!(copy["event_id"], delivered["event_id"]);
+    assert_eq!(copy["payload"], delivered["payload"]);
+    let resent = next_event(&mut events).await;
+    assert_eq!(resent, again);
+    api.call("POST", &format!("{w}/deliveries/999999/redeliver"), k, None)
+        .await
+        .problem(404);
 }
