@@ -222,6 +222,13 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     parts.policy = Arc::new(policy.clone());
     let store = parts.store.clone();
     let server = Arc::new(Server::start(parts)?);
+    let data_plane: Arc<dyn dooz_server::control::DataPlane> = server.clone();
+    let own_storage = dooz_server::control::storage::restore(&control, &data_plane)
+        .await
+        .context("could not restore the tenants' own storage settings")?;
+    if own_storage > 0 {
+        tracing::info!(tenants = own_storage, "tenants with storage of their own");
+    }
     let address = match config.enrol_address(Some(server.local_addr())) {
         Ok(address) => Some(address),
         Err(e) => {

@@ -31,6 +31,7 @@ pub mod rate_limit;
 pub mod request_id;
 mod routes;
 pub mod secrets;
+pub mod storage;
 pub mod store;
 pub mod webhooks;
 
@@ -40,6 +41,7 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::routing::get;
 use dooz_protocol::{DeviceId, VaultId};
+use dooz_storage::BlobStore;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +74,27 @@ pub trait DataPlane: Send + Sync + 'static {
         let _ = (tenant, vault);
         Ok(0)
     }
+    /// Puts `tenant`'s blobs in `store` (`None`: the default backend) without moving any.
+    fn set_tenant_store(&self, tenant: TenantId, store: Option<Arc<dyn BlobStore>>) {
+        let _ = (tenant, store);
+    }
+    /// Moves `tenant`'s blobs from `old` to `new` in the background (`None`: the default
+    /// backend); `on_done` gets the outcome.
+    fn migrate_tenant(
+        &self,
+        tenant: TenantId,
+        new: Option<Arc<dyn BlobStore>>,
+        old: Option<Arc<dyn BlobStore>>,
+        on_done: Box<dyn FnOnce(Result<(), String>) + Send>,
+    ) {
+        let _ = (tenant, new, old);
+        on_done(Ok(()));
+    }
+    /// The progress of `tenant`'s blob move: `(listed, total, moved, bytes)`.
+    fn migration(&self, tenant: TenantId) -> Option<(bool, u64, u64, u64)> {
+        let _ = tenant;
+        None
+    }
 }
 
 #[async_trait]
@@ -92,6 +115,24 @@ impl DataPlane for Server {
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    fn set_tenant_store(&self, tenant: TenantId, store: Option<Arc<dyn BlobStore>>) {
+        Server::set_tenant_store(self, tenant, store);
+    }
+
+    fn migrate_tenant(
+        &self,
+        tenant: TenantId,
+        new: Option<Arc<dyn BlobStore>>,
+        old: Option<Arc<dyn BlobStore>>,
+        on_done: Box<dyn FnOnce(Result<(), String>) + Send>,
+    ) {
+        Server::migrate_tenant(self, tenant, new, old, on_done);
+    }
+
+    fn migration(&self, tenant: TenantId) -> Option<(bool, u64, u64, u64)> {
+        Server::migration(self, tenant)
     }
 
     async fn delete_vault_blobs(&self, tenant: TenantId, vault: VaultId) -> Result<u64, String> {

@@ -133,6 +133,11 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(get_delivery))
         .routes(routes!(rotate_webhook_secret))
         .routes(routes!(redeliver))
+        .routes(routes!(
+            crate::control::storage::get_storage,
+            crate::control::storage::put_storage,
+            crate::control::storage::delete_storage
+        ))
         .routes(routes!(list_audit))
         .routes(routes!(export))
 }

@@ -34,8 +34,8 @@ const MAX_TOKEN_LIFETIME: u64 = 365 * 24 * 3600;
 /// Default billing period when none is given: 30 days.
 const DEFAULT_PERIOD: u64 = 30 * 24 * 3600;
 
-type ApiResult<T> = Result<T, Problem>;
-type AppStateRef = State<Arc<AppState>>;
+pub(crate) type ApiResult<T> = Result<T, Problem>;
+pub(crate) type AppStateRef = State<Arc<AppState>>;
 
 // --- pagination -------------------------------------------------------------------------------
 
@@ -103,7 +103,7 @@ fn check_name(what: &str, name: &str) -> ApiResult<()> {
 // --- lookups ----------------------------------------------------------------------------------
 
 impl AppState {
-    fn audit(&self, caller: &Caller, tenant: u64, action: &str, target: String) {
+    pub(crate) fn audit(&self, caller: &Caller, tenant: u64, action: &str, target: String) {
         let event = AuditRecord {
             id: 0,
             at: unix_now(),
@@ -117,7 +117,7 @@ impl AppState {
         }
     }
 
-    async fn tenant(
+    pub(crate) async fn tenant(
         &self,
         caller: &Caller,
         id: u64,

@@ -29,6 +29,7 @@ pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 #[derive(Clone)]
 pub struct ControlStore {
     inner: std::sync::Arc<Inner>,
+    credential_key: crate::control::storage::CredentialKey,
 }
 
 impl std::fmt::Debug for ControlStore {
@@ -55,6 +56,7 @@ struct Inner {
     deliveries: Tree,
     outbox: Tree,
     usage_levels: Tree,
+    tenant_storage: Tree,
     /// Serialises multi-tree writes.
     write: tokio::sync::Mutex<()>,
 }
@@ -138,16 +140,28 @@ fn tail_id(key: &[u8]) -> u64 {
 
 impl ControlStore {
     /// Opens (or creates) the store in directory `path`.
+    /// The key sealing tenants' storage credentials comes from `DOOZ_STORAGE_KEY` or
+    /// `storage.key` next to `path` (see [`CredentialKey`](crate::control::storage::CredentialKey)).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        Self::from_config(sled::Config::new().path(path.as_ref()))
+        let path = path.as_ref();
+        let key = crate::control::storage::CredentialKey::load_or_create(
+            path.parent().unwrap_or(Path::new(".")),
+        )?;
+        Self::from_config(sled::Config::new().path(path), key)
     }
 
     /// A store in a temporary directory, gone when dropped (tests).
     pub fn temporary() -> Result<Self, StoreError> {
-        Self::from_config(sled::Config::new().temporary(true))
+        Self::from_config(
+            sled::Config::new().temporary(true),
+            crate::control::storage::CredentialKey::ephemeral()?,
+        )
     }
 
-    fn from_config(config: sled::Config) -> Result<Self, StoreError> {
+    fn from_config(
+        config: sled::Config,
+        credential_key: crate::control::storage::CredentialKey,
+    ) -> Result<Self, StoreError> {
         let db = config.open().map_err(sled_err)?;
         let tree = |name: &str| db.open_tree(name).map_err(sled_err);
         let inner = Inner {
@@ -167,11 +181,13 @@ impl ControlStore {
             deliveries: tree("cp1/webhook_deliveries")?,
             outbox: tree("cp1/webhook_outbox")?,
             usage_levels: tree("cp1/usage_levels")?,
+            tenant_storage: tree("cp1/tenant_storage")?,
             write: tokio::sync::Mutex::new(()),
             db,
         };
         Ok(Self {
             inner: std::sync::Arc::new(inner),
+            credential_key,
         })
     }
 
@@ -646,6 +662,45 @@ impl ControlStore {
                 .map_err(|_| StoreError::corrupt("cp1/webhook_secrets", "secret is not UTF-8")),
             None => Ok(None),
         }
+    }
+
+    /// The key sealing tenants' storage credentials.
+    pub fn credential_key(&self) -> &crate::control::storage::CredentialKey {
+        &self.credential_key
+    }
+
+    /// Where a tenant's blobs are, if it ever set storage of its own.
+    pub fn tenant_storage(
+        &self,
+        tenant: u64,
+    ) -> Result<Option<crate::control::storage::TenantStorageRecord>, StoreError> {
+        self.get(
+            &self.inner.tenant_storage,
+            "cp1/tenant_storage",
+            tenant.to_be_bytes(),
+        )
+    }
+
+    /// Stores where a tenant's blobs are. **Durable.**
+    pub async fn put_tenant_storage(
+        &self,
+        tenant: u64,
+        record: &crate::control::storage::TenantStorageRecord,
+    ) -> Result<(), StoreError> {
+        self.put(&self.inner.tenant_storage, tenant.to_be_bytes(), record)?;
+        self.flush().await
+    }
+
+    /// Every tenant's storage record.
+    pub fn tenant_storages(
+        &self,
+    ) -> Result<Vec<(u64, crate::control::storage::TenantStorageRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.inner.tenant_storage.iter() {
+            let (k, v) = item.map_err(sled_err)?;
+            out.push((tail_id(&k), decode("cp1/tenant_storage", &v)?));
+        }
+        Ok(out)
     }
 
     /// Replaces an endpoint's signing secret with `new`; the current one stays in use beside it

@@ -38,6 +38,7 @@ mod pairing;
 mod quota;
 mod recovery;
 mod rotation;
+pub mod routed;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,7 +57,9 @@ use tracing::Instrument as _;
 
 use crate::config::{BlobLocation, ServerConfig, ServiceLimits};
 use crate::policy::{PolicySource, Unlimited};
-use crate::store::{AccountRecord, DeviceRecord, MetaStore, SledStore, StoreError, TenantRecord};
+use crate::store::{
+    AccountRecord, DeviceRecord, MetaStore, SledStore, StoreError, TenantId, TenantRecord,
+};
 use crate::tls::{ServerIdentity, TlsError};
 use crate::transport::{TransportError, TransportTuning, server_endpoint};
 
@@ -205,7 +208,11 @@ impl ServerParts {
 /// State shared by the accept loop, connections and requests.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn MetaStore>,
+    /// Every blob operation goes through `routes` (each tenant's backend).
     pub(crate) blobs: Arc<dyn BlobStore>,
+    pub(crate) routes: Arc<routed::TenantRouted>,
+    /// Progress of tenants' blob moves since start.
+    pub(crate) migrations: Mutex<HashMap<TenantId, Arc<routed::Migration>>>,
     /// `(vault, seq)` of every commit that applied something.
     pub(crate) changes: broadcast::Sender<(VaultId, Seq)>,
     /// Chunk bytes that may be held in memory at once; one permit per byte.
@@ -339,9 +346,12 @@ impl Server {
         let permits = usize::try_from(parts.limits.max_inflight_bytes)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
+        let routes = Arc::new(routed::TenantRouted::new(parts.blobs));
         let shared = Arc::new(Shared {
             store: parts.store,
-            blobs: parts.blobs,
+            blobs: Arc::clone(&routes) as Arc<dyn BlobStore>,
+            routes,
+            migrations: Mutex::new(HashMap::new()),
             changes: broadcast::channel(CHANGES_CAPACITY).0,
             inflight: Arc::new(Semaphore::new(permits)),
             limits: parts.limits,
@@ -387,9 +397,85 @@ impl Server {
         &self.shared.store
     }
 
-    /// The blob store.
+    /// The blob store: every tenant's blobs, each in its tenant's backend
+    /// ([`routed::TenantRouted`]).
     pub fn blobs(&self) -> &Arc<dyn BlobStore> {
         &self.shared.blobs
+    }
+
+    /// The server's default blob backend (tenants without a backend of their own).
+    pub fn default_blobs(&self) -> &Arc<dyn BlobStore> {
+        self.shared.routes.default_store()
+    }
+
+    /// Puts `tenant`'s blobs in `store` (`None`: the default backend) at once, without moving
+    /// any: for a server starting up with routes it stored.
+    pub fn set_tenant_store(&self, tenant: TenantId, store: Option<Arc<dyn BlobStore>>) {
+        self.shared
+            .routes
+            .set_route(tenant, store.map(routed::Route::Store));
+    }
+
+    /// Moves `tenant`'s blobs from `old` to `new` (`None`: the default backend) in the
+    /// background. New blobs go to `new` at once, reads find blobs in either until the move is
+    /// over; then `on_done` gets the result (on failure the tenant stays on both, and a later
+    /// call resumes). Progress: [`migration`](Self::migration).
+    pub fn migrate_tenant(
+        &self,
+        tenant: TenantId,
+        new: Option<Arc<dyn BlobStore>>,
+        old: Option<Arc<dyn BlobStore>>,
+        on_done: Box<dyn FnOnce(Result<(), String>) + Send>,
+    ) {
+        let default = Arc::clone(self.shared.routes.default_store());
+        let new = new.unwrap_or_else(|| Arc::clone(&default));
+        let old = old.unwrap_or(default);
+        self.shared.routes.set_route(
+            tenant,
+            Some(routed::Route::Moving {
+                new: Arc::clone(&new),
+                old: Arc::clone(&old),
+            }),
+        );
+        let progress = Arc::new(routed::Migration::default());
+        self.shared
+            .migrations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tenant, Arc::clone(&progress));
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let result = routed::migrate(tenant, old.as_ref(), new.as_ref(), &progress).await;
+            match &result {
+                Ok(()) => {
+                    let route = (!Arc::ptr_eq(&new, shared.routes.default_store()))
+                        .then(|| routed::Route::Store(new));
+                    shared.routes.set_route(tenant, route);
+                    tracing::info!(%tenant, blobs = progress.moved.load(std::sync::atomic::Ordering::Relaxed), "tenant blobs moved");
+                }
+                Err(e) => tracing::error!(%tenant, error = %e, "moving the tenant's blobs failed"),
+            }
+            on_done(result.map_err(|e| e.to_string()));
+        });
+    }
+
+    /// The progress of `tenant`'s last blob move since this server started:
+    /// `(listed, total, moved, bytes)`.
+    pub fn migration(&self, tenant: TenantId) -> Option<(bool, u64, u64, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shared
+            .migrations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&tenant)
+            .map(|m| {
+                (
+                    m.listed.load(Relaxed),
+                    m.total.load(Relaxed),
+                    m.moved.load(Relaxed),
+                    m.bytes.load(Relaxed),
+                )
+            })
     }
 
     /// How many devices have a connection open now.

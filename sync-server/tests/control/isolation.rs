@@ -89,6 +89,13 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         Some("{}"),
     ),
     ("GET", "/v1/tenants/{t}/audit", None),
+    ("GET", "/v1/tenants/{t}/storage", None),
+    (
+        "PUT",
+        "/v1/tenants/{t}/storage",
+        Some(r#"{"bucket":"b","access_key_id":"k","secret_access_key":"s"}"#),
+    ),
+    ("DELETE", "/v1/tenants/{t}/storage", None),
     ("GET", "/v1/tenants/{t}/export", None),
 ];
 

@@ -12,4 +12,5 @@ mod isolation;
 mod lifecycle;
 mod quota;
 mod secrets;
+mod storage;
 mod webhooks;
