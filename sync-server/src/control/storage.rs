@@ -617,3 +617,136 @@ pub(crate) async fn delete_storage(
     state.audit(&caller, tenant, "storage.reset", format!("tenant/{tenant}"));
     Ok(Json(state.storage_out(tenant, Some(record))))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use dooz_protocol::DeviceId;
+
+    use super::*;
+    use crate::store::DeviceRecord;
+
+    #[derive(Default)]
+    struct Plane {
+        set: Mutex<Vec<(u64, bool)>>,
+        moves: Mutex<Vec<(u64, bool, bool)>>,
+    }
+
+    #[async_trait]
+    impl DataPlane for Plane {
+        async fn revoke_device(&self, device: DeviceId) -> Result<DeviceRecord, StoreError> {
+            Err(StoreError::not_found(format!("device {device}")))
+        }
+        fn policies_changed(&self) {}
+        fn set_tenant_store(&self, tenant: TenantId, store: Option<Arc<dyn BlobStore>>) {
+            self.set
+                .lock()
+                .unwrap()
+                .push((tenant.get(), store.is_some()));
+        }
+        fn migrate_tenant(
+            &self,
+            tenant: TenantId,
+            new: Option<Arc<dyn BlobStore>>,
+            old: Option<Arc<dyn BlobStore>>,
+            on_done: Box<dyn FnOnce(Result<(), String>) + Send>,
+        ) {
+            self.moves
+                .lock()
+                .unwrap()
+                .push((tenant.get(), new.is_some(), old.is_some()));
+            drop(on_done);
+        }
+    }
+
+    fn bucket(key: &CredentialKey, tenant: u64) -> StoredBucket {
+        StoredBucket {
+            endpoint: "http://127.0.0.1:9".into(),
+            bucket: "tenant-bucket".into(),
+            region: "us-east-1".into(),
+            path_style: true,
+            prefix: Some("dooz".into()),
+            access_key_hint: "y-id".into(),
+            sealed_credentials: key.seal(tenant, b"key-id\0the-secret").unwrap(),
+        }
+    }
+
+    #[test]
+    fn credentials_open_only_with_their_key_and_tenant() {
+        let key = CredentialKey::ephemeral().unwrap();
+        let b = bucket(&key, 5);
+        assert!(!b.sealed_credentials.contains("the-secret"));
+        assert_eq!(
+            &*key.open(5, &b.sealed_credentials).unwrap(),
+            b"key-id\0the-secret"
+        );
+        assert!(key.open(6, &b.sealed_credentials).is_err());
+        let other = CredentialKey::ephemeral().unwrap();
+        assert!(other.open(5, &b.sealed_credentials).is_err());
+        assert!(key.open(5, "zz").is_err());
+        let config = b.config(&key, 5).unwrap();
+        assert_eq!(config.bucket, "tenant-bucket");
+    }
+
+    #[test]
+    fn the_key_file_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = CredentialKey::load_or_create(dir.path()).unwrap();
+        let b = CredentialKey::load_or_create(dir.path()).unwrap();
+        let sealed = a.seal(1, b"x").unwrap();
+        assert_eq!(&*b.open(1, &sealed).unwrap(), b"x");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join("storage.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(dir.path().join("storage.key"), "short").unwrap();
+        assert!(CredentialKey::load_or_create(dir.path()).is_err());
+    }
+
+    #[tokio::test]
+    async fn restore_routes_tenants_and_resumes_moves() {
+        let control = ControlStore::temporary().unwrap();
+        let key = control.credential_key().clone();
+        let ready = TenantStorageRecord {
+            current: Some(bucket(&key, 5)),
+            moving_from: None,
+            error: None,
+            updated_at: 1,
+        };
+        let moving_back = TenantStorageRecord {
+            current: None,
+            moving_from: Some(MovingFrom {
+                bucket: Some(bucket(&key, 6)),
+            }),
+            error: Some("the bucket went away".into()),
+            updated_at: 2,
+        };
+        let moving_in = TenantStorageRecord {
+            current: Some(bucket(&key, 7)),
+            moving_from: Some(MovingFrom { bucket: None }),
+            error: None,
+            updated_at: 3,
+        };
+        control.put_tenant_storage(5, &ready).await.unwrap();
+        control.put_tenant_storage(6, &moving_back).await.unwrap();
+        control.put_tenant_storage(7, &moving_in).await.unwrap();
+        assert_eq!(control.tenant_storage(7).unwrap(), Some(moving_in));
+        let plane = Arc::new(Plane::default());
+        let data_plane: Arc<dyn DataPlane> = plane.clone();
+        assert_eq!(restore(&control, &data_plane).await.unwrap(), 3);
+        assert_eq!(*plane.set.lock().unwrap(), vec![(5, true)]);
+        assert_eq!(
+            *plane.moves.lock().unwrap(),
+            vec![(6, false, true), (7, true, false)]
+        );
+    }
+}
