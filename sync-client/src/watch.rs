@@ -784,6 +784,13 @@ async fn run_sync(
     on_event: &mut impl FnMut(WatchEvent),
 ) -> bool {
     let vault = slot.vault;
+    if trigger == Trigger::Rescan {
+        // The periodic safety net also brings the vault keys up to date: a revocation asks for
+        // a rotation, and other devices' rotations bring new keys.
+        if let Err(error) = slot.engine.refresh_keys(connector.keys()).await {
+            tracing::warn!(%vault, %error, "could not bring the vault keys up to date");
+        }
+    }
     on_event(WatchEvent::SyncStarted { vault, trigger });
     let result = tokio::select! {
         () = cancel.cancelled() => return false,

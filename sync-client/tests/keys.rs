@@ -613,3 +613,49 @@ async fn two_devices_rotating_at_once_agree_on_one_key() {
     assert_eq!(key(&d), None);
     server.server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_engine_started_before_a_rotation_fetches_the_new_key_by_itself() {
+    let server = TestServer::start().await;
+    let a = server.device("alpha").await;
+    let vault = a.create_vault("photos").await;
+    let b = server.device("beta").await;
+    let c = server.device("gamma").await;
+    pair(&a, &b).await.unwrap();
+    pair(&a, &c).await.unwrap();
+    dooz_client::maintain_keys(&b.conn, &b.keys, &b.index)
+        .await
+        .unwrap();
+    // B's engine (as in `dooz sync --watch`) holds only epoch 0.
+    let mut b_engine = b.engine(vault);
+    b_engine.sync().await.unwrap();
+
+    server.server.revoke_device(pid(&a.keys)).await.unwrap();
+    let rotated = dooz_client::maintain_keys(&c.conn, &c.keys, &c.index)
+        .await
+        .unwrap();
+    assert_eq!(rotated.rotated, vec![(vault, Epoch(1))]);
+    fs::write(c.folder.path().join("after.txt"), b"sealed under epoch 1").unwrap();
+    c.engine(vault).sync().await.unwrap();
+
+    // B's old engine cannot open the new record at first; it fetches the key and goes on.
+    let connector = dooz_client::Connector::new(
+        server.server.local_addr().to_string(),
+        server.fingerprint,
+        DeviceSecretKeys::from_bytes(&b.keys.to_bytes()),
+    );
+    let report = b_engine.sync_with_reconnect(&connector, 3).await.unwrap();
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!(
+        fs::read(b.folder.path().join("after.txt")).unwrap(),
+        b"sealed under epoch 1"
+    );
+    assert!(
+        b.index
+            .vault_keys(vault)
+            .unwrap()
+            .iter()
+            .any(|(e, _)| *e == Epoch(1))
+    );
+    server.server.shutdown().await;
+}

@@ -153,6 +153,9 @@ pub enum EngineError {
     /// A background task failed.
     #[error("an internal task failed: {0}")]
     Task(String),
+    /// Bringing the vault keys up to date failed.
+    #[error("could not bring the vault keys up to date: {0}")]
+    Keys(#[source] Box<crate::RotationError>),
     /// The server keeps no such version of the entry.
     #[error("{path} has no version {version} on the server; list its versions with `dooz history`")]
     VersionNotFound {
@@ -524,6 +527,7 @@ impl Engine {
         let mut delay = std::time::Duration::from_millis(200);
         let max_delay = std::time::Duration::from_secs(10);
         let mut attempt = 0;
+        let mut refreshed = false;
         loop {
             attempt += 1;
             let last = attempt >= max_attempts.max(1);
@@ -540,6 +544,13 @@ impl Engine {
             };
             match result {
                 Ok(report) => return Ok(report),
+                // Records that do not open may be sealed under an epoch another device made
+                // since this engine started (a rotation): fetch the keys once and try again.
+                Err(EngineError::Integrity { .. }) if !refreshed => {
+                    refreshed = true;
+                    let report = self.refresh_keys(connector.keys()).await?;
+                    tracing::info!(?report, "records did not open; vault keys refreshed");
+                }
                 Err(e) if e.is_retryable() && !last => {
                     tracing::warn!(attempt, error = %e, "sync failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -548,6 +559,33 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Brings the account's vault keys up to date ([`maintain_keys`](crate::maintain_keys):
+    /// drops revoked devices, takes and passes on new epoch keys, rotates vaults the server
+    /// marks due), then reloads this engine's keyring from the index if its vault's keys
+    /// changed. `me` are this device's keys.
+    pub async fn refresh_keys(
+        &mut self,
+        me: &dooz_crypto::DeviceSecretKeys,
+    ) -> Result<crate::KeyReport, EngineError> {
+        let report = crate::maintain_keys(&self.conn, me, self.vault.index())
+            .await
+            .map_err(|e| match e {
+                crate::RotationError::Net(n) => EngineError::Net(n),
+                crate::RotationError::Index(i) => EngineError::Index(i),
+                other => EngineError::Keys(Box::new(other)),
+            })?;
+        let vault = self.vault.vault();
+        let changed = report
+            .received
+            .iter()
+            .chain(&report.rotated)
+            .any(|(v, _)| *v == vault);
+        if changed {
+            self.keyring = Arc::new(keyring_from_index(self.vault.index(), vault)?);
+        }
+        Ok(report)
     }
 }
 

@@ -829,6 +829,11 @@ impl Connector {
         &self.server_addr
     }
 
+    /// The device's keys it authenticates with.
+    pub fn keys(&self) -> &DeviceSecretKeys {
+        &self.keys
+    }
+
     /// Opens a new connection ([`Connection::connect`]).
     pub async fn connect(&self) -> Result<Connection, NetError> {
         Connection::connect(&self.server_addr, &self.fingerprint, &self.keys).await
