@@ -64,6 +64,9 @@ pub struct Limits {
     pub devices: Option<Limit>,
     /// Vaults owned.
     pub vaults: Option<Limit>,
+    /// Days an entry's earlier versions are kept after a newer one replaced them; `None`: kept
+    /// for ever. Garbage collection forgets older versions and frees the chunks only they used.
+    pub retention_days: Option<u64>,
 }
 
 /// What an account may do now: its access and its limits.

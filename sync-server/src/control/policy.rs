@@ -85,6 +85,7 @@ impl PolicySource for ControlPolicy {
                 storage_bytes: plan.limits.storage_bytes.map(Into::into),
                 devices: plan.limits.devices.map(Into::into),
                 vaults: plan.limits.vaults.map(Into::into),
+                retention_days: plan.limits.retention_days.map(|l| l.max),
             },
             None => {
                 return Err(StoreError::Corrupt {

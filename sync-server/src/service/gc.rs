@@ -11,8 +11,18 @@
 //! and [`GcSettings::pack_min_age`] too, so a pack whose chunks are being recorded is never
 //! taken for empty.
 //!
-//! Not collected yet: versions past a plan's retention window and the chunks only they
-//! reference, and packs that are mostly (not wholly) garbage (repacking).
+//! **Version retention.** For an account whose plan sets `retention_days`, a run first forgets
+//! every version whose entry's next version was committed more than that many days ago (heads
+//! are never forgotten; `History` no longer lists them, the commit log keeps their records so
+//! a device that pulls late still applies the heads), then *releases* every committed chunk no
+//! kept version references: it becomes pending since now, so the pending-chunk collection
+//! above deletes it after the grace period, and a commit that references it again before that
+//! makes it committed again. A chunk released while a commit was referencing it anew (between
+//! the scan of kept versions and the release) is found by the next run's scan, which comes long
+//! before the grace period ends, and made committed again instead of deleted. After a run past
+//! the grace period the stored bytes are those of the kept versions' chunks.
+//!
+//! Not collected yet: packs that are mostly (not wholly) garbage (repacking).
 
 use std::time::Duration;
 
@@ -58,6 +68,13 @@ pub struct GcReport {
     pub packs_deleted: u64,
     /// Their bytes.
     pub pack_bytes_deleted: u64,
+    /// Versions forgotten because their plan's retention ran out.
+    pub versions_expired: u64,
+    /// Committed chunks that no kept version references any more, now pending (deleted by a
+    /// later run, after the grace period, unless a commit references them again).
+    pub chunks_released: u64,
+    /// Pending chunks found referenced by a kept version, made committed again.
+    pub chunks_kept: u64,
 }
 
 /// Runs one collection as of `now` (unix seconds).
@@ -69,11 +86,44 @@ pub(crate) async fn collect(shared: &Shared, now: u64) -> Result<GcReport, Store
     let mut report = GcReport::default();
     for vault in store.all_vaults().await? {
         report.vaults += 1;
-        for record in store.pending_chunks_before(vault.vault, before).await? {
+        let retention = match shared.policies.get(vault.tenant, vault.account).await {
+            Ok(policy) => policy.limits.retention_days,
+            Err(e) => {
+                tracing::warn!(vault = %vault.vault, error = %e, "no policy: versions kept");
+                None
+            }
+        };
+        if let Some(days) = retention {
+            let superseded_before = now.saturating_sub(days.saturating_mul(24 * 3600));
+            report.versions_expired += store
+                .expire_versions(vault.vault, superseded_before)
+                .await?;
+            let keep = store.retained_chunks(vault.vault).await?;
+            report.chunks_released += store.release_chunks(vault.vault, keep, now).await?;
+        }
+        let pending = store.pending_chunks_before(vault.vault, before).await?;
+        // A chunk released while a commit referenced it again is pending but kept: made
+        // committed again instead of deleted. (Chunks uploaded and never committed are in no
+        // kept version.)
+        let keep = if pending.is_empty() {
+            std::collections::HashSet::new()
+        } else {
+            store.retained_chunks(vault.vault).await?
+        };
+        for record in pending {
             let ChunkState::Pending { since } = record.state else {
                 continue;
             };
             let _lock = shared.upload_lock(&record.chunk).lock().await;
+            if keep.contains(&record.chunk) {
+                if store
+                    .keep_chunk(vault.vault, record.chunk, since, now)
+                    .await?
+                {
+                    report.chunks_kept += 1;
+                }
+                continue;
+            }
             if !store
                 .collect_pending_chunk(vault.vault, record.chunk, since)
                 .await?

@@ -513,6 +513,45 @@ pub trait MetaStore: Send + Sync + 'static {
         since: u64,
     ) -> Result<bool, StoreError>;
 
+    /// Version retention: forgets, from the entry histories of `vault` (`History`), every
+    /// version whose entry's next version was committed before `superseded_before` (unix
+    /// seconds). Heads are never forgotten. The commit log keeps the versions' records (a device
+    /// that pulls late still applies the heads only), but [`retained_chunks`](Self::retained_chunks)
+    /// no longer counts their chunks. Returns how many versions were forgotten.
+    async fn expire_versions(
+        &self,
+        vault: VaultId,
+        superseded_before: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// The chunks that the versions `vault` keeps (every head and every version still in an
+    /// entry's history) reference.
+    async fn retained_chunks(
+        &self,
+        vault: VaultId,
+    ) -> Result<std::collections::HashSet<ChunkId>, StoreError>;
+
+    /// Marks every committed chunk of `vault` not in `keep` pending since `now`: garbage
+    /// collection deletes it after the grace period unless a commit references it again first
+    /// (which makes it committed again). Returns how many.
+    async fn release_chunks(
+        &self,
+        vault: VaultId,
+        keep: std::collections::HashSet<ChunkId>,
+        now: u64,
+    ) -> Result<u64, StoreError>;
+
+    /// Marks a chunk committed (at `now`) again if it is still pending since `since`: garbage
+    /// collection found a kept version referencing it (released while a commit referenced it
+    /// again). Returns whether it did.
+    async fn keep_chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        since: u64,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+
     /// The vault's packs, with their live chunks and bytes.
     async fn packs(&self, vault: VaultId) -> Result<Vec<PackInfo>, StoreError>;
 

@@ -51,6 +51,7 @@ macro_rules! conformance_tests {
             forget_lost_pending_chunks,
             packed_chunks_are_located_and_counted,
             collect_only_chunks_still_pending,
+            retention_forgets_old_versions_and_releases_their_chunks,
             delete_account_removes_everything_of_it,
         );
     };
@@ -1629,6 +1630,107 @@ pub(crate) async fn collect_only_chunks_still_pending(store: Store) {
     assert!(store.delete_pack(f.vault, pack).await.unwrap());
     assert!(store.packs(f.vault).await.unwrap().is_empty());
     assert!(!store.delete_pack(f.vault, pack).await.unwrap());
+}
+
+pub(crate) async fn retention_forgets_old_versions_and_releases_their_chunks(store: Store) {
+    let f = fixture(&store, "retain").await;
+    let [c0, c1, c2, c3] = [0, 1, 2, 3].map(|n| chunk("retain", n));
+    for c in [c0, c1, c2, c3] {
+        store
+            .record_chunk(f.vault, c, 10, [1; 32], NOW)
+            .await
+            .unwrap();
+    }
+    let (e0, e1) = (entry("retain", 0), entry("retain", 1));
+    let [v0, v1, v2, v3] = [0, 1, 2, 3].map(|n| version("retain", n));
+    // e0: v0 [c0, c1] → v1 [c2] → v2 [c1]; e1: v3 [c3].
+    commit_one(&store, &f, commit_entry(e0, None, v0, vec![c0, c1])).await;
+    commit_one(&store, &f, commit_entry(e0, Some(v0), v1, vec![c2])).await;
+    commit_one(&store, &f, commit_entry(e0, Some(v1), v2, vec![c1])).await;
+    commit_one(&store, &f, commit_entry(e1, None, v3, vec![c3])).await;
+    let all: std::collections::HashSet<ChunkId> = [c0, c1, c2, c3].into();
+    assert_eq!(store.retained_chunks(f.vault).await.unwrap(), all);
+
+    // Nothing superseded before NOW: nothing forgotten.
+    assert_eq!(store.expire_versions(f.vault, NOW).await.unwrap(), 0);
+    // Everything superseded by NOW + 1: v0 and v1 go; heads stay.
+    assert_eq!(store.expire_versions(f.vault, NOW + 1).await.unwrap(), 2);
+    assert_eq!(store.expire_versions(f.vault, NOW + 1).await.unwrap(), 0);
+    let history = store.history(f.vault, e0, 0, None).await.unwrap();
+    assert_eq!(
+        history
+            .versions
+            .iter()
+            .map(|c| c.version)
+            .collect::<Vec<_>>(),
+        vec![v2]
+    );
+    assert_eq!(
+        store
+            .pull(f.vault, Seq::ZERO, 0)
+            .await
+            .unwrap()
+            .changes
+            .len(),
+        4
+    );
+    let keep = store.retained_chunks(f.vault).await.unwrap();
+    assert_eq!(keep, [c1, c3].into());
+
+    // Release: c0 and c2 become pending since the given time; kept chunks stay committed.
+    assert_eq!(
+        store
+            .release_chunks(f.vault, keep.clone(), NOW + 7)
+            .await
+            .unwrap(),
+        2
+    );
+    for c in [c0, c2] {
+        let state = store.chunk(f.vault, c).await.unwrap().unwrap().state;
+        assert_eq!(state, ChunkState::Pending { since: NOW + 7 });
+    }
+    assert!(matches!(
+        store.chunk(f.vault, c1).await.unwrap().unwrap().state,
+        ChunkState::Committed { .. }
+    ));
+    assert_eq!(
+        store.release_chunks(f.vault, keep, NOW + 8).await.unwrap(),
+        0
+    );
+    // Keep compares the pending time: only the exact one makes it committed again.
+    assert!(
+        !store
+            .keep_chunk(f.vault, c0, NOW + 6, NOW + 9)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .keep_chunk(f.vault, c0, NOW + 7, NOW + 9)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.chunk(f.vault, c0).await.unwrap().unwrap().state,
+        ChunkState::Committed { at: NOW + 9 }
+    );
+    assert!(
+        !store
+            .keep_chunk(f.vault, c0, NOW + 7, NOW + 9)
+            .await
+            .unwrap()
+    );
+    // A commit that names a released chunk makes it committed again.
+    commit_one(
+        &store,
+        &f,
+        commit_entry(e1, Some(v3), version("retain", 4), vec![c2]),
+    )
+    .await;
+    assert!(matches!(
+        store.chunk(f.vault, c2).await.unwrap().unwrap().state,
+        ChunkState::Committed { .. }
+    ));
 }
 
 pub(crate) async fn delete_account_removes_everything_of_it(store: Store) {

@@ -39,6 +39,9 @@ use crate::store::codec::{
 use crate::store::error::StoreError;
 use crate::store::token::{self, EnrolmentToken};
 
+/// A `versions-v1` key and its seq.
+type VersionAt = (sled::IVec, Seq);
+
 /// The embedded metadata store: a sled database in a directory of its own.
 ///
 /// Cheap to clone (the handles are shared). Open a directory from one process at a time: sled
@@ -844,6 +847,131 @@ impl Inner {
         self.remove_pending(vault, chunk, Some(since))
     }
 
+    fn expire_versions(&self, vault: &VaultId, superseded_before: u64) -> Result<u64, StoreError> {
+        self.vault_v1(vault)?;
+        // Versions of each entry in seq order: (key, seq).
+        let mut expired = 0u64;
+        let mut current: Option<([u8; 32], Vec<VersionAt>)> = None;
+        let mut flush_entry = |versions: Vec<VersionAt>| -> Result<(), StoreError> {
+            // The last version is the head: kept. Each earlier one was superseded when the
+            // next one was committed.
+            for pair in versions.windows(2) {
+                let [(key, _), (_, next_seq)] = pair else {
+                    continue;
+                };
+                let next = get_decoded::<LogV1>(&self.log, &codec::log_key(vault, *next_seq))?
+                    .ok_or_else(|| {
+                        StoreError::corrupt(codec::LOG, format!("seq {next_seq} is not logged"))
+                    })?;
+                if next.committed_at < superseded_before && self.versions.remove(key)?.is_some() {
+                    expired += 1;
+                }
+            }
+            Ok(())
+        };
+        for item in self.versions.scan_prefix(vault.as_bytes()) {
+            let (k, _) = item?;
+            let entry: [u8; 32] = k
+                .get(16..48)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| StoreError::corrupt(codec::VERSIONS, "a key is not 56 bytes"))?;
+            let seq = codec::version_key_seq(&k)?;
+            match &mut current {
+                Some((e, versions)) if *e == entry => versions.push((k, seq)),
+                _ => {
+                    if let Some((_, versions)) = current.take() {
+                        flush_entry(versions)?;
+                    }
+                    current = Some((entry, vec![(k, seq)]));
+                }
+            }
+        }
+        if let Some((_, versions)) = current.take() {
+            flush_entry(versions)?;
+        }
+        if expired > 0 {
+            self.flush()?;
+        }
+        Ok(expired)
+    }
+
+    fn retained_chunks(&self, vault: &VaultId) -> Result<HashSet<ChunkId>, StoreError> {
+        self.vault_v1(vault)?;
+        let mut keep = HashSet::new();
+        for item in self.versions.scan_prefix(vault.as_bytes()) {
+            let (k, _) = item?;
+            let seq = codec::version_key_seq(&k)?;
+            let logged =
+                get_decoded::<LogV1>(&self.log, &codec::log_key(vault, seq))?.ok_or_else(|| {
+                    StoreError::corrupt(codec::LOG, format!("seq {seq} is not logged"))
+                })?;
+            keep.extend(logged.chunks);
+        }
+        Ok(keep)
+    }
+
+    fn release_chunks(
+        &self,
+        vault: &VaultId,
+        keep: &HashSet<ChunkId>,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        let mut released = 0u64;
+        for item in self.chunks.scan_prefix(vault.as_bytes()) {
+            let (k, v) = item?;
+            let c: ChunkV1 = decode(&v)?;
+            let id = k
+                .get(16..48)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .map(ChunkId::from_bytes)
+                .ok_or_else(|| StoreError::corrupt(codec::CHUNKS, "a key is not 48 bytes"))?;
+            if !matches!(c.state, ChunkStateV1::Committed { .. }) || keep.contains(&id) {
+                continue;
+            }
+            let done = tx_result(self.chunks.transaction(|chunks| {
+                match tx_get_decoded::<ChunkV1>(chunks, &k)? {
+                    Some(mut c) if matches!(c.state, ChunkStateV1::Committed { .. }) => {
+                        c.state = ChunkStateV1::Pending { since: now };
+                        tx_insert(chunks, &k, &c)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            }))?;
+            if done {
+                released += 1;
+            }
+        }
+        if released > 0 {
+            self.flush()?;
+        }
+        Ok(released)
+    }
+
+    fn keep_chunk(
+        &self,
+        vault: &VaultId,
+        chunk: &ChunkId,
+        since: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let key = codec::chunk_key(vault, chunk);
+        let kept = tx_result(self.chunks.transaction(|chunks| {
+            match tx_get_decoded::<ChunkV1>(chunks, &key)? {
+                Some(mut c) if c.state == (ChunkStateV1::Pending { since }) => {
+                    c.state = ChunkStateV1::Committed { at: now };
+                    tx_insert(chunks, &key, &c)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }))?;
+        if kept {
+            self.flush()?;
+        }
+        Ok(kept)
+    }
+
     fn packs(&self, vault: &VaultId) -> Result<Vec<PackInfo>, StoreError> {
         let mut packs = std::collections::BTreeMap::new();
         for item in self.packs.scan_prefix(vault.as_bytes()) {
@@ -1506,6 +1634,40 @@ impl MetaStore for SledStore {
         since: u64,
     ) -> Result<bool, StoreError> {
         self.blocking(move |s| s.collect_pending_chunk(&vault, &chunk, since))
+            .await
+    }
+
+    async fn expire_versions(
+        &self,
+        vault: VaultId,
+        superseded_before: u64,
+    ) -> Result<u64, StoreError> {
+        self.blocking(move |s| s.expire_versions(&vault, superseded_before))
+            .await
+    }
+
+    async fn retained_chunks(&self, vault: VaultId) -> Result<HashSet<ChunkId>, StoreError> {
+        self.blocking(move |s| s.retained_chunks(&vault)).await
+    }
+
+    async fn release_chunks(
+        &self,
+        vault: VaultId,
+        keep: HashSet<ChunkId>,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        self.blocking(move |s| s.release_chunks(&vault, &keep, now))
+            .await
+    }
+
+    async fn keep_chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        since: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.blocking(move |s| s.keep_chunk(&vault, &chunk, since, now))
             .await
     }
 

@@ -237,3 +237,149 @@ async fn uploads_no_commit_took_are_freed() {
 async fn server_shutdown(server: TestServer) {
     server.server.shutdown().await;
 }
+
+async fn history_versions(client: &Client, v: VaultId, entry: u8) -> Vec<dooz_protocol::VersionId> {
+    match client
+        .request(dooz_protocol::History {
+            vault: v,
+            entry: dooz_protocol::EntryKey::from_bytes([entry; 32]),
+            limit: 0,
+            before: None,
+            ext: Extensions::new(),
+        })
+        .await
+    {
+        Response::HistoryPage(page) => page.versions.iter().map(|c| c.version).collect(),
+        other => panic!("unexpected answer to History: {other:?}"),
+    }
+}
+
+/// With a plan that keeps no earlier versions (retention 0 days), a collection forgets every
+/// version but the heads and frees the chunks only they used; after it the stored bytes are
+/// exactly those of the heads' chunks. Devices that pull late still get the whole log (and
+/// apply the heads).
+#[tokio::test]
+async fn versions_past_retention_are_forgotten_and_only_their_chunks_freed() {
+    use dooz_server::policy::{Access, AccountPolicy, Limits};
+    within(async {
+        let policy = Arc::new(crate::policy::TestPolicy::new(AccountPolicy {
+            access: Access::Full,
+            limits: Limits {
+                retention_days: Some(0),
+                ..Limits::default()
+            },
+        }));
+        let server = TestServer::start_with(
+            |s| {
+                s.gc_pending_grace_secs = 0;
+                s.gc_interval_secs = 0;
+            },
+            move |mut parts: ServerParts| {
+                parts.policy = policy;
+                parts.limits.gc.pack_min_age = Duration::ZERO;
+                parts
+            },
+        )
+        .await;
+        let device = server.enrolled_device().await;
+        let client = server.connect(&device).await;
+        let v = vault(4);
+        client.create_vault(v).await;
+        let sizes = [
+            (10, 5000),
+            (11, 1_200_000),
+            (12, 6000),
+            (13, 7000),
+            (14, 8000),
+        ];
+        for (n, len) in sizes {
+            put(&client, v, n, &body(n, len)).await;
+        }
+        // Entry 1: versions 1 → 2 → 3; chunk 13 is in both 1 and 3. Entry 2: one version.
+        for e in [
+            entry(1, None, 1, vec![chunk_id(10), chunk_id(13)]),
+            entry(1, Some(1), 2, vec![chunk_id(11)]),
+            entry(1, Some(2), 3, vec![chunk_id(12), chunk_id(13)]),
+            entry(2, None, 4, vec![chunk_id(14)]),
+        ] {
+            let r = commit(&client, v, vec![e]).await;
+            assert!(matches!(r, Response::Committed(_)), "{r:?}");
+        }
+        assert_eq!(history_versions(&client, v, 1).await.len(), 3);
+        let usage = || {
+            let store = Arc::clone(server.server.store());
+            let account = server.account.id;
+            async move { store.account_usage(account).await.unwrap().stored_bytes }
+        };
+        let all: u64 = sizes.iter().map(|(_, l)| *l as u64).sum();
+        assert_eq!(usage().await, all);
+
+        // First run: versions 1 and 2 are forgotten; chunks 10 and 11 (theirs alone) released.
+        let now = unix_now() + 5;
+        let first = server.server.collect_garbage(now).await.unwrap();
+        assert_eq!(
+            (
+                first.versions_expired,
+                first.chunks_released,
+                first.chunks_deleted
+            ),
+            (2, 2, 0),
+            "{first:?}"
+        );
+        assert_eq!(
+            history_versions(&client, v, 1).await,
+            vec![dooz_protocol::VersionId::from_bytes([3; 16])]
+        );
+        // Second run, past the grace period: they are deleted, nothing else.
+        let second = server.server.collect_garbage(now + 1).await.unwrap();
+        assert_eq!(second.chunks_deleted, 2, "{second:?}");
+        assert_eq!(second.chunk_bytes_deleted, 5000 + 1_200_000);
+        let live = 6000 + 7000 + 8000;
+        assert_eq!(usage().await, live, "stored bytes = the heads' chunks");
+        for n in [12, 13, 14] {
+            let len = sizes.iter().find(|(m, _)| *m == n).unwrap().1;
+            assert_eq!(read(&client, v, chunk_id(n)).await, body(n, len));
+        }
+        for n in [10, 11] {
+            let missing = client
+                .get_chunk(GetChunk {
+                    vault: v,
+                    chunk: chunk_id(n),
+                    ext: Extensions::new(),
+                })
+                .await;
+            assert!(missing.is_err(), "chunk {n} should be gone");
+        }
+        // The log is whole: a device that pulls from the start still sees every change.
+        match client
+            .request(dooz_protocol::Pull {
+                vault: v,
+                since: dooz_protocol::Seq::ZERO,
+                limit: 0,
+                ext: Extensions::new(),
+            })
+            .await
+        {
+            Response::Changes(page) => assert_eq!(page.changes.len(), 4),
+            other => panic!("unexpected answer to Pull: {other:?}"),
+        }
+        // A chunk referenced again by a new commit is kept, and nothing more goes.
+        let r = commit(&client, v, vec![entry(2, Some(4), 5, vec![chunk_id(13)])]).await;
+        assert!(matches!(r, Response::Committed(_)), "{r:?}");
+        let third = server.server.collect_garbage(now + 2).await.unwrap();
+        assert_eq!(
+            (third.versions_expired, third.chunks_released),
+            (1, 1),
+            "{third:?}"
+        );
+        let fourth = server.server.collect_garbage(now + 3).await.unwrap();
+        assert_eq!(
+            fourth.chunks_deleted, 1,
+            "chunk 14, of the forgotten version 4"
+        );
+        assert_eq!(usage().await, 6000 + 7000);
+        assert_eq!(read(&client, v, chunk_id(13)).await, body(13, 7000));
+        server_shutdown(server).await;
+    })
+    .await;
+}
