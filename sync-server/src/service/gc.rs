@@ -22,7 +22,12 @@
 //! before the grace period ends, and made committed again instead of deleted. After a run past
 //! the grace period the stored bytes are those of the kept versions' chunks.
 //!
-//! Not collected yet: packs that are mostly (not wholly) garbage (repacking).
+//! **Repacking.** A pack whose live chunks are less than half its bytes (and older than the
+//! grace period and [`GcSettings::pack_min_age`]) has its live chunks copied into a new pack,
+//! which is written completely before the chunks' locations move to it in one store
+//! transaction (a chunk deleted or moved meanwhile stays as it is). The old pack, empty then, is
+//! deleted by a later run, so a reader that looked a chunk up just before the move still finds
+//! the old pack.
 
 use std::time::Duration;
 
@@ -75,6 +80,10 @@ pub struct GcReport {
     pub chunks_released: u64,
     /// Pending chunks found referenced by a kept version, made committed again.
     pub chunks_kept: u64,
+    /// Packs mostly garbage whose live chunks were copied into a new pack.
+    pub packs_repacked: u64,
+    /// Chunks moved by repacking.
+    pub chunks_repacked: u64,
 }
 
 /// Runs one collection as of `now` (unix seconds).
@@ -148,8 +157,85 @@ pub(crate) async fn collect(shared: &Shared, now: u64) -> Result<GcReport, Store
                 delete_blob(shared, key.ok()).await;
             }
         }
+        // Packs that are mostly garbage: their live chunks move to a new pack; the old one,
+        // empty then, goes in a later run (readers that looked its chunks up just before the
+        // move still find it meanwhile).
+        for info in store.packs(vault.vault).await? {
+            let old_enough = info.created_at <= before.min(packs_before);
+            if info.live_chunks == 0 || !old_enough || info.live_bytes.saturating_mul(2) >= info.len
+            {
+                continue;
+            }
+            match repack(shared, &vault, info.pack, now).await {
+                Ok(moved) => {
+                    report.packs_repacked += 1;
+                    report.chunks_repacked += moved;
+                }
+                Err(e) => {
+                    tracing::warn!(vault = %vault.vault, pack = %info.pack, error = %e, "could not repack")
+                }
+            }
+        }
     }
     Ok(report)
+}
+
+/// Copies the live chunks of `pack` into a new pack, written completely before the chunks are
+/// moved to it (one store transaction); returns how many moved.
+async fn repack(
+    shared: &Shared,
+    vault: &crate::store::VaultRecord,
+    old: crate::store::PackId,
+    now: u64,
+) -> Result<u64, String> {
+    let key = pack::pack_key(vault.tenant, vault.vault, old).map_err(|e| e.to_string())?;
+    let bytes = shared.blobs.get(&key).await.map_err(|e| e.to_string())?;
+    let index = pack::read_pack_index(&bytes).map_err(|e| e.to_string())?;
+    let ids: Vec<_> = index.iter().map(|c| c.chunk).collect();
+    let records = shared
+        .store
+        .chunks(vault.vault, &ids)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut live = Vec::new();
+    for (c, record) in index.into_iter().zip(records) {
+        let here = record.is_some_and(|r| {
+            r.location
+                == ChunkLocation::Packed {
+                    pack: old,
+                    offset: c.offset,
+                }
+        });
+        let start = usize::try_from(c.offset).map_err(|e| e.to_string())?;
+        let end = start.saturating_add(usize::try_from(c.sealed_len).map_err(|e| e.to_string())?);
+        if here && end <= bytes.len() {
+            live.push((c, bytes.slice(start..end)));
+        }
+    }
+    if live.is_empty() {
+        return Ok(0);
+    }
+    let from: Vec<(dooz_protocol::ChunkId, u64)> =
+        live.iter().map(|(c, _)| (c.chunk, c.offset)).collect();
+    let (new, pack_bytes, placed) =
+        pack::build_pack(vault.tenant, live).map_err(|e| e.to_string())?;
+    let new_key = pack::pack_key(vault.tenant, vault.vault, new).map_err(|e| e.to_string())?;
+    let len = pack_bytes.len() as u64;
+    shared
+        .blobs
+        .put(&new_key, pack_bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let moves = from
+        .into_iter()
+        .zip(placed)
+        .map(|((chunk, old_offset), p)| (chunk, old_offset, p.offset))
+        .collect();
+    shared
+        .store
+        .relocate_packed_chunks(vault.vault, old, new, len, moves, now)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn delete_blob(shared: &Shared, key: Option<dooz_storage::BlobKey>) {

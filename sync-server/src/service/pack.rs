@@ -397,6 +397,25 @@ impl OpenPack {
     }
 }
 
+/// A new pack of `chunks` (each with its sealed bytes), for repacking: its id, the pack object
+/// and where each chunk is in it.
+pub(crate) fn build_pack(
+    tenant: TenantId,
+    chunks: Vec<(PackedChunk, Bytes)>,
+) -> Result<(PackId, Bytes, Vec<PackedChunk>), getrandom::Error> {
+    let settings = PackSettings::default();
+    let mut pack = OpenPack::new(tenant, &settings)?;
+    for (mut c, bytes) in chunks {
+        c.offset = pack.bytes.len() as u64;
+        pack.bytes.extend_from_slice(&bytes);
+        pack.ids.insert(c.chunk);
+        pack.chunks.push(c);
+    }
+    let id = pack.id;
+    let (bytes, chunks, _) = pack.finish();
+    Ok((id, bytes, chunks))
+}
+
 impl SealJob {
     /// Writes the pack durably, then records its chunks. On failure nothing is recorded, and the
     /// chunks count as never uploaded (a commit naming them fails with missing chunks).

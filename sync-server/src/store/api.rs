@@ -552,6 +552,20 @@ pub trait MetaStore: Send + Sync + 'static {
         now: u64,
     ) -> Result<bool, StoreError>;
 
+    /// Repacking: records the completely written pack `new` (`new_len` bytes) and moves each
+    /// chunk of `moves` `(chunk, offset in old, offset in new)` there, in one transaction, if
+    /// it is still located at that offset in `old` (a chunk deleted or moved meanwhile stays
+    /// as it is). Returns how many moved; `old` is then garbage for a later collection.
+    async fn relocate_packed_chunks(
+        &self,
+        vault: VaultId,
+        old: PackId,
+        new: PackId,
+        new_len: u64,
+        moves: Vec<(ChunkId, u64, u64)>,
+        now: u64,
+    ) -> Result<u64, StoreError>;
+
     /// The vault's packs, with their live chunks and bytes.
     async fn packs(&self, vault: VaultId) -> Result<Vec<PackInfo>, StoreError>;
 

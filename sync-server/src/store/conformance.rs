@@ -52,6 +52,7 @@ macro_rules! conformance_tests {
             packed_chunks_are_located_and_counted,
             collect_only_chunks_still_pending,
             retention_forgets_old_versions_and_releases_their_chunks,
+            repacked_chunks_move_only_from_where_they_are,
             delete_account_removes_everything_of_it,
         );
     };
@@ -1731,6 +1732,75 @@ pub(crate) async fn retention_forgets_old_versions_and_releases_their_chunks(sto
         store.chunk(f.vault, c2).await.unwrap().unwrap().state,
         ChunkState::Committed { .. }
     ));
+}
+
+pub(crate) async fn repacked_chunks_move_only_from_where_they_are(store: Store) {
+    let f = fixture(&store, "repack").await;
+    let [c0, c1, c2] = [0, 1, 2].map(|n| chunk("repack", n));
+    let (old, new) = (PackId::from_bytes([1; 16]), PackId::from_bytes([2; 16]));
+    let packed = |chunk, offset| PackedChunk {
+        chunk,
+        offset,
+        sealed_len: 10,
+        blake3: [4; 32],
+    };
+    store
+        .record_packed_chunks(
+            f.vault,
+            old,
+            100,
+            vec![packed(c0, 5), packed(c1, 15), packed(c2, 25)],
+            NOW,
+        )
+        .await
+        .unwrap();
+    // c2 is asked to move from an offset it is not at: it stays.
+    let moved = store
+        .relocate_packed_chunks(
+            f.vault,
+            old,
+            new,
+            40,
+            vec![(c0, 5, 5), (c1, 15, 15), (c2, 99, 25)],
+            NOW + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved, 2);
+    let at = |c| {
+        let store = Arc::clone(&store);
+        let v = f.vault;
+        async move { store.chunk(v, c).await.unwrap().unwrap().location }
+    };
+    assert_eq!(
+        at(c0).await,
+        ChunkLocation::Packed {
+            pack: new,
+            offset: 5
+        }
+    );
+    assert_eq!(
+        at(c1).await,
+        ChunkLocation::Packed {
+            pack: new,
+            offset: 15
+        }
+    );
+    assert_eq!(
+        at(c2).await,
+        ChunkLocation::Packed {
+            pack: old,
+            offset: 25
+        }
+    );
+    let packs = store.packs(f.vault).await.unwrap();
+    let live = |p| packs.iter().find(|i| i.pack == p).map(|i| i.live_chunks);
+    assert_eq!((live(old), live(new)), (Some(1), Some(2)));
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        30,
+        "moving chunks changes no stored bytes"
+    );
 }
 
 pub(crate) async fn delete_account_removes_everything_of_it(store: Store) {

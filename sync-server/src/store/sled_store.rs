@@ -972,6 +972,46 @@ impl Inner {
         Ok(kept)
     }
 
+    fn relocate_packed_chunks(
+        &self,
+        vault: &VaultId,
+        old: &PackId,
+        new: &PackId,
+        new_len: u64,
+        moves: &[(ChunkId, u64, u64)],
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        self.vault_v1(vault)?;
+        let record = PackV1 {
+            len: new_len,
+            chunks: u32::try_from(moves.len()).unwrap_or(u32::MAX),
+            created_at: now,
+        };
+        let moved = tx_result(
+            (&self.chunk_locs, &self.packs).transaction(|(locs, packs)| {
+                tx_insert(packs, &codec::pack_key(vault, new.as_bytes()), &record)?;
+                let mut moved = 0u64;
+                for (chunk, from, to) in moves {
+                    let key = codec::chunk_key(vault, chunk);
+                    match tx_get_decoded::<PackLocV1>(locs, &key)? {
+                        Some(loc) if loc.pack == *old.as_bytes() && loc.offset == *from => {
+                            let to = PackLocV1 {
+                                pack: *new.as_bytes(),
+                                offset: *to,
+                            };
+                            tx_insert(locs, &key, &to)?;
+                            moved += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(moved)
+            }),
+        )?;
+        self.flush()?;
+        Ok(moved)
+    }
+
     fn packs(&self, vault: &VaultId) -> Result<Vec<PackInfo>, StoreError> {
         let mut packs = std::collections::BTreeMap::new();
         for item in self.packs.scan_prefix(vault.as_bytes()) {
@@ -1668,6 +1708,19 @@ impl MetaStore for SledStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         self.blocking(move |s| s.keep_chunk(&vault, &chunk, since, now))
+            .await
+    }
+
+    async fn relocate_packed_chunks(
+        &self,
+        vault: VaultId,
+        old: PackId,
+        new: PackId,
+        new_len: u64,
+        moves: Vec<(ChunkId, u64, u64)>,
+        now: u64,
+    ) -> Result<u64, StoreError> {
+        self.blocking(move |s| s.relocate_packed_chunks(&vault, &old, &new, new_len, &moves, now))
             .await
     }
 

@@ -383,3 +383,77 @@ async fn versions_past_retention_are_forgotten_and_only_their_chunks_freed() {
     })
     .await;
 }
+
+/// A pack that is mostly garbage is rewritten with its live chunks alone; the old pack goes in
+/// the next run, and the live chunks read back the same throughout.
+#[tokio::test]
+async fn packs_mostly_garbage_are_repacked() {
+    within(async {
+        let server = start(true, Duration::ZERO).await;
+        let device = server.enrolled_device().await;
+        let client = server.connect(&device).await;
+        let v = vault(5);
+        client.create_vault(v).await;
+        // One pack: a committed chunk and three that no commit takes.
+        let kept = body(20, 4000);
+        put(&client, v, 20, &kept).await;
+        for n in 21..24 {
+            put(&client, v, n, &body(n, 6000)).await;
+        }
+        let r = commit(&client, v, vec![entry(7, None, 70, vec![chunk_id(20)])]).await;
+        assert!(matches!(r, Response::Committed(_)), "{r:?}");
+        server.server.seal_open_packs().await;
+        let packs = || async {
+            let blobs = server.server.blobs().list(None).await.unwrap();
+            blobs
+                .into_iter()
+                .filter(|b| b.key.as_str().contains("/packs/"))
+                .collect::<Vec<_>>()
+        };
+        let before = packs().await;
+        assert_eq!(before.len(), 1, "{before:?}");
+
+        // The run frees the three and, the pack being mostly garbage now, repacks it.
+        let first = server.server.collect_garbage(unix_now() + 5).await.unwrap();
+        assert_eq!(first.chunks_deleted, 3, "{first:?}");
+        assert_eq!(
+            (first.packs_repacked, first.chunks_repacked),
+            (1, 1),
+            "{first:?}"
+        );
+        assert_eq!(read(&client, v, chunk_id(20)).await, kept);
+        assert_eq!(packs().await.len(), 2, "old and new until the next run");
+
+        // The next run deletes the old pack; the new one holds the live chunk alone.
+        let second = server.server.collect_garbage(unix_now() + 6).await.unwrap();
+        assert_eq!(
+            (second.packs_deleted, second.packs_repacked),
+            (1, 0),
+            "{second:?}"
+        );
+        let after = packs().await;
+        assert_eq!(after.len(), 1);
+        assert_ne!(after[0].key, before[0].key);
+        assert!(
+            after[0].size < before[0].size / 3,
+            "{} vs {}",
+            after[0].size,
+            before[0].size
+        );
+        let index = dooz_server::service::read_pack_index(
+            &server.server.blobs().get(&after[0].key).await.unwrap(),
+        )
+        .unwrap();
+        assert_eq!(index.len(), 1);
+        assert_eq!(index[0].chunk, chunk_id(20));
+        assert_eq!(read(&client, v, chunk_id(20)).await, kept);
+        let third = server.server.collect_garbage(unix_now() + 7).await.unwrap();
+        assert_eq!(
+            (third.packs_deleted, third.packs_repacked),
+            (0, 0),
+            "{third:?}"
+        );
+        server_shutdown(server).await;
+    })
+    .await;
+}
