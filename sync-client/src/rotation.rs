@@ -150,14 +150,7 @@ async fn rotate_after(
         .collect();
     for r in &recipients {
         let envelope = wrap_vault_key(me, r, vault, epoch, &key)?;
-        let device = dooz_protocol::DeviceId::from_bytes(*r.device_id().as_bytes());
-        conn.put_envelope(
-            protocol_vault(vault),
-            dooz_protocol::Epoch::new(epoch.0),
-            device,
-            envelope,
-        )
-        .await?;
+        put_or_skip(conn, vault, epoch, r, envelope).await?;
     }
     if let Some(secret) = index.recovery_secret()? {
         wrap_vault_to_recovery(conn, &secret, vault, epoch, &key).await?;
@@ -395,14 +388,38 @@ async fn pass_on(
     };
     for peer in trusted.iter().filter(|p| **p != me.public()) {
         let envelope = wrap_vault_key(me, peer, vault, epoch, &key)?;
-        let device = dooz_protocol::DeviceId::from_bytes(*peer.device_id().as_bytes());
-        conn.put_envelope(
+        put_or_skip(conn, vault, epoch, peer, envelope).await?;
+    }
+    Ok(())
+}
+
+/// Stores an envelope for `peer`; a peer the server no longer knows as a device of the account
+/// (revoked since this device last heard, or gone) is skipped: it gets no key.
+async fn put_or_skip(
+    conn: &Connection,
+    vault: VaultId,
+    epoch: Epoch,
+    peer: &DevicePublicKeys,
+    envelope: Vec<u8>,
+) -> Result<(), RotationError> {
+    let device = dooz_protocol::DeviceId::from_bytes(*peer.device_id().as_bytes());
+    match conn
+        .put_envelope(
             protocol_vault(vault),
             dooz_protocol::Epoch::new(epoch.0),
             device,
             envelope,
         )
-        .await?;
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(NetError::Server {
+            code: ErrorCode::NotFound,
+            message,
+        }) => {
+            tracing::warn!(%vault, epoch = epoch.0, %message, "a trusted device is not wrapped to");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }

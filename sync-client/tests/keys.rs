@@ -476,6 +476,18 @@ async fn after_revocation_and_rotation_the_revoked_keys_open_nothing_new() {
         dooz_client::rotations_due(&c.conn).await.unwrap(),
         vec![vault]
     );
+    // The server no longer stores envelopes for A.
+    let refused = c
+        .conn
+        .put_envelope(
+            pvault(vault),
+            dooz_protocol::Epoch::new(0),
+            pid(&a.keys),
+            vec![0; 222],
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("revoked"), "{refused}");
     // C comes online first: it stops trusting A and rotates to the devices that remain.
     let report = dooz_client::maintain_keys(&c.conn, &c.keys, &c.index)
         .await

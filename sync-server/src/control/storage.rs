@@ -458,15 +458,36 @@ fn storage_unavailable(what: String) -> Problem {
 
 fn refuse_while_moving(record: &Option<TenantStorageRecord>) -> ApiResult<()> {
     match record {
-        Some(r) if r.moving_from.is_some() && r.error.is_none() => Err(Problem::new(
+        Some(r) if r.moving_from.is_some() => Err(Problem::new(
             StatusCode::CONFLICT,
             "storage-moving",
             "Blobs are moving",
-            "the tenant's blobs are still moving to their new backend; change the storage \
-             again once GET .../storage says `ready`",
+            match &r.error {
+                None => "the tenant's blobs are still moving to their new backend; change the \
+                         storage again once GET .../storage says `ready`"
+                    .to_owned(),
+                // A failed move is resumed, never replaced: replacing it would strand the
+                // blobs still in its old backend.
+                Some(e) => format!(
+                    "the last move of the tenant's blobs failed ({e}); it resumes when the \
+                     server restarts, and the storage can change once it is `ready`"
+                ),
+            },
         )),
         _ => Ok(()),
     }
+}
+
+/// Whether two buckets are the same place (the same objects), whatever the credentials.
+fn same_place(a: &StoredBucket, b: &StoredBucket) -> bool {
+    let norm = |p: &Option<String>| {
+        p.as_deref()
+            .map(|p| p.trim_matches('/').to_owned())
+            .unwrap_or_default()
+    };
+    a.endpoint.trim_end_matches('/') == b.endpoint.trim_end_matches('/')
+        && a.bucket == b.bucket
+        && norm(&a.prefix) == norm(&b.prefix)
 }
 
 #[utoipa::path(
@@ -569,10 +590,28 @@ pub(crate) async fn put_storage(
         access_key_hint: hint,
         sealed_credentials: state.control.credential_key().seal(tenant, &secret)?,
     };
+    let previous = previous.and_then(|p| p.current);
+    if previous.as_ref().is_some_and(|p| same_place(p, &stored)) {
+        // The same bucket (new credentials, say): nothing moves, the route takes the new
+        // settings. Moving a bucket onto itself would delete what it copies.
+        let store = stored
+            .open_store(state.control.credential_key(), tenant)
+            .map_err(storage_unavailable)?;
+        let record = TenantStorageRecord {
+            moving_from: None,
+            current: Some(stored),
+            error: None,
+            updated_at: unix_now(),
+        };
+        state.control.put_tenant_storage(tenant, &record).await?;
+        state
+            .data_plane
+            .set_tenant_store(TenantId::new(tenant), Some(store));
+        state.audit(&caller, tenant, "storage.set", format!("tenant/{tenant}"));
+        return Ok(Json(state.storage_out(tenant, Some(record))));
+    }
     let record = TenantStorageRecord {
-        moving_from: Some(MovingFrom {
-            bucket: previous.and_then(|p| p.current),
-        }),
+        moving_from: Some(MovingFrom { bucket: previous }),
         current: Some(stored),
         error: None,
         updated_at: unix_now(),

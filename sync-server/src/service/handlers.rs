@@ -346,6 +346,18 @@ async fn put_envelope(ctx: &ConnCtx, req: PutEnvelope) -> Handled {
         .device(req.recipient)
         .await
         .map_err(|e| Fail::store(e, "look the recipient up"))?;
+    if let Some(r) = &recipient
+        && r.account == ctx.account.id
+        && r.is_revoked()
+    {
+        return Err(Fail::new(
+            ErrorCode::NotFound,
+            format!(
+                "device {:#} was revoked; vault keys are not wrapped to revoked devices",
+                req.recipient
+            ),
+        ));
+    }
     if recipient.is_none_or(|r| r.account != ctx.account.id) {
         return Err(Fail::new(
             ErrorCode::NotFound,

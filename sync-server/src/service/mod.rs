@@ -430,6 +430,11 @@ impl Server {
         let default = Arc::clone(self.shared.routes.default_store());
         let new = new.unwrap_or_else(|| Arc::clone(&default));
         let old = old.unwrap_or(default);
+        if Arc::ptr_eq(&new, &old) {
+            // Nothing to move (and moving a backend onto itself would delete what it copies).
+            on_done(Ok(()));
+            return;
+        }
         self.shared.routes.set_route(
             tenant,
             Some(routed::Route::Moving {

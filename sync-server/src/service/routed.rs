@@ -264,33 +264,57 @@ pub async fn migrate(
     progress: &Migration,
 ) -> Result<(), StorageError> {
     let prefix = BlobKey::new(&tenant.to_string())?;
-    let blobs = old.list(Some(&prefix)).await?;
-    progress.total.store(
-        u64::try_from(blobs.len()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
-    progress.listed.store(true, Ordering::Relaxed);
-    for blob in blobs {
-        let there = match new.head(&blob.key).await {
-            Ok(meta) => meta.size == blob.size,
-            Err(e) if e.is_not_found() => false,
-            Err(e) => return Err(e),
-        };
-        if !there {
-            let data = match old.get(&blob.key).await {
-                Ok(data) => data,
-                // Deleted meanwhile (GC, account deletion): nothing to move.
-                Err(e) if e.is_not_found() => {
-                    progress.moved.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            new.put(&blob.key, data).await?;
+    // Until a listing of `old` comes back empty: a write routed to `old` just before the route
+    // changed may land there after the first listing.
+    let mut first = true;
+    loop {
+        let blobs = old.list(Some(&prefix)).await?;
+        if first {
+            progress.total.store(
+                u64::try_from(blobs.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            progress.listed.store(true, Ordering::Relaxed);
+            first = false;
+        } else if blobs.is_empty() {
+            return Ok(());
+        } else {
+            progress.total.fetch_add(
+                u64::try_from(blobs.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
         }
-        old.delete(&blob.key).await?;
-        progress.moved.fetch_add(1, Ordering::Relaxed);
-        progress.bytes.fetch_add(blob.size, Ordering::Relaxed);
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        for blob in blobs {
+            move_one(old, new, &blob).await?;
+            progress.moved.fetch_add(1, Ordering::Relaxed);
+            progress.bytes.fetch_add(blob.size, Ordering::Relaxed);
+        }
     }
-    Ok(())
+}
+
+/// Copies one blob to `new` unless it is there with the same bytes, then deletes it from
+/// `old`.
+async fn move_one(
+    old: &dyn BlobStore,
+    new: &dyn BlobStore,
+    blob: &BlobMeta,
+) -> Result<(), StorageError> {
+    let data = match old.get(&blob.key).await {
+        Ok(data) => data,
+        // Deleted meanwhile (GC, account deletion): nothing to move.
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let there = match new.get(&blob.key).await {
+        Ok(existing) => existing == data,
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return Err(e),
+    };
+    if !there {
+        new.put(&blob.key, data).await?;
+    }
+    old.delete(&blob.key).await
 }

@@ -1368,22 +1368,35 @@ impl Inner {
         let Some(current) = self.device_v1(&device)? else {
             return Err(StoreError::not_found(format!("device {device}")));
         };
-        let mut marks = Vec::new();
-        for info in self.list_vaults(AccountId::new(current.account))? {
-            marks.push((info.vault, info.latest_epoch.get()));
+        let mut vaults = Vec::new();
+        for item in self
+            .account_vaults
+            .scan_prefix(current.account.to_be_bytes())
+        {
+            let (k, _) = item?;
+            vaults.push(VaultId::from_bytes(codec::account_member(
+                ACCOUNT_VAULTS,
+                &k,
+            )?));
         }
-        let d = tx_result(
-            (&self.devices, &self.rotations).transaction(|(devices, rotations)| {
+        // The vaults' newest epochs are read inside the transaction: an epoch started just
+        // before the revocation (perhaps wrapped to this device) must not end the rotation.
+        let d = tx_result((&self.devices, &self.rotations, &self.vaults).transaction(
+            |(devices, rotations, vault_tree)| {
                 let Some(mut d) = tx_get_decoded::<DeviceV1>(devices, device.as_bytes())? else {
                     return fail(StoreError::not_found(format!("device {device}")));
                 };
                 if d.revoked_at.is_none() {
                     d.revoked_at = Some(now);
                     tx_insert(devices, device.as_bytes(), &d)?;
-                    for (vault, epoch) in &marks {
+                    for vault in &vaults {
+                        let Some(v) = tx_get_decoded::<VaultV1>(vault_tree, vault.as_bytes())?
+                        else {
+                            continue;
+                        };
                         if rotations.get(vault.as_bytes())?.is_none() {
                             let due = RotationDueV1 {
-                                epoch: *epoch,
+                                epoch: v.latest_epoch,
                                 since: now,
                             };
                             tx_insert(rotations, vault.as_bytes(), &due)?;
@@ -1391,8 +1404,8 @@ impl Inner {
                     }
                 }
                 Ok(d)
-            }),
-        )?;
+            },
+        ))?;
         self.flush()?;
         Ok(d)
     }

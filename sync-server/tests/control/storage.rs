@@ -182,6 +182,24 @@ async fn a_tenant_moves_to_its_own_bucket_and_back_while_reads_keep_working() {
     assert_eq!(keys_under(bucket_store.as_ref(), t).await, before);
     all_readable(&device, vault, 0..12).await;
 
+    // The same bucket again (new credentials, say): nothing moves, nothing is lost.
+    let again = api
+        .call(
+            "PUT",
+            &storage,
+            k,
+            Some(json!({
+                "endpoint": s3.endpoint(), "bucket": BUCKET, "path_style": true,
+                "region": "us-east-1", "access_key_id": ACCESS_KEY,
+                "secret_access_key": SECRET_KEY,
+            })),
+        )
+        .await
+        .expect(200);
+    assert_eq!(again["state"], "ready", "{again}");
+    assert_eq!(keys_under(bucket_store.as_ref(), t).await, before);
+    all_readable(&device, vault, 0..12).await;
+
     // New chunks go to the tenant's bucket; the other tenant stays on the default backend.
     put_chunks(&device, vault, 12..16).await;
     put_chunks(&other_device, other_vault, 4..6).await;
