@@ -69,19 +69,26 @@ fn protocol_vault(vault: VaultId) -> dooz_protocol::VaultId {
 
 /// The vaults of the account whose key the server says must be rotated.
 pub async fn rotations_due(conn: &Connection) -> Result<Vec<VaultId>, NetError> {
+    Ok(vaults_answer(conn).await?.map_or_else(Vec::new, |v| {
+        rotation_due(&v.ext)
+            .into_iter()
+            .map(|v| VaultId(*v.as_bytes()))
+            .collect()
+    }))
+}
+
+/// The whole `Vaults` answer, extensions included (`None` for an answer of another kind).
+async fn vaults_answer(conn: &Connection) -> Result<Option<dooz_protocol::Vaults>, NetError> {
     let req = Request::ListVaults(ListVaults {
         ext: Extensions::default(),
     });
     match conn.request_answer(req).await? {
-        Response::Vaults(v) => Ok(rotation_due(&v.ext)
-            .into_iter()
-            .map(|v| VaultId(*v.as_bytes()))
-            .collect()),
+        Response::Vaults(v) => Ok(Some(v)),
         Response::Error(e) => Err(NetError::Server {
             code: e.code,
             message: e.message,
         }),
-        _ => Ok(Vec::new()),
+        _ => Ok(None),
     }
 }
 
@@ -314,19 +321,8 @@ pub async fn maintain_keys(
     me: &DeviceSecretKeys,
     index: &Index,
 ) -> Result<KeyReport, RotationError> {
-    let req = Request::ListVaults(ListVaults {
-        ext: Extensions::default(),
-    });
-    let answer = match conn.request_answer(req).await? {
-        Response::Vaults(v) => v,
-        Response::Error(e) => {
-            return Err(NetError::Server {
-                code: e.code,
-                message: e.message,
-            }
-            .into());
-        }
-        _ => return Ok(KeyReport::default()),
+    let Some(answer) = vaults_answer(conn).await? else {
+        return Ok(KeyReport::default());
     };
     let mut report = KeyReport::default();
     // Revoked devices go first, so that their rosters are not taken below.

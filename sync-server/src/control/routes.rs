@@ -84,7 +84,11 @@ fn created<T: Serialize>(value: T) -> Response {
 
 /// A response carrying a secret: 201, and `Cache-Control: no-store`.
 fn created_secret<T: Serialize>(value: T) -> Response {
-    let mut response = created(value);
+    no_store(created(value))
+}
+
+/// `response` with `Cache-Control: no-store` (it carries a secret).
+fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -1701,16 +1705,14 @@ pub(crate) async fn rotate_webhook_secret(
         "webhook.rotate_secret",
         format!("webhook/{id}"),
     );
-    let mut response = Json(RotatedSecret {
-        endpoint,
-        secret,
-        previous_secret_expires_at: (overlap > 0).then_some(expires_at),
-    })
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(no_store(
+        Json(RotatedSecret {
+            endpoint,
+            secret,
+            previous_secret_expires_at: (overlap > 0).then_some(expires_at),
+        })
+        .into_response(),
+    ))
 }
 
 #[utoipa::path(

@@ -102,22 +102,26 @@ pub(crate) async fn collect(shared: &Shared, now: u64) -> Result<GcReport, Store
                 None
             }
         };
+        // The chunks kept versions reference: one scan per vault, for the release and for the
+        // pending check below.
+        let mut keep = None;
         if let Some(days) = retention {
             let superseded_before = now.saturating_sub(days.saturating_mul(24 * 3600));
             report.versions_expired += store
                 .expire_versions(vault.vault, superseded_before)
                 .await?;
-            let keep = store.retained_chunks(vault.vault).await?;
-            report.chunks_released += store.release_chunks(vault.vault, keep, now).await?;
+            let kept = store.retained_chunks(vault.vault).await?;
+            report.chunks_released += store.release_chunks(vault.vault, kept.clone(), now).await?;
+            keep = Some(kept);
         }
         let pending = store.pending_chunks_before(vault.vault, before).await?;
         // A chunk released while a commit referenced it again is pending but kept: made
         // committed again instead of deleted. (Chunks uploaded and never committed are in no
         // kept version.)
-        let keep = if pending.is_empty() {
-            std::collections::HashSet::new()
-        } else {
-            store.retained_chunks(vault.vault).await?
+        let keep = match keep {
+            Some(keep) => keep,
+            None if pending.is_empty() => std::collections::HashSet::new(),
+            None => store.retained_chunks(vault.vault).await?,
         };
         for record in pending {
             let ChunkState::Pending { since } = record.state else {
