@@ -91,6 +91,12 @@ pub struct ServerSettings {
     /// How the server logs to stderr: `text` (for people) or `json` (one object a line, for log
     /// collectors). Default `text`.
     pub log_format: LogFormat,
+    /// Whether data-plane traffic is metered (docs/METERING.md). Turning it off leaves usage
+    /// reports without traffic; it exists to measure what metering costs. Default `true`.
+    pub metering: bool,
+    /// Billing events of an hour are exported only this many seconds after the hour ends, so
+    /// that every instance's counts are in (clock skew between instances). Default 300.
+    pub billing_lateness_secs: u64,
 }
 
 /// The server's log format.
@@ -150,6 +156,8 @@ impl Default for ServerSettings {
             default_tenant: "default".to_owned(),
             default_account: "default".to_owned(),
             log_format: LogFormat::Text,
+            metering: true,
+            billing_lateness_secs: 300,
         }
     }
 }
@@ -222,6 +230,8 @@ pub struct ServerConfig {
     pub default_tenant: String,
     /// Account made on first start.
     pub default_account: String,
+    /// Billing events of an hour wait this long after it ends.
+    pub billing_lateness: Duration,
 }
 
 /// Limits of the request service.
@@ -235,6 +245,8 @@ pub struct ServiceLimits {
     pub packing: crate::service::PackSettings,
     /// Garbage collection.
     pub gc: crate::service::GcSettings,
+    /// Whether traffic is metered.
+    pub metering: bool,
 }
 
 impl Default for ServiceLimits {
@@ -245,6 +257,7 @@ impl Default for ServiceLimits {
             max_frame_len: s.max_frame_len,
             packing: s.packing(),
             gc: s.gc(),
+            metering: s.metering,
         }
     }
 }
@@ -394,10 +407,12 @@ impl ServerSettings {
                 max_frame_len: self.max_frame_len,
                 packing,
                 gc,
+                metering: self.metering,
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             default_tenant: self.default_tenant,
             default_account: self.default_account,
+            billing_lateness: Duration::from_secs(self.billing_lateness_secs),
         })
     }
 }

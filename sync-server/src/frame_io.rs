@@ -106,6 +106,7 @@ pub struct FrameReader {
     recv: RecvStream,
     decoder: FrameDecoder,
     max_frame_len: u32,
+    last_frame_len: usize,
 }
 
 impl FrameReader {
@@ -115,6 +116,7 @@ impl FrameReader {
             recv,
             decoder: FrameDecoder::new(),
             max_frame_len: MAX_FRAME_LEN,
+            last_frame_len: 0,
         }
     }
 
@@ -150,7 +152,13 @@ impl FrameReader {
     pub async fn read_frame(&mut self) -> Result<Option<Message>, FrameIoError> {
         loop {
             let needed = self.needed()?;
+            let frame_len = self
+                .decoder
+                .buffered()
+                .first_chunk::<LEN_PREFIX>()
+                .map_or(0, |p| LEN_PREFIX + u32::from_be_bytes(*p) as usize);
             if let Some(msg) = self.decoder.next_frame()? {
+                self.last_frame_len = frame_len;
                 return Ok(Some(msg));
             }
             // Read no further than this frame: what follows may be a raw body.
@@ -221,6 +229,12 @@ impl FrameReader {
             None => Ok(()),
             Some(chunk) => Err(FrameIoError::TrailingBytes(chunk.bytes.len(), after)),
         }
+    }
+
+    /// Bytes of the last frame [`read_frame`](Self::read_frame) returned, length prefix
+    /// included (what metering counts for a request).
+    pub fn last_frame_len(&self) -> usize {
+        self.last_frame_len
     }
 
     /// The stream, to stop it or read it directly.

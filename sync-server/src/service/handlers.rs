@@ -9,7 +9,7 @@ use dooz_protocol::{
     Ack, Changed, Changes, ChunkData, ChunkId, ChunkStored, Commit, CommitResult, Committed,
     CreateVault, Envelopes, ErrorCode, ErrorResponse, GetChunk, GetEnvelopes, Have, Hello, History,
     HistoryPage, Message, Missing, Pull, PutChunk, PutEnvelope, Request, Subscribe, Subscribed,
-    VaultCreated, VaultId, Vaults,
+    VaultCreated, VaultId, Vaults, encoded_len,
 };
 use dooz_storage::{BlobKey, BlobMeta};
 use quinn::{RecvStream, SendStream};
@@ -22,7 +22,10 @@ use crate::service::connection::{ConnCtx, internal_error};
 use crate::service::quota::{Kind, Reservation, check_access, check_limit};
 use crate::service::{pack, unix_now};
 use crate::service::{recovery, rotation};
-use crate::store::{ChunkLocation, ChunkState, StoreError, TenantId, VaultRecord};
+use crate::store::{
+    ChunkLocation, ChunkState, HOUR_SECS, StoreError, TenantId, TrafficCounts, TrafficKey,
+    VaultRecord,
+};
 
 /// A successful answer: the response, the raw body that follows it (`ChunkData`), and the
 /// in-flight permit held until it is written.
@@ -125,6 +128,14 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
     };
     let name = request.name();
     tracing::debug!(request = name, "request");
+    let metered = Metered {
+        request_len: reader.last_frame_len() as u64,
+        vault: request_vault(&request),
+        body_len: match &request {
+            Request::PutChunk(put) => u64::from(put.len),
+            _ => 0,
+        },
+    };
     let kind = match &request {
         Request::PutChunk(_)
         | Request::Commit(_)
@@ -135,13 +146,13 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
     if let Err(fail) = allowed(&ctx, kind).await {
         if let Fail::Respond(err) = fail {
             tracing::debug!(request = name, code = %err.code, "request refused by the account's policy");
-            send_final(&mut send, err.into(), None).await;
+            answer(&ctx, &mut send, &metered, false, err.into(), None).await;
         }
         return;
     }
     let handled = match request {
         Request::Subscribe(req) => {
-            subscribe(&ctx, req, &mut send).await;
+            subscribe(&ctx, req, &mut send, &metered).await;
             return;
         }
         Request::Hello(req) => hello(&ctx, &req),
@@ -178,13 +189,95 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
         | Request::PairingAwaitReply(_)) => pairing_call(&ctx, pairing).await,
     };
     match handled {
-        Ok(reply) => send_final(&mut send, reply.msg, reply.body).await,
+        Ok(reply) => answer(&ctx, &mut send, &metered, true, reply.msg, reply.body).await,
         Err(Fail::Respond(err)) => {
             tracing::debug!(request = name, code = %err.code, message = %err.message, "request failed");
-            send_final(&mut send, err.into(), None).await;
+            answer(&ctx, &mut send, &metered, false, err.into(), None).await;
         }
         Err(Fail::Transport(e)) => tracing::debug!(request = name, error = %e, "stream failed"),
     }
+}
+
+/// What metering needs of a request (docs/METERING.md).
+struct Metered {
+    /// Bytes of its frame.
+    request_len: u64,
+    /// The vault it names, if any.
+    vault: Option<VaultId>,
+    /// Its raw body (`PutChunk`), counted when the chunk was stored.
+    body_len: u64,
+}
+
+/// The vault a request names.
+fn request_vault(request: &Request) -> Option<VaultId> {
+    match request {
+        Request::CreateVault(r) => Some(r.vault),
+        Request::PutEnvelope(r) => Some(r.vault),
+        Request::GetEnvelopes(r) => Some(r.vault),
+        Request::Have(r) => Some(r.vault),
+        Request::PutChunk(r) => Some(r.vault),
+        Request::GetChunk(r) => Some(r.vault),
+        Request::Commit(r) => Some(r.vault),
+        Request::Pull(r) => Some(r.vault),
+        Request::History(r) => Some(r.vault),
+        _ => None,
+    }
+}
+
+/// Counts traffic of the calling device under `vault` (only if the account owns it: a request
+/// naming another account's vault, or none, is counted under no vault) and returns once the
+/// count is durable.
+async fn meter(
+    ctx: &ConnCtx,
+    vault: Option<VaultId>,
+    owned: bool,
+    counts: TrafficCounts,
+) -> Result<(), String> {
+    let vault = match vault {
+        Some(v) if owned => Some(v),
+        Some(v) => match ctx.shared.store.vault(v).await {
+            Ok(Some(record)) if record.account == ctx.account.id => Some(v),
+            Ok(_) => None,
+            Err(e) => return Err(e.to_string()),
+        },
+        None => None,
+    };
+    let key = TrafficKey {
+        tenant: ctx.tenant.id,
+        hour: unix_now() / HOUR_SECS,
+        account: ctx.account.id,
+        vault,
+        device: Some(ctx.device),
+    };
+    ctx.shared.meter.record(key, counts).await
+}
+
+/// Meters the request and its answer, then sends the answer. `ok`: the request succeeded (so
+/// the vault it names is the account's). An answer that cannot be metered is not sent: the
+/// device gets an internal error instead, which is not counted.
+async fn answer(
+    ctx: &ConnCtx,
+    send: &mut SendStream,
+    metered: &Metered,
+    ok: bool,
+    msg: Message,
+    body: Option<Bytes>,
+) {
+    let stored = matches!(
+        msg,
+        Message::Response(dooz_protocol::Response::ChunkStored(_))
+    );
+    let counts = TrafficCounts {
+        ingress_bytes: metered.request_len + if stored { metered.body_len } else { 0 },
+        egress_bytes: (encoded_len(&msg) + body.as_ref().map_or(0, Bytes::len)) as u64,
+        requests: 1,
+    };
+    if let Err(e) = meter(ctx, metered.vault, ok, counts).await {
+        tracing::error!(error = %e, "could not meter a request; answering an internal error");
+        send_final(send, internal_error("count the request"), None).await;
+        return;
+    }
+    send_final(send, msg, body).await;
 }
 
 /// A pairing slot call (`service::pairing`).
@@ -746,12 +839,12 @@ async fn history(ctx: &ConnCtx, req: History) -> Handled {
 /// `Subscribe`: answers `Subscribed`, then writes `Changed` frames on the same stream until the
 /// subscription is replaced, the client stops the stream, the connection closes or the server
 /// shuts down.
-async fn subscribe(ctx: &ConnCtx, req: Subscribe, send: &mut SendStream) {
+async fn subscribe(ctx: &ConnCtx, req: Subscribe, send: &mut SendStream, metered: &Metered) {
     let owned = match ctx.shared.store.list_vaults(ctx.account.id).await {
         Ok(vaults) => vaults.into_iter().map(|v| v.vault).collect::<HashSet<_>>(),
         Err(e) => {
             if let Fail::Respond(err) = Fail::store(e, "list the vaults") {
-                send_final(send, err.into(), None).await;
+                answer(ctx, send, metered, false, err.into(), None).await;
             }
             return;
         }
@@ -764,7 +857,7 @@ async fn subscribe(ctx: &ConnCtx, req: Subscribe, send: &mut SendStream) {
                  subscription, if any, stands)"
             ),
         );
-        send_final(send, err.into(), None).await;
+        answer(ctx, send, metered, false, err.into(), None).await;
         return;
     }
     let wanted: HashSet<VaultId> = req.vaults.into_iter().collect();
@@ -780,7 +873,18 @@ async fn subscribe(ctx: &ConnCtx, req: Subscribe, send: &mut SendStream) {
     if let Some(previous) = previous {
         previous.cancel();
     }
-    if let Err(e) = write_frame(send, &Subscribed::default().into()).await {
+    let subscribed: Message = Subscribed::default().into();
+    let counts = TrafficCounts {
+        ingress_bytes: metered.request_len,
+        egress_bytes: encoded_len(&subscribed) as u64,
+        requests: 1,
+    };
+    if let Err(e) = meter(ctx, None, false, counts).await {
+        tracing::error!(error = %e, "could not meter a subscription");
+        send_final(send, internal_error("count the request"), None).await;
+        return;
+    }
+    if let Err(e) = write_frame(send, &subscribed).await {
         tracing::debug!(error = %e, "subscription stream failed");
         return;
     }
@@ -809,12 +913,22 @@ async fn subscribe(ctx: &ConnCtx, req: Subscribe, send: &mut SendStream) {
             Err(RecvError::Closed) => break,
         };
         for (vault, seq) in pushes {
-            let changed = Changed {
+            let changed: Message = Changed {
                 vault,
                 seq,
                 ext: Default::default(),
+            }
+            .into();
+            let counts = TrafficCounts {
+                ingress_bytes: 0,
+                egress_bytes: encoded_len(&changed) as u64,
+                requests: 0,
             };
-            if let Err(e) = write_frame(send, &changed.into()).await {
+            if let Err(e) = meter(ctx, Some(vault), true, counts).await {
+                tracing::error!(error = %e, "could not meter a change notification");
+                return;
+            }
+            if let Err(e) = write_frame(send, &changed).await {
                 tracing::debug!(error = %e, "subscription stream failed");
                 return;
             }

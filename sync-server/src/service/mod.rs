@@ -33,6 +33,7 @@ mod connection;
 mod enrolment;
 mod gc;
 mod handlers;
+pub(crate) mod meter;
 mod pack;
 mod pairing;
 mod quota;
@@ -232,6 +233,8 @@ pub(crate) struct Shared {
     upload_locks: Vec<tokio::sync::Mutex<()>>,
     /// Pairing slots (in memory).
     pub(crate) pairing: pairing::Slots,
+    /// The traffic meter.
+    pub(crate) meter: meter::Meter,
 }
 
 impl Shared {
@@ -348,7 +351,7 @@ impl Server {
             .min(Semaphore::MAX_PERMITS);
         let routes = Arc::new(routed::TenantRouted::new(parts.blobs));
         let shared = Arc::new(Shared {
-            store: parts.store,
+            store: Arc::clone(&parts.store),
             blobs: Arc::clone(&routes) as Arc<dyn BlobStore>,
             routes,
             migrations: Mutex::new(HashMap::new()),
@@ -365,6 +368,7 @@ impl Server {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             pairing: pairing::Slots::default(),
+            meter: meter::Meter::new(Arc::clone(&parts.store), parts.limits.metering),
         });
         let span = tracing::info_span!("server", addr = %local_addr);
         let accept =

@@ -283,6 +283,84 @@ pub struct AccountUsage {
     pub vaults: u64,
 }
 
+/// Seconds in a metering hour; hours are numbered from the unix epoch (`unix seconds / 3600`).
+pub const HOUR_SECS: u64 = 3600;
+
+/// Where metered traffic is counted: a tenant's account, the vault a request named (`None`:
+/// requests that name no vault of the account, such as `Hello` or `ListVaults`), the device
+/// that sent it (`None`: not a device's request) and the hour it was answered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrafficKey {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The hour (unix seconds / [`HOUR_SECS`]).
+    pub hour: u64,
+    /// The account.
+    pub account: AccountId,
+    /// The vault, if the request named one of the account's vaults.
+    pub vault: Option<VaultId>,
+    /// The device.
+    pub device: Option<DeviceId>,
+}
+
+/// Metered traffic: protocol bytes in and out, and requests answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficCounts {
+    /// Bytes received: request frames, and chunk bodies the server stored.
+    pub ingress_bytes: u64,
+    /// Bytes sent: answer frames, chunk bodies and change notifications.
+    pub egress_bytes: u64,
+    /// Requests answered.
+    pub requests: u64,
+}
+
+impl TrafficCounts {
+    /// Adds `other` (saturating).
+    pub fn add(&mut self, other: &Self) {
+        self.ingress_bytes = self.ingress_bytes.saturating_add(other.ingress_bytes);
+        self.egress_bytes = self.egress_bytes.saturating_add(other.egress_bytes);
+        self.requests = self.requests.saturating_add(other.requests);
+    }
+
+    /// Whether all three are zero.
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A vault's stored bytes over one hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StorageHour {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The owning account.
+    pub account: AccountId,
+    /// The vault.
+    pub vault: VaultId,
+    /// The hour (unix seconds / [`HOUR_SECS`]).
+    pub hour: u64,
+    /// The most sealed bytes the vault held during the hour (up to `now` for the current one).
+    pub max_bytes: u64,
+    /// The integral of its sealed bytes over the hour, in byte-seconds (up to `now`).
+    pub byte_seconds: u128,
+}
+
+/// A vault's stored bytes now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VaultStorage {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The owning account.
+    pub account: AccountId,
+    /// The vault.
+    pub vault: VaultId,
+    /// Sealed bytes of its chunk records (pending and committed): after dedup, whatever the
+    /// packing.
+    pub stored_bytes: u64,
+    /// When that last changed (unix seconds).
+    pub since: u64,
+}
+
 /// An entry's current version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryHead {
@@ -678,6 +756,41 @@ pub trait MetaStore: Send + Sync + 'static {
     /// transaction) and no envelope of a newer epoch than the vault's newest at that time has
     /// been stored since. Marks survive restarts.
     async fn rotations_due(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError>;
+
+    // --- metering (docs/METERING.md) ----------------------------------------------------------
+
+    /// Adds each row's counts to the traffic counters of its key, all in one transaction, and
+    /// returns once that is durable. A key may appear more than once.
+    async fn add_traffic(&self, batch: Vec<(TrafficKey, TrafficCounts)>) -> Result<(), StoreError>;
+
+    /// The traffic counters of `tenant` (all tenants: `None`) for the hours in `hours`, by key
+    /// (tenant, hour, account, vault, device), zero rows left out.
+    async fn traffic(
+        &self,
+        tenant: Option<TenantId>,
+        hours: std::ops::Range<u64>,
+    ) -> Result<Vec<(TrafficKey, TrafficCounts)>, StoreError>;
+
+    /// Each vault's stored bytes in each hour of `hours` up to `now` (unix seconds), by tenant,
+    /// vault and hour; hours in which a vault held nothing are left out.
+    ///
+    /// Engines keep a gauge per vault (its stored bytes, which change in the same transaction as
+    /// the chunk records, like [`account_usage`](Self::account_usage)) and, at each change,
+    /// fold the time since the previous change into hour rows (peak and byte-seconds). The hours
+    /// after the last change are computed from the gauge, so a closed hour always reads the same.
+    async fn storage_hours(
+        &self,
+        tenant: Option<TenantId>,
+        hours: std::ops::Range<u64>,
+        now: u64,
+    ) -> Result<Vec<StorageHour>, StoreError>;
+
+    /// The stored bytes of every vault of `tenant` (all tenants: `None`) now, by tenant and
+    /// vault. Vaults of deleted accounts are left out.
+    async fn storage_gauges(
+        &self,
+        tenant: Option<TenantId>,
+    ) -> Result<Vec<VaultStorage>, StoreError>;
 
     /// The vault's envelopes for `recipient`, oldest epoch first (the newest
     /// [`MAX_ENVELOPES`](dooz_protocol::limits::MAX_ENVELOPES) if there are more).

@@ -25,6 +25,14 @@
 //! | `chunk-locs-v1` | vault (16) \|\| chunk (32) | [`PackLocV1`] |
 //! | `packs-v1` | vault (16) \|\| pack (16) | [`PackV1`] |
 //! | `rotations-v1` | vault (16) | [`RotationDueV1`]: the vault's key must be rotated |
+//! | `traffic-v1` | tenant `u64 BE` \|\| hour `u64 BE` \|\| account `u64 BE` \|\| 0/1 \|\| vault (16) \|\| 0/1 \|\| device (32) | [`TrafficV1`] |
+//! | `meter-v1` | `b'g'` \|\| tenant `u64 BE` \|\| vault (16) | [`GaugeV1`]: the vault's stored bytes now |
+//! | `meter-v1` | `b'h'` \|\| tenant `u64 BE` \|\| vault (16) \|\| hour `u64 BE` | [`StorageHourV1`] |
+//!
+//! `traffic-v1` holds the metered bytes and requests per tenant, hour (unix seconds / 3600),
+//! account, vault (flag 0 and zeros: none) and device; `meter-v1` the storage gauge of each vault
+//! and, per hour, its peak and byte-seconds. Both are described in `docs/METERING.md`. The gauge
+//! and the hour rows change in the same transaction as `usage-v1`.
 //!
 //! `usage-v1` holds each account's stored bytes: the sum of `sealed_len` over the chunk records
 //! of its vaults. It is updated in the same sled transaction as the chunk record it accounts for,
@@ -66,12 +74,115 @@ pub(crate) const USAGE: &str = "usage-v1";
 pub(crate) const CHUNK_LOCS: &str = "chunk-locs-v1";
 pub(crate) const PACKS: &str = "packs-v1";
 pub(crate) const ROTATIONS: &str = "rotations-v1";
+pub(crate) const TRAFFIC: &str = "traffic-v1";
+pub(crate) const METER: &str = "meter-v1";
 
 pub(crate) const FORMAT_KEY: &[u8] = b"format";
 pub(crate) const NEXT_TENANT_KEY: &[u8] = b"next-tenant";
 pub(crate) const NEXT_ACCOUNT_KEY: &[u8] = b"next-account";
 /// Present once `usage-v1` has been built from `chunks-v1` (empty value).
 pub(crate) const USAGE_BUILT_KEY: &[u8] = b"usage-built";
+/// Present once the storage gauges of `meter-v1` have been built from `chunks-v1`.
+pub(crate) const METER_BUILT_KEY: &[u8] = b"meter-built";
+
+/// Length of a `traffic-v1` key.
+pub(crate) const TRAFFIC_KEY_LEN: usize = 8 + 8 + 8 + 1 + 16 + 1 + 32;
+
+/// A `traffic-v1` key.
+pub(crate) fn traffic_key(
+    tenant: u64,
+    hour: u64,
+    account: u64,
+    vault: Option<&VaultId>,
+    device: Option<&DeviceId>,
+) -> [u8; TRAFFIC_KEY_LEN] {
+    let zero16 = [0u8; 16];
+    let zero32 = [0u8; 32];
+    key(&[
+        &tenant.to_be_bytes(),
+        &hour.to_be_bytes(),
+        &account.to_be_bytes(),
+        &[u8::from(vault.is_some())],
+        vault.map_or(&zero16[..], |v| &v.as_bytes()[..]),
+        &[u8::from(device.is_some())],
+        device.map_or(&zero32[..], |d| &d.as_bytes()[..]),
+    ])
+}
+
+/// The parts of a `traffic-v1` key: tenant, hour, account, vault, device.
+pub(crate) type TrafficKeyParts = (u64, u64, u64, Option<VaultId>, Option<DeviceId>);
+
+/// Splits a `traffic-v1` key.
+pub(crate) fn traffic_key_parts(k: &[u8]) -> Result<TrafficKeyParts, StoreError> {
+    let bad = || StoreError::corrupt(TRAFFIC, format!("a key of {} bytes", k.len()));
+    if k.len() != TRAFFIC_KEY_LEN {
+        return Err(bad());
+    }
+    let u64_at = |at: usize| -> Result<u64, StoreError> {
+        k.get(at..at + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(bad)
+    };
+    let vault = match k.get(24) {
+        Some(0) => None,
+        Some(1) => Some(VaultId::from_bytes(
+            k.get(25..41)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                .ok_or_else(bad)?,
+        )),
+        _ => return Err(bad()),
+    };
+    let device = match k.get(41) {
+        Some(0) => None,
+        Some(1) => Some(DeviceId::from_bytes(
+            k.get(42..74)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(bad)?,
+        )),
+        _ => return Err(bad()),
+    };
+    Ok((u64_at(0)?, u64_at(8)?, u64_at(16)?, vault, device))
+}
+
+/// A `meter-v1` gauge key.
+pub(crate) fn gauge_key(tenant: u64, vault: &VaultId) -> [u8; 25] {
+    key(&[b"g", &tenant.to_be_bytes(), vault.as_bytes()])
+}
+
+/// A `meter-v1` storage hour key.
+pub(crate) fn storage_hour_key(tenant: u64, vault: &VaultId, hour: u64) -> [u8; 33] {
+    key(&[
+        b"h",
+        &tenant.to_be_bytes(),
+        vault.as_bytes(),
+        &hour.to_be_bytes(),
+    ])
+}
+
+/// The tenant and vault of a `meter-v1` gauge key.
+pub(crate) fn gauge_key_parts(k: &[u8]) -> Result<(u64, VaultId), StoreError> {
+    let bad = || StoreError::corrupt(METER, format!("a gauge key of {} bytes", k.len()));
+    if k.len() != 25 || k.first() != Some(&b'g') {
+        return Err(bad());
+    }
+    let tenant = k
+        .get(1..9)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(bad)?;
+    let vault = k
+        .get(9..25)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .ok_or_else(bad)?;
+    Ok((tenant, VaultId::from_bytes(vault)))
+}
+
+/// The hour of a `meter-v1` storage hour key (the last 8 bytes).
+pub(crate) fn storage_hour_key_hour(k: &[u8]) -> Result<u64, StoreError> {
+    tail_u64(k, 33)
+        .ok_or_else(|| StoreError::corrupt(METER, format!("an hour key of {} bytes", k.len())))
+}
 
 // ---------------------------------------------------------------------------------------------
 // Keys
@@ -446,6 +557,32 @@ pub(crate) struct HeadV1 {
     pub(crate) seq: u64,
 }
 stored!(HeadV1, HEADS, 1);
+
+/// Metered traffic of one `traffic-v1` key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TrafficV1 {
+    pub(crate) ingress: u64,
+    pub(crate) egress: u64,
+    pub(crate) requests: u64,
+}
+stored!(TrafficV1, TRAFFIC, 1);
+
+/// A vault's storage gauge: its stored bytes since `since` (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GaugeV1 {
+    pub(crate) account: u64,
+    pub(crate) stored: u64,
+    pub(crate) since: u64,
+}
+stored!(GaugeV1, METER, 1);
+
+/// A vault's storage in one hour, up to the gauge's `since` when the hour holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StorageHourV1 {
+    pub(crate) max: u64,
+    pub(crate) byte_seconds: u128,
+}
+stored!(StorageHourV1, METER, 1);
 
 /// A vault key wrapped to a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

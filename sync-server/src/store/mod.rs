@@ -23,8 +23,9 @@ mod token;
 
 pub use api::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
-    DeviceRecord, DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, PackId, PackedChunk,
-    TenantId, TenantRecord, VaultRecord, VersionPage,
+    DeviceRecord, DeviceRegistration, EntryHead, HOUR_SECS, MAX_PAGE_BYTES, MetaStore, PackId,
+    PackedChunk, StorageHour, TenantId, TenantRecord, TrafficCounts, TrafficKey, VaultRecord,
+    VaultStorage, VersionPage,
 };
 pub use error::StoreError;
 pub use sled_store::SledStore;

@@ -28,13 +28,14 @@ use sled::transaction::{
 
 use crate::store::api::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
-    DeviceRecord, DeviceRegistration, EntryHead, MAX_PAGE_BYTES, MetaStore, PackId, PackInfo,
-    PackedChunk, TenantId, TenantRecord, VaultRecord, VersionPage, change_size_bound, check_name,
+    DeviceRecord, DeviceRegistration, EntryHead, HOUR_SECS, MAX_PAGE_BYTES, MetaStore, PackId,
+    PackInfo, PackedChunk, StorageHour, TenantId, TenantRecord, TrafficCounts, TrafficKey,
+    VaultRecord, VaultStorage, VersionPage, change_size_bound, check_name,
 };
 use crate::store::codec::{
     self, ACCOUNT_DEVICES, ACCOUNT_VAULTS, AccountV1, ChunkStateV1, ChunkV1, DeviceV1, EnvelopeV1,
-    HeadV1, LogV1, PackLocV1, PackV1, RotationDueV1, Stored, TenantV1, TokenV1, VaultV1, decode,
-    encode,
+    GaugeV1, HeadV1, LogV1, PackLocV1, PackV1, RotationDueV1, StorageHourV1, Stored, TenantV1,
+    TokenV1, TrafficV1, VaultV1, decode, encode,
 };
 use crate::store::error::StoreError;
 use crate::store::token::{self, EnrolmentToken};
@@ -78,6 +79,8 @@ struct Inner {
     chunk_locs: Tree,
     packs: Tree,
     rotations: Tree,
+    traffic: Tree,
+    meter: Tree,
 }
 
 impl SledStore {
@@ -114,6 +117,8 @@ impl SledStore {
             chunk_locs: tree(codec::CHUNK_LOCS)?,
             packs: tree(codec::PACKS)?,
             rotations: tree(codec::ROTATIONS)?,
+            traffic: tree(codec::TRAFFIC)?,
+            meter: tree(codec::METER)?,
             db,
         };
         match inner.meta.get(codec::FORMAT_KEY)? {
@@ -135,6 +140,9 @@ impl SledStore {
         }
         if inner.meta.get(codec::USAGE_BUILT_KEY)?.is_none() {
             inner.build_usage()?;
+        }
+        if inner.meta.get(codec::METER_BUILT_KEY)?.is_none() {
+            inner.build_gauges()?;
         }
         Ok(Self {
             inner: Arc::new(inner),
@@ -228,14 +236,36 @@ fn tx_next_id(
     Ok(next)
 }
 
-/// Adds `new` and takes `old` bytes from the account's stored bytes, in a transaction.
+/// What a change of stored bytes is about: the vault (with its tenant and account) and when.
+#[derive(Clone, Copy)]
+struct StoredAt<'a> {
+    tenant: u64,
+    account: u64,
+    vault: &'a VaultId,
+    now: u64,
+}
+
+impl<'a> StoredAt<'a> {
+    fn new(v: &VaultV1, vault: &'a VaultId, now: u64) -> Self {
+        Self {
+            tenant: v.tenant,
+            account: v.account,
+            vault,
+            now,
+        }
+    }
+}
+
+/// Adds `new` and takes `old` bytes from the account's stored bytes and the vault's gauge, in a
+/// transaction (with `meter`, the `meter-v1` tree).
 fn tx_adjust_usage(
     usage: &TransactionalTree,
-    account: u64,
+    meter: &TransactionalTree,
+    at: StoredAt<'_>,
     old: u64,
     new: u64,
 ) -> ConflictableTransactionResult<(), StoreError> {
-    let key = account.to_be_bytes();
+    let key = at.account.to_be_bytes();
     let current = match usage.get(key)? {
         Some(v) => codec::decode_u64(codec::USAGE, &v).or_abort()?,
         None => 0,
@@ -244,7 +274,70 @@ fn tx_adjust_usage(
     // rather than wrap on a damaged store.
     let next = current.saturating_sub(old).saturating_add(new);
     usage.insert(&key, &next.to_be_bytes())?;
-    Ok(())
+    tx_set_gauge(meter, at, |stored| {
+        stored.saturating_sub(old).saturating_add(new)
+    })
+}
+
+/// Moves a vault's gauge to `change(stored)` at `at.now`, first folding the time since its last
+/// change into the hour rows.
+fn tx_set_gauge(
+    meter: &TransactionalTree,
+    at: StoredAt<'_>,
+    change: impl Fn(u64) -> u64,
+) -> ConflictableTransactionResult<(), StoreError> {
+    let gkey = codec::gauge_key(at.tenant, at.vault);
+    let mut gauge = tx_get_decoded::<GaugeV1>(meter, &gkey)?.unwrap_or(GaugeV1 {
+        account: at.account,
+        stored: 0,
+        since: at.now,
+    });
+    // A clock that went back does not rewrite the past: the change counts at `since`.
+    let now = at.now.max(gauge.since);
+    if gauge.stored > 0 {
+        for (hour, seconds) in hour_spans(gauge.since, now) {
+            let hkey = codec::storage_hour_key(at.tenant, at.vault, hour);
+            let mut row = tx_get_decoded::<StorageHourV1>(meter, &hkey)?.unwrap_or(StorageHourV1 {
+                max: 0,
+                byte_seconds: 0,
+            });
+            row.max = row.max.max(gauge.stored);
+            row.byte_seconds = row
+                .byte_seconds
+                .saturating_add(u128::from(gauge.stored) * u128::from(seconds));
+            tx_insert(meter, &hkey, &row)?;
+        }
+    }
+    gauge.stored = change(gauge.stored);
+    gauge.since = now;
+    if gauge.stored > 0 {
+        let hkey = codec::storage_hour_key(at.tenant, at.vault, now / HOUR_SECS);
+        let mut row = tx_get_decoded::<StorageHourV1>(meter, &hkey)?.unwrap_or(StorageHourV1 {
+            max: 0,
+            byte_seconds: 0,
+        });
+        row.max = row.max.max(gauge.stored);
+        tx_insert(meter, &hkey, &row)?;
+    }
+    tx_insert(meter, &gkey, &gauge)
+}
+
+/// The hours that `[from, to)` (unix seconds) overlaps, each with the seconds it overlaps; the
+/// hour of `from` always, even when the span is empty.
+fn hour_spans(from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> {
+    let first = from / HOUR_SECS;
+    let last = to.max(from) / HOUR_SECS;
+    (first..=last).map(move |hour| {
+        let start = (hour * HOUR_SECS).max(from);
+        let end = ((hour + 1) * HOUR_SECS).min(to.max(from));
+        (hour, end.saturating_sub(start))
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn vault_not_found(vault: &VaultId) -> StoreError {
@@ -358,6 +451,236 @@ impl Inner {
         }
         self.meta.insert(codec::USAGE_BUILT_KEY, &[])?;
         self.flush()
+    }
+
+    /// Builds the storage gauges of `meter-v1` from `chunks-v1` (stores written before they
+    /// existed): each vault's gauge starts now with the bytes it holds.
+    fn build_gauges(&self) -> Result<(), StoreError> {
+        let now = unix_now();
+        let mut totals: std::collections::BTreeMap<VaultId, u64> =
+            std::collections::BTreeMap::new();
+        for item in &self.chunks {
+            let (k, v) = item?;
+            let vault = codec::chunk_key_vault(&k)?;
+            let c: ChunkV1 = decode(&v)?;
+            let total = totals.entry(vault).or_default();
+            *total = total.saturating_add(c.sealed_len);
+        }
+        for (vault, stored) in totals {
+            let v = self.vault_v1(&vault)?;
+            let gauge = GaugeV1 {
+                account: v.account,
+                stored,
+                since: now,
+            };
+            self.meter
+                .insert(codec::gauge_key(v.tenant, &vault), encode(&gauge)?)?;
+            let row = StorageHourV1 {
+                max: stored,
+                byte_seconds: 0,
+            };
+            self.meter.insert(
+                codec::storage_hour_key(v.tenant, &vault, now / HOUR_SECS),
+                encode(&row)?,
+            )?;
+        }
+        self.meta.insert(codec::METER_BUILT_KEY, &[])?;
+        self.flush()
+    }
+
+    fn add_traffic(&self, batch: &[(TrafficKey, TrafficCounts)]) -> Result<(), StoreError> {
+        let mut merged: std::collections::BTreeMap<[u8; codec::TRAFFIC_KEY_LEN], TrafficCounts> =
+            std::collections::BTreeMap::new();
+        for (k, counts) in batch {
+            let key = codec::traffic_key(
+                k.tenant.get(),
+                k.hour,
+                k.account.get(),
+                k.vault.as_ref(),
+                k.device.as_ref(),
+            );
+            merged.entry(key).or_default().add(counts);
+        }
+        tx_result(self.traffic.transaction(|traffic| {
+            for (key, add) in &merged {
+                let mut row = tx_get_decoded::<TrafficV1>(traffic, key)?.unwrap_or_default();
+                row.ingress = row.ingress.saturating_add(add.ingress_bytes);
+                row.egress = row.egress.saturating_add(add.egress_bytes);
+                row.requests = row.requests.saturating_add(add.requests);
+                tx_insert(traffic, key, &row)?;
+            }
+            Ok(())
+        }))?;
+        self.flush()
+    }
+
+    /// The tenants `tenant` names: itself, or every tenant.
+    fn tenant_ids(&self, tenant: Option<TenantId>) -> Result<Vec<u64>, StoreError> {
+        match tenant {
+            Some(t) => Ok(vec![t.get()]),
+            None => {
+                let mut out = Vec::new();
+                for item in &self.tenants {
+                    let (k, _) = item?;
+                    let id = <[u8; 8]>::try_from(k.as_ref())
+                        .map_err(|_| StoreError::corrupt(codec::TENANTS, "a key is not 8 bytes"))?;
+                    out.push(u64::from_be_bytes(id));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn traffic(
+        &self,
+        tenant: Option<TenantId>,
+        hours: std::ops::Range<u64>,
+    ) -> Result<Vec<(TrafficKey, TrafficCounts)>, StoreError> {
+        let mut out = Vec::new();
+        if hours.is_empty() {
+            return Ok(out);
+        }
+        for t in self.tenant_ids(tenant)? {
+            let start = codec::traffic_key(t, hours.start, 0, None, None);
+            let end = codec::traffic_key(t, hours.end, 0, None, None);
+            for item in self.traffic.range(start..end) {
+                let (k, v) = item?;
+                let (tenant, hour, account, vault, device) = codec::traffic_key_parts(&k)?;
+                let row: TrafficV1 = decode(&v)?;
+                let counts = TrafficCounts {
+                    ingress_bytes: row.ingress,
+                    egress_bytes: row.egress,
+                    requests: row.requests,
+                };
+                if counts.is_zero() {
+                    continue;
+                }
+                let key = TrafficKey {
+                    tenant: TenantId::new(tenant),
+                    hour,
+                    account: AccountId::new(account),
+                    vault,
+                    device,
+                };
+                out.push((key, counts));
+            }
+        }
+        Ok(out)
+    }
+
+    fn storage_gauges(&self, tenant: Option<TenantId>) -> Result<Vec<VaultStorage>, StoreError> {
+        let mut out = Vec::new();
+        for t in self.tenant_ids(tenant)? {
+            let mut prefix = vec![b'g'];
+            prefix.extend_from_slice(&t.to_be_bytes());
+            for item in self.meter.scan_prefix(&prefix) {
+                let (k, v) = item?;
+                let (tenant, vault) = codec::gauge_key_parts(&k)?;
+                let g: GaugeV1 = decode(&v)?;
+                out.push(VaultStorage {
+                    tenant: TenantId::new(tenant),
+                    account: AccountId::new(g.account),
+                    vault,
+                    stored_bytes: g.stored,
+                    since: g.since,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn storage_hours(
+        &self,
+        tenant: Option<TenantId>,
+        hours: std::ops::Range<u64>,
+        now: u64,
+    ) -> Result<Vec<StorageHour>, StoreError> {
+        let mut out = Vec::new();
+        if hours.is_empty() {
+            return Ok(out);
+        }
+        // Vaults of deleted accounts have no gauge any more but keep their rows: find every
+        // vault with rows through the row keys, and the owners through the gauges or the rows'
+        // tenant scan.
+        for t in self.tenant_ids(tenant)? {
+            let gauges: std::collections::HashMap<VaultId, GaugeV1> = {
+                let mut m = std::collections::HashMap::new();
+                let mut prefix = vec![b'g'];
+                prefix.extend_from_slice(&t.to_be_bytes());
+                for item in self.meter.scan_prefix(&prefix) {
+                    let (k, v) = item?;
+                    let (_, vault) = codec::gauge_key_parts(&k)?;
+                    m.insert(vault, decode::<GaugeV1>(&v)?);
+                }
+                m
+            };
+            let mut prefix = vec![b'h'];
+            prefix.extend_from_slice(&t.to_be_bytes());
+            let mut by_vault: std::collections::BTreeMap<VaultId, Vec<(u64, StorageHourV1)>> =
+                std::collections::BTreeMap::new();
+            for item in self.meter.scan_prefix(&prefix) {
+                let (k, v) = item?;
+                let hour = codec::storage_hour_key_hour(&k)?;
+                if !hours.contains(&hour) {
+                    continue;
+                }
+                let vault = k
+                    .get(9..25)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(VaultId::from_bytes)
+                    .ok_or_else(|| StoreError::corrupt(codec::METER, "a short hour key"))?;
+                by_vault
+                    .entry(vault)
+                    .or_default()
+                    .push((hour, decode::<StorageHourV1>(&v)?));
+            }
+            for vault in gauges.keys() {
+                by_vault.entry(*vault).or_default();
+            }
+            for (vault, rows) in by_vault {
+                let gauge = gauges.get(&vault).copied();
+                let account = match gauge {
+                    Some(g) => g.account,
+                    None => match get_decoded::<VaultV1>(&self.vaults, vault.as_bytes())? {
+                        Some(v) => v.account,
+                        // A deleted account's vault: its rows still count for the tenant.
+                        None => 0,
+                    },
+                };
+                let mut merged: std::collections::BTreeMap<u64, (u64, u128)> = rows
+                    .into_iter()
+                    .map(|(h, r)| (h, (r.max, r.byte_seconds)))
+                    .collect();
+                // The time since the gauge's last change is not in the rows yet.
+                if let Some(g) = gauge
+                    && g.stored > 0
+                {
+                    for (hour, seconds) in hour_spans(g.since, now.max(g.since)) {
+                        if !hours.contains(&hour) {
+                            continue;
+                        }
+                        let e = merged.entry(hour).or_insert((0, 0));
+                        e.0 = e.0.max(g.stored);
+                        e.1 =
+                            e.1.saturating_add(u128::from(g.stored) * u128::from(seconds));
+                    }
+                }
+                for (hour, (max_bytes, byte_seconds)) in merged {
+                    if max_bytes == 0 && byte_seconds == 0 {
+                        continue;
+                    }
+                    out.push(StorageHour {
+                        tenant: TenantId::new(t),
+                        account: AccountId::new(account),
+                        vault,
+                        hour,
+                        max_bytes,
+                        byte_seconds,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn account_usage(&self, account: AccountId) -> Result<AccountUsage, StoreError> {
@@ -632,6 +955,15 @@ impl Inner {
         for item in self.account_vaults.scan_prefix(prefix) {
             let (k, _) = item?;
             let vault = VaultId::from_bytes(codec::account_member(ACCOUNT_VAULTS, &k)?);
+            // The vault's storage ends now; its hour rows stay for usage reports.
+            if let Some(v) = get_decoded::<VaultV1>(&self.vaults, vault.as_bytes())? {
+                let at = StoredAt::new(&v, &vault, unix_now());
+                tx_result(self.meter.transaction(|meter| {
+                    tx_set_gauge(meter, at, |_| 0)?;
+                    meter.remove(codec::gauge_key(at.tenant, &vault).as_slice())?;
+                    Ok(())
+                }))?;
+            }
             for tree in [
                 &self.chunks,
                 &self.chunk_locs,
@@ -711,7 +1043,8 @@ impl Inner {
         now: u64,
     ) -> Result<ChunkRecord, StoreError> {
         // A vault's owner never changes, so it may be read outside the transaction.
-        let account = self.vault_v1(vault)?.account;
+        let v = self.vault_v1(vault)?;
+        let at = StoredAt::new(&v, vault, now);
         let key = codec::chunk_key(vault, chunk);
         let fresh = ChunkV1 {
             sealed_len,
@@ -720,26 +1053,29 @@ impl Inner {
         };
         // The record, its location and the account's stored bytes change together, or not at
         // all.
-        tx_result((&self.chunks, &self.chunk_locs, &self.usage).transaction(
-            |(chunks, locs, usage)| {
-                let old_len = match tx_get_decoded::<ChunkV1>(chunks, &key)? {
-                    None => 0,
-                    Some(existing) => {
-                        let same = existing.sealed_len == sealed_len && existing.blake3 == blake3;
-                        if same || matches!(existing.state, ChunkStateV1::Committed { .. }) {
-                            let loc = tx_get_decoded::<PackLocV1>(locs, &key)?;
-                            return Ok(chunk_record(*chunk, &existing, loc));
+        tx_result(
+            (&self.chunks, &self.chunk_locs, &self.usage, &self.meter).transaction(
+                |(chunks, locs, usage, meter)| {
+                    let old_len = match tx_get_decoded::<ChunkV1>(chunks, &key)? {
+                        None => 0,
+                        Some(existing) => {
+                            let same =
+                                existing.sealed_len == sealed_len && existing.blake3 == blake3;
+                            if same || matches!(existing.state, ChunkStateV1::Committed { .. }) {
+                                let loc = tx_get_decoded::<PackLocV1>(locs, &key)?;
+                                return Ok(chunk_record(*chunk, &existing, loc));
+                            }
+                            existing.sealed_len
                         }
-                        existing.sealed_len
-                    }
-                };
-                tx_insert(chunks, &key, &fresh)?;
-                // Its bytes are the blob now, not a range of a pack.
-                locs.remove(key.as_slice())?;
-                tx_adjust_usage(usage, account, old_len, sealed_len)?;
-                Ok(chunk_record(*chunk, &fresh, None))
-            },
-        ))
+                    };
+                    tx_insert(chunks, &key, &fresh)?;
+                    // Its bytes are the blob now, not a range of a pack.
+                    locs.remove(key.as_slice())?;
+                    tx_adjust_usage(usage, meter, at, old_len, sealed_len)?;
+                    Ok(chunk_record(*chunk, &fresh, None))
+                },
+            ),
+        )
     }
 
     fn record_packed_chunks(
@@ -750,15 +1086,22 @@ impl Inner {
         packed: &[PackedChunk],
         now: u64,
     ) -> Result<(), StoreError> {
-        let account = self.vault_v1(vault)?.account;
+        let v = self.vault_v1(vault)?;
+        let at = StoredAt::new(&v, vault, now);
         let pack_record = PackV1 {
             len: pack_len,
             chunks: u32::try_from(packed.len()).unwrap_or(u32::MAX),
             created_at: now,
         };
         tx_result(
-            (&self.chunks, &self.chunk_locs, &self.packs, &self.usage).transaction(
-                |(chunks, locs, packs, usage)| {
+            (
+                &self.chunks,
+                &self.chunk_locs,
+                &self.packs,
+                &self.usage,
+                &self.meter,
+            )
+                .transaction(|(chunks, locs, packs, usage, meter)| {
                     tx_insert(
                         packs,
                         &codec::pack_key(vault, pack.as_bytes()),
@@ -792,11 +1135,10 @@ impl Inner {
                                 offset: p.offset,
                             },
                         )?;
-                        tx_adjust_usage(usage, account, old_len, p.sealed_len)?;
+                        tx_adjust_usage(usage, meter, at, old_len, p.sealed_len)?;
                     }
                     Ok(())
-                },
-            ),
+                }),
         )?;
         self.flush()
     }
@@ -1080,22 +1422,25 @@ impl Inner {
         chunk: &ChunkId,
         since: Option<u64>,
     ) -> Result<bool, StoreError> {
-        let account = self.vault_v1(vault)?.account;
+        let v = self.vault_v1(vault)?;
+        let at = StoredAt::new(&v, vault, unix_now());
         let key = codec::chunk_key(vault, chunk);
-        let removed = tx_result((&self.chunks, &self.chunk_locs, &self.usage).transaction(
-            |(chunks, locs, usage)| match tx_get_decoded::<ChunkV1>(chunks, &key)? {
-                Some(existing)
-                    if matches!(existing.state, ChunkStateV1::Pending { since: s }
+        let removed = tx_result(
+            (&self.chunks, &self.chunk_locs, &self.usage, &self.meter).transaction(
+                |(chunks, locs, usage, meter)| match tx_get_decoded::<ChunkV1>(chunks, &key)? {
+                    Some(existing)
+                        if matches!(existing.state, ChunkStateV1::Pending { since: s }
                         if since.is_none_or(|since| since == s)) =>
-                {
-                    chunks.remove(key.as_slice())?;
-                    locs.remove(key.as_slice())?;
-                    tx_adjust_usage(usage, account, existing.sealed_len, 0)?;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            },
-        ))?;
+                    {
+                        chunks.remove(key.as_slice())?;
+                        locs.remove(key.as_slice())?;
+                        tx_adjust_usage(usage, meter, at, existing.sealed_len, 0)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                },
+            ),
+        )?;
         if removed {
             self.flush()?;
         }
@@ -1618,6 +1963,35 @@ impl MetaStore for SledStore {
 
     async fn delete_account(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError> {
         self.blocking(move |s| s.delete_account(account)).await
+    }
+
+    async fn add_traffic(&self, batch: Vec<(TrafficKey, TrafficCounts)>) -> Result<(), StoreError> {
+        self.blocking(move |s| s.add_traffic(&batch)).await
+    }
+
+    async fn traffic(
+        &self,
+        tenant: Option<TenantId>,
+        hours: std::ops::Range<u64>,
+    ) -> Result<Vec<(TrafficKey, TrafficCounts)>, StoreError> {
+        self.blocking(move |s| s.traffic(tenant, hours)).await
+    }
+
+    async fn storage_hours(
+        &self,
+        tenant: Option<TenantId>,
+        hours: std::ops::Range<u64>,
+        now: u64,
+    ) -> Result<Vec<StorageHour>, StoreError> {
+        self.blocking(move |s| s.storage_hours(tenant, hours, now))
+            .await
+    }
+
+    async fn storage_gauges(
+        &self,
+        tenant: Option<TenantId>,
+    ) -> Result<Vec<VaultStorage>, StoreError> {
+        self.blocking(move |s| s.storage_gauges(tenant)).await
     }
 
     async fn list_vaults(&self, account: AccountId) -> Result<Vec<VaultInfo>, StoreError> {
