@@ -128,6 +128,7 @@
 pub mod config;
 pub mod control;
 pub mod frame_io;
+pub mod metering;
 pub mod policy;
 pub mod service;
 pub mod tls;
@@ -137,8 +138,9 @@ mod store;
 
 pub use store::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
-    DeviceRecord, DeviceRegistration, EnrolmentToken, EntryHead, MAX_PAGE_BYTES, MetaStore, PackId,
-    PackedChunk, SledStore, StoreError, TenantId, TenantRecord, VaultRecord, VersionPage,
+    DeviceRecord, DeviceRegistration, EnrolmentToken, EntryHead, HOUR_SECS, MAX_PAGE_BYTES,
+    MetaStore, PackId, PackedChunk, SledStore, StorageHour, StoreError, TenantId, TenantRecord,
+    TrafficCounts, TrafficKey, VaultRecord, VaultStorage, VersionPage,
 };
 
 pub use config::{ServerConfig, ServerSettings};

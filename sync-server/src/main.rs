@@ -74,6 +74,30 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Print metered usage (docs/METERING.md), from the running server or its stopped data dir
+    Usage(UsageArgs),
+}
+
+#[derive(Debug, Args)]
+struct UsageArgs {
+    /// Tenant id or name [default: every tenant]
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Start: unix seconds, 2026-11-01 or 2026-11-01T00:00:00Z [default: start of this month]
+    #[arg(long)]
+    from: Option<String>,
+    /// End, excluded, as --from [default: now]
+    #[arg(long)]
+    to: Option<String>,
+    /// hour, day or month [default: hour]
+    #[arg(long)]
+    window: Option<String>,
+    /// account, vault or device [default: one row per tenant]
+    #[arg(long)]
+    group_by: Option<String>,
+    /// csv or json [default: json]
+    #[arg(long)]
+    format: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,6 +224,7 @@ async fn run(cli: Cli, settings: ServerSettings) -> anyhow::Result<()> {
         Command::Admin {
             command: AdminCommand::ResetAdminToken,
         } => reset_admin_token(&config).await,
+        Command::Usage(args) => usage(&config, args).await,
     }
 }
 
@@ -258,6 +283,7 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             fingerprint: server.fingerprint().to_owned(),
         }),
         rate_limit: config.api_rate_limit,
+        billing_lateness: config.billing_lateness,
     });
     let http = tokio::spawn(dooz_server::control::serve(
         listener,
@@ -452,6 +478,57 @@ async fn enrol_code(
     .await?;
     print_code(&code.to_string(), reusable, expires);
     Ok(())
+}
+
+async fn usage(config: &ServerConfig, args: UsageArgs) -> anyhow::Result<()> {
+    let request = dooz_server::metering::RenderRequest {
+        tenant: args.tenant,
+        from: args.from,
+        to: args.to,
+        window: args.window,
+        group_by: args.group_by,
+        format: args.format,
+    };
+    #[cfg(unix)]
+    {
+        use dooz_server::service::{ADMIN_SOCKET_FILE, AdminRequest, AdminResponse, admin_call};
+        let path = config.data_dir.join(ADMIN_SOCKET_FILE);
+        let answer = admin_call(&path, &AdminRequest::Usage(request.clone()))
+            .await
+            .with_context(|| {
+                format!(
+                    "could not ask the running server through {}",
+                    path.display()
+                )
+            })?;
+        match answer {
+            Some(AdminResponse::Usage { text }) => {
+                print!("{text}");
+                if !text.ends_with('\n') {
+                    println!();
+                }
+                return Ok(());
+            }
+            Some(AdminResponse::Error { message }) => bail!("{message}"),
+            Some(other) => bail!("unexpected answer from the server: {other:?}"),
+            None => {}
+        }
+    }
+    // No server is running on this data dir: read the store directly.
+    let meta = dooz_server::SledStore::open(config.data_dir.join(dooz_server::service::STORE_DIR))
+        .with_context(|| open_context(config))?;
+    let text = dooz_server::metering::render(&meta, &request, unix_now()).await?;
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Opens the control store of a stopped server.

@@ -33,6 +33,7 @@ mod routes;
 pub mod secrets;
 pub mod storage;
 pub mod store;
+mod usage;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -90,6 +91,10 @@ pub trait DataPlane: Send + Sync + 'static {
         let _ = (tenant, new, old);
         on_done(Ok(()));
     }
+    /// Metering totals since start, for `/metrics`.
+    fn meter_totals(&self) -> Option<crate::service::MeterTotals> {
+        None
+    }
     /// The progress of `tenant`'s blob move: `(listed, total, moved, bytes)`.
     fn migration(&self, tenant: TenantId) -> Option<(bool, u64, u64, u64)> {
         let _ = tenant;
@@ -105,6 +110,10 @@ impl DataPlane for Server {
 
     fn policies_changed(&self) {
         self.forget_cached_policies();
+    }
+
+    fn meter_totals(&self) -> Option<crate::service::MeterTotals> {
+        Some(Server::meter_totals(self))
     }
 
     async fn check_blobs(&self) -> Result<(), String> {
@@ -181,6 +190,8 @@ pub struct ApiParts {
     pub enrol: Option<EnrolTarget>,
     /// Rate limit per credential; `None`: none.
     pub rate_limit: Option<rate_limit::RateLimit>,
+    /// Billing events of an hour are exported this long after it ends.
+    pub billing_lateness: std::time::Duration,
 }
 
 impl std::fmt::Debug for ApiParts {
@@ -201,6 +212,7 @@ pub(crate) struct AppState {
     pub(crate) in_flight: idempotency::InFlight,
     pub(crate) metrics: Arc<metrics::Metrics>,
     pub(crate) webhooks: Webhooks,
+    pub(crate) billing_lateness: std::time::Duration,
 }
 
 /// The API's router: `/healthz`, `/readyz` and `/v1/...` (routes in `docs/CONTROL-PLANE.md`).
@@ -214,6 +226,7 @@ pub fn router(parts: ApiParts) -> Router {
         enrol: parts.enrol,
         in_flight: idempotency::InFlight::default(),
         metrics: Arc::new(metrics::Metrics::default()),
+        billing_lateness: parts.billing_lateness,
     });
     let metrics = Arc::clone(&state.metrics);
     let (routes, _) = openapi::routes().split_for_parts();

@@ -45,6 +45,62 @@ pub struct PlanLimits {
     pub retention_days: Option<LimitSpec>,
 }
 
+/// The price of one metered quantity: `included` free, then `unit_price` (in the currency's
+/// minor unit, e.g. cents) per started `unit` beyond it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MeterPrice {
+    /// Amount included in the base fee, in the meter's unit (bytes, requests, byte-hours).
+    #[serde(default)]
+    pub included: u64,
+    /// How much of the meter one price step covers (e.g. 1000000000 for a GB); at least 1.
+    pub unit: u64,
+    /// Price of one step, in minor units.
+    pub unit_price: u64,
+}
+
+impl MeterPrice {
+    /// `(overage, amount)` for `usage`.
+    pub fn charge(&self, usage: u64) -> (u64, u64) {
+        let overage = usage.saturating_sub(self.included);
+        let steps = overage.div_ceil(self.unit.max(1));
+        (overage, steps.saturating_mul(self.unit_price))
+    }
+}
+
+/// A plan's prices, for invoice previews (`GET .../invoice_preview`). Amounts are in the
+/// currency's minor unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPrices {
+    /// ISO 4217 code, lowercase (`usd`, `eur`).
+    pub currency: String,
+    /// Fee per billing period.
+    #[serde(default)]
+    pub base: u64,
+    /// Bytes received.
+    #[serde(default)]
+    pub ingress_bytes: Option<MeterPrice>,
+    /// Bytes sent.
+    #[serde(default)]
+    pub egress_bytes: Option<MeterPrice>,
+    /// Requests answered.
+    #[serde(default)]
+    pub requests: Option<MeterPrice>,
+    /// Stored byte-hours (a GB stored for a 30-day month is 720000000000).
+    #[serde(default)]
+    pub stored_byte_hours: Option<MeterPrice>,
+}
+
+/// A tenant's billing settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantBilling {
+    /// The tenant's customer in Stripe (`cus_...`), put into billing events.
+    #[serde(default)]
+    pub stripe_customer_id: Option<String>,
+}
+
 /// A plan of a tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanRecord {
@@ -56,6 +112,9 @@ pub struct PlanRecord {
     pub name: String,
     /// Its limits.
     pub limits: PlanLimits,
+    /// Its prices, if it is priced.
+    #[serde(default)]
+    pub prices: Option<PlanPrices>,
     /// When it was made (unix seconds).
     pub created_at: u64,
 }

@@ -138,6 +138,16 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
             crate::control::storage::put_storage,
             crate::control::storage::delete_storage
         ))
+        .routes(routes!(crate::control::usage::tenant_usage))
+        .routes(routes!(crate::control::usage::all_usage))
+        .routes(routes!(crate::control::usage::billing_events))
+        .routes(routes!(
+            crate::control::usage::get_tenant_billing,
+            crate::control::usage::put_tenant_billing
+        ))
+        .routes(routes!(crate::control::usage::invoice_preview))
+        .routes(routes!(crate::control::usage::entitlements))
+        .routes(routes!(crate::control::usage::analytics))
         .routes(routes!(list_audit))
         .routes(routes!(export))
 }

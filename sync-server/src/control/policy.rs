@@ -141,6 +141,7 @@ mod tests {
                     }),
                     ..PlanLimits::default()
                 },
+                prices: None,
                 created_at: 0,
             })
             .await

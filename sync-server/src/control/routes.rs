@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::control::AppState;
 use crate::control::auth::{Caller, JsonBody, PathParams, QueryParams};
 use crate::control::model::{
-    ApiKeyRecord, AuditRecord, DeliveryRecord, DeliveryStatus, EVENT_TYPES, PlanLimits, PlanRecord,
-    Scope, SubscriptionRecord, SubscriptionStatus, WebhookEndpoint,
+    ApiKeyRecord, AuditRecord, DeliveryRecord, DeliveryStatus, EVENT_TYPES, PlanLimits, PlanPrices,
+    PlanRecord, Scope, SubscriptionRecord, SubscriptionStatus, WebhookEndpoint,
 };
 use crate::control::openapi::Problems;
 use crate::control::problem::Problem;
@@ -215,7 +215,43 @@ pub(crate) async fn readyz(State(state): AppStateRef) -> ApiResult<Json<serde_js
 )]
 pub(crate) async fn metrics_text(State(state): AppStateRef, caller: Caller) -> ApiResult<Response> {
     caller.require_operator()?;
-    let mut response = state.metrics.render().into_response();
+    let mut text = state.metrics.render();
+    if let Some(t) = state.data_plane.meter_totals() {
+        use std::fmt::Write as _;
+        for (name, help, value) in [
+            (
+                "dooz_metered_ingress_bytes_total",
+                "Metered bytes received by the data plane (all tenants).",
+                t.ingress_bytes,
+            ),
+            (
+                "dooz_metered_egress_bytes_total",
+                "Metered bytes sent by the data plane (all tenants).",
+                t.egress_bytes,
+            ),
+            (
+                "dooz_metered_requests_total",
+                "Data-plane requests metered (all tenants).",
+                t.requests,
+            ),
+            (
+                "dooz_meter_batches_total",
+                "Store writes carrying metered counts (group commits).",
+                t.batches,
+            ),
+            (
+                "dooz_meter_failures_total",
+                "Metering writes that failed.",
+                t.failures,
+            ),
+        ] {
+            let _ = write!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            );
+        }
+    }
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -979,6 +1015,28 @@ pub(crate) async fn rename_device(
 
 // --- plans ------------------------------------------------------------------------------------
 
+fn check_prices(prices: &PlanPrices) -> ApiResult<()> {
+    let c = &prices.currency;
+    if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Err(Problem::invalid(format!(
+            "currency must be a lowercase ISO 4217 code such as usd, not {c:?}"
+        )));
+    }
+    for (name, price) in [
+        ("ingress_bytes", prices.ingress_bytes),
+        ("egress_bytes", prices.egress_bytes),
+        ("requests", prices.requests),
+        ("stored_byte_hours", prices.stored_byte_hours),
+    ] {
+        if price.is_some_and(|p| p.unit == 0) {
+            return Err(Problem::invalid(format!(
+                "prices.{name}.unit must be at least 1"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Body of `POST .../plans`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -986,6 +1044,8 @@ pub(crate) struct CreatePlan {
     name: String,
     #[serde(default)]
     limits: PlanLimits,
+    #[serde(default)]
+    prices: Option<PlanPrices>,
 }
 
 /// Body of `PATCH .../plans/{id}`.
@@ -996,6 +1056,8 @@ pub(crate) struct UpdatePlan {
     name: Option<String>,
     #[serde(default)]
     limits: Option<PlanLimits>,
+    #[serde(default)]
+    prices: Option<PlanPrices>,
 }
 
 #[utoipa::path(
@@ -1015,11 +1077,15 @@ pub(crate) async fn create_plan(
 ) -> ApiResult<Response> {
     state.tenant(&caller, tenant, Some(Scope::Admin)).await?;
     check_name("plan", &body.name)?;
+    if let Some(prices) = &body.prices {
+        check_prices(prices)?;
+    }
     let plan = PlanRecord {
         id: 0,
         tenant,
         name: body.name,
         limits: body.limits,
+        prices: body.prices,
         created_at: unix_now(),
     };
     let plan = state.control.create_plan(plan).await?;
@@ -1092,6 +1158,10 @@ pub(crate) async fn update_plan(
     }
     if let Some(limits) = body.limits {
         plan.limits = limits;
+    }
+    if let Some(prices) = body.prices {
+        check_prices(&prices)?;
+        plan.prices = Some(prices);
     }
     state.control.update_plan(&plan).await?;
     state.data_plane.policies_changed();

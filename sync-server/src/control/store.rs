@@ -57,6 +57,7 @@ struct Inner {
     outbox: Tree,
     usage_levels: Tree,
     tenant_storage: Tree,
+    tenant_billing: Tree,
     /// Serialises multi-tree writes.
     write: tokio::sync::Mutex<()>,
 }
@@ -182,6 +183,7 @@ impl ControlStore {
             outbox: tree("cp1/webhook_outbox")?,
             usage_levels: tree("cp1/usage_levels")?,
             tenant_storage: tree("cp1/tenant_storage")?,
+            tenant_billing: tree("cp1/tenant_billing")?,
             write: tokio::sync::Mutex::new(()),
             db,
         };
@@ -871,6 +873,28 @@ impl ControlStore {
             out.push((u64::from_be_bytes(t), tail_id(&k)));
         }
         Ok(out)
+    }
+
+    /// A tenant's billing settings (its Stripe customer), if set.
+    pub fn tenant_billing(
+        &self,
+        tenant: u64,
+    ) -> Result<Option<crate::control::model::TenantBilling>, StoreError> {
+        self.get(
+            &self.inner.tenant_billing,
+            "cp1/tenant_billing",
+            tenant.to_be_bytes(),
+        )
+    }
+
+    /// Sets a tenant's billing settings.
+    pub async fn set_tenant_billing(
+        &self,
+        tenant: u64,
+        billing: &crate::control::model::TenantBilling,
+    ) -> Result<(), StoreError> {
+        self.put(&self.inner.tenant_billing, tenant.to_be_bytes(), billing)?;
+        self.flush().await
     }
 
     /// The last usage level (0, 80 or 100 percent) reported for an account's resource.

@@ -107,6 +107,8 @@ pub enum AdminRequest {
         /// How long the code is valid, in seconds.
         expires_secs: u64,
     },
+    /// A usage report (`dooz-server usage`), as [`crate::metering::render`] writes it.
+    Usage(crate::metering::RenderRequest),
 }
 
 /// The answer on the admin socket.
@@ -118,6 +120,11 @@ pub enum AdminResponse {
     EnrolCode {
         /// The code, `dooz1-...`.
         code: String,
+    },
+    /// A usage report, in the format asked for.
+    Usage {
+        /// The report.
+        text: String,
     },
     /// The request failed.
     Error {
@@ -147,6 +154,8 @@ mod unix {
 
     /// Longest request line read.
     const MAX_LINE: u64 = 64 * 1024;
+    /// Longest answer line read (usage reports can be long).
+    const MAX_ANSWER: u64 = 256 * 1024 * 1024;
 
     /// Serves the admin socket at `path` until `cancel` fires, then removes it. Codes are minted
     /// for `account` with `address` (`None`: the server does not know the address devices should
@@ -223,6 +232,14 @@ mod unix {
             .read_line(&mut line)
             .await?;
         let response = match serde_json::from_str::<AdminRequest>(&line) {
+            Ok(AdminRequest::Usage(request)) => {
+                match crate::metering::render(store, &request, crate::service::unix_now()).await {
+                    Ok(text) => AdminResponse::Usage { text },
+                    Err(e) => AdminResponse::Error {
+                        message: e.to_string(),
+                    },
+                }
+            }
             Ok(AdminRequest::EnrolCode { .. }) if address.is_none() => AdminResponse::Error {
                 message: "the server listens on a wildcard address and does not know which \
                           address devices should dial: restart it with --advertise host:port"
@@ -285,7 +302,7 @@ mod unix {
         write.write_all(&out).await?;
         write.shutdown().await?;
         let mut line = String::new();
-        BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_LINE))
+        BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_ANSWER))
             .read_line(&mut line)
             .await?;
         serde_json::from_str(&line)

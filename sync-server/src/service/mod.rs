@@ -74,6 +74,21 @@ pub use enrolment::{
 pub use gc::{GcReport, GcSettings};
 pub use pack::{PackFormatError, PackSettings, read_pack_index};
 
+/// Server-wide metering totals since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeterTotals {
+    /// Metered bytes received.
+    pub ingress_bytes: u64,
+    /// Metered bytes sent.
+    pub egress_bytes: u64,
+    /// Requests metered.
+    pub requests: u64,
+    /// Store writes that carried them (group commits).
+    pub batches: u64,
+    /// Store writes that failed (their requests were answered with an error).
+    pub failures: u64,
+}
+
 /// Directory of the metadata store inside the data dir.
 pub const STORE_DIR: &str = "meta";
 
@@ -545,6 +560,19 @@ impl Server {
     /// Call it after changing a plan or a subscription for the change to apply at once.
     pub fn forget_cached_policies(&self) {
         self.shared.policies.forget();
+    }
+
+    /// Server-wide metering totals since start (for Prometheus: no per-tenant figures).
+    pub fn meter_totals(&self) -> MeterTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = self.shared.meter.totals();
+        MeterTotals {
+            ingress_bytes: t.ingress_bytes.load(Relaxed),
+            egress_bytes: t.egress_bytes.load(Relaxed),
+            requests: t.requests.load(Relaxed),
+            batches: t.batches.load(Relaxed),
+            failures: t.failures.load(Relaxed),
+        }
     }
 
     /// Moves the pairing slots' clock forward by `secs`, so tests can see a slot expire without

@@ -158,6 +158,7 @@ impl TestApi {
                 fingerprint: server.fingerprint().to_owned(),
             }),
             rate_limit: limit,
+            billing_lateness: std::time::Duration::ZERO,
         });
         let http = tokio::spawn(dooz_server::control::serve(
             listener,
