@@ -118,8 +118,8 @@ pub use index::{
 };
 pub use invite::{VAULT_CODE_PREFIX, VaultCode, VaultCodeError};
 pub use net::{
-    Connection, Connector, NetError, NetStats, PROTOCOL_VERSION, PullPage, Subscription,
-    parse_server_fingerprint, server_fingerprint_hex,
+    Connection, Connector, NetError, NetStats, PROTOCOL_VERSION, PullPage, Subscription, Traffic,
+    TrafficMeter, parse_server_fingerprint, server_fingerprint_hex,
 };
 pub use pairing::{
     Invitation, Joining, PAIRING_CODE_PREFIX, PairedDevice, PairedVault, PairingCode,

@@ -57,7 +57,9 @@ impl std::str::FromStr for Window {
 }
 
 /// What rows are grouped by, besides the tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     /// One row per account.
@@ -84,6 +86,22 @@ impl std::str::FromStr for GroupBy {
 }
 
 impl GroupBy {
+    /// Reads a comma-separated list (`device,vault`), in column order, each once.
+    pub fn parse_list(text: &str) -> Result<Vec<Self>, String> {
+        let mut out = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            out.push(part.parse::<Self>()?);
+        }
+        if out.is_empty() {
+            return Err(format!(
+                "{text:?} names no grouping: use account, vault or device, or a list of them"
+            ));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// The column the group key is written in.
     pub fn column(self) -> &'static str {
         match self {
@@ -95,7 +113,7 @@ impl GroupBy {
 }
 
 /// What a report covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageQuery {
     /// One tenant, or all (`None`, the operator's export).
     pub tenant: Option<TenantId>,
@@ -105,8 +123,9 @@ pub struct UsageQuery {
     pub to: u64,
     /// The windows.
     pub window: Window,
-    /// The grouping; `None`: one row per tenant and window.
-    pub group_by: Option<GroupBy>,
+    /// The grouping, in column order (account, vault, device); empty: one row per tenant and
+    /// window.
+    pub group_by: Vec<GroupBy>,
 }
 
 /// Most hours one report may span (about 13 months).
@@ -191,7 +210,8 @@ pub fn window_of(window: Window, hour: u64) -> (u64, u64) {
     }
 }
 
-type RowKey = (u64, u64, String);
+type Group = (Option<String>, Option<String>, Option<String>);
+type RowKey = (u64, u64, Group);
 
 /// The usage report of `query`, rows ordered by window, tenant and group key. Rows with nothing
 /// in them are left out. `now` (unix seconds) ends the current hour's storage.
@@ -203,13 +223,13 @@ pub async fn report(
     let hours = hours_of(query)?;
     let clip_start = hours.start * HOUR_SECS;
     let clip_end = hours.end * HOUR_SECS;
-    let group = |account: u64, vault: Option<VaultId>, device: Option<DeviceId>| -> String {
-        match query.group_by {
-            None => String::new(),
-            Some(GroupBy::Account) => account.to_string(),
-            Some(GroupBy::Vault) => vault.map(|v| hex(v.as_bytes())).unwrap_or_default(),
-            Some(GroupBy::Device) => device.map(|d| hex(d.as_bytes())).unwrap_or_default(),
-        }
+    let by = |g: GroupBy| query.group_by.contains(&g);
+    let group = |account: u64, vault: Option<VaultId>, device: Option<DeviceId>| -> Group {
+        (
+            by(GroupBy::Account).then(|| account.to_string()),
+            by(GroupBy::Vault).then(|| vault.map(|v| hex(v.as_bytes())).unwrap_or_default()),
+            by(GroupBy::Device).then(|| device.map(|d| hex(d.as_bytes())).unwrap_or_default()),
+        )
     };
     let mut rows: BTreeMap<RowKey, Acc> = BTreeMap::new();
     for (key, counts) in store.traffic(query.tenant, hours.clone()).await? {
@@ -236,15 +256,8 @@ pub async fn report(
         acc.stored_max = acc.stored_max.saturating_add(peak);
     }
     let mut out = Vec::with_capacity(rows.len());
-    for ((start, tenant, g), acc) in rows {
+    for ((start, tenant, (account, vault, device)), acc) in rows {
         let (_, end) = window_of(query.window, start / HOUR_SECS);
-        let (mut account, mut vault, mut device) = (None, None, None);
-        match query.group_by {
-            None => {}
-            Some(GroupBy::Account) => account = Some(g),
-            Some(GroupBy::Vault) => vault = Some(g),
-            Some(GroupBy::Device) => device = Some(g),
-        }
         out.push(UsageRow {
             window_start: format_time(start.max(clip_start)),
             window_end: format_time(end.min(clip_end)),
@@ -264,25 +277,27 @@ pub async fn report(
 }
 
 /// The CSV of a report: a header line, then one line per row, with the JSON's columns in the
-/// same order (the group column only when grouped).
-pub fn to_csv(rows: &[UsageRow], group_by: Option<GroupBy>) -> String {
+/// same order (group columns only when grouped by them).
+pub fn to_csv(rows: &[UsageRow], group_by: &[GroupBy]) -> String {
     let mut out = String::from("window_start,window_end,tenant");
-    if let Some(g) = group_by {
+    let mut groups = group_by.to_vec();
+    groups.sort();
+    groups.dedup();
+    for g in &groups {
         out.push(',');
         out.push_str(g.column());
     }
     out.push_str(",ingress_bytes,egress_bytes,requests,stored_bytes_max,stored_byte_hours\n");
     for r in rows {
         let _ = write!(out, "{},{},{}", r.window_start, r.window_end, r.tenant);
-        if group_by.is_some() {
-            let g = r
-                .account
-                .as_deref()
-                .or(r.vault.as_deref())
-                .or(r.device.as_deref())
-                .unwrap_or_default();
+        for g in &groups {
+            let value = match g {
+                GroupBy::Account => r.account.as_deref(),
+                GroupBy::Vault => r.vault.as_deref(),
+                GroupBy::Device => r.device.as_deref(),
+            };
             // Group keys are digits or hex: nothing to quote.
-            let _ = write!(out, ",{g}");
+            let _ = write!(out, ",{}", value.unwrap_or_default());
         }
         let _ = writeln!(
             out,
@@ -304,7 +319,7 @@ pub struct RenderRequest {
     pub to: Option<String>,
     /// `hour`, `day` or `month`.
     pub window: Option<String>,
-    /// `account`, `vault` or `device`.
+    /// `account`, `vault` or `device`, or a comma-separated list of them.
     pub group_by: Option<String>,
     /// `csv` or `json` (default).
     pub format: Option<String>,
@@ -336,8 +351,8 @@ pub async fn render(
         None => Window::Hour,
     };
     let group_by = match request.group_by.as_deref() {
-        Some(g) => Some(g.parse().map_err(MeteringError::Invalid)?),
-        None => None,
+        Some(g) => GroupBy::parse_list(g).map_err(MeteringError::Invalid)?,
+        None => Vec::new(),
     };
     let from = match request.from.as_deref() {
         Some(t) => parse_time(t)?,
@@ -356,7 +371,7 @@ pub async fn render(
     };
     let rows = report(store, &query, now).await?;
     match request.format.as_deref() {
-        Some("csv") => Ok(to_csv(&rows, group_by)),
+        Some("csv") => Ok(to_csv(&rows, &query.group_by)),
         None | Some("json") => serde_json::to_string_pretty(&rows)
             .map_err(|e| MeteringError::Invalid(format!("could not write the report: {e}"))),
         Some(other) => Err(MeteringError::Invalid(format!(

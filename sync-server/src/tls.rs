@@ -199,6 +199,12 @@ impl fmt::Debug for ServerIdentity {
 }
 
 impl ServerIdentity {
+    /// A 32-byte key for `context`, derived from the identity's private key: the same for as
+    /// long as the identity is (across restarts), and telling nothing of the private key.
+    pub fn derive_key(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.key)
+    }
+
     /// A new random identity (not persisted).
     pub fn generate() -> Result<Self, TlsError> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;

@@ -120,7 +120,14 @@ impl Connection {
             client_version: env!("CARGO_PKG_VERSION").to_owned(),
             ext: Extensions::new().with(extension),
         };
-        let answer = request_on(&server, &conn, Request::Hello(hello), None).await;
+        let answer = request_on(
+            &server,
+            &conn,
+            &super::TrafficMeter::default(),
+            Request::Hello(hello),
+            None,
+        )
+        .await;
         conn.close(quinn::VarInt::from_u32(0), b"enrolment done");
         let _ = tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await;
         let ok = match answer {

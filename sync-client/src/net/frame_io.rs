@@ -39,6 +39,7 @@ pub(crate) struct RawBody {
 pub(crate) struct FrameReader {
     recv: RecvStream,
     decoder: FrameDecoder,
+    last_frame_len: usize,
 }
 
 impl FrameReader {
@@ -46,7 +47,13 @@ impl FrameReader {
         Self {
             recv,
             decoder: FrameDecoder::new(),
+            last_frame_len: 0,
         }
+    }
+
+    /// Bytes of the last frame `read_frame` returned, length prefix included.
+    pub(crate) fn last_frame_len(&self) -> usize {
+        self.last_frame_len
     }
 
     fn needed(&self) -> Result<usize, DecodeError> {
@@ -68,7 +75,13 @@ impl FrameReader {
     pub(crate) async fn read_frame(&mut self) -> Result<Option<Message>, FrameIoError> {
         loop {
             let needed = self.needed()?;
+            let frame_len = self
+                .decoder
+                .buffered()
+                .first_chunk::<LEN_PREFIX>()
+                .map_or(0, |p| LEN_PREFIX + u32::from_be_bytes(*p) as usize);
             if let Some(msg) = self.decoder.next_frame()? {
+                self.last_frame_len = frame_len;
                 return Ok(Some(msg));
             }
             match self.recv.read_chunk(needed.max(1), true).await? {

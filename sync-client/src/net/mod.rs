@@ -33,7 +33,7 @@ use dooz_crypto::DeviceSecretKeys;
 use dooz_protocol::{
     Change, Changed, ChunkId, CommitEntry, CommitResult, DeviceId, EntryKey, EnvelopeInfo, Epoch,
     ErrorCode, Extensions, HelloOk, HistoryPage, Message, Request, Response, Seq, VaultId,
-    VaultInfo,
+    VaultInfo, encoded_len,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 
@@ -271,6 +271,80 @@ impl NetError {
     }
 }
 
+/// Protocol traffic of one vault as the server meters it (docs/METERING.md): frames as encoded,
+/// chunk bodies the server stored or sent, one request per answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes sent: request frames, and chunk bodies the server answered `ChunkStored` to (the
+    /// server's ingress).
+    pub sent_bytes: u64,
+    /// Bytes received: answer frames, chunk bodies and change notifications (the server's
+    /// egress).
+    pub received_bytes: u64,
+    /// Requests answered.
+    pub requests: u64,
+    /// Requests sent that got no complete answer (the stream or connection was lost): the
+    /// server may have counted them or not (docs/METERING.md, "Crashes").
+    pub unanswered: u64,
+    /// Bytes of those requests (frames and bodies).
+    pub unanswered_sent_bytes: u64,
+}
+
+/// Counts the traffic of one or more connections per vault (`None`: requests that name no
+/// vault), counting a request once its whole answer has arrived. Share one meter between the
+/// connections of a device (`Connector::with_traffic_meter`) to count across reconnects.
+#[derive(Debug, Default)]
+pub struct TrafficMeter {
+    by_vault: std::sync::Mutex<std::collections::BTreeMap<Option<VaultId>, Traffic>>,
+}
+
+impl TrafficMeter {
+    /// The traffic so far, per vault.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<Option<VaultId>, Traffic> {
+        self.by_vault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn unanswered(&self, vault: Option<VaultId>, sent: u64) {
+        let mut map = self
+            .by_vault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = map.entry(vault).or_default();
+        t.unanswered += 1;
+        t.unanswered_sent_bytes += sent;
+    }
+
+    fn add(&self, vault: Option<VaultId>, sent: u64, received: u64, requests: u64) {
+        let mut map = self
+            .by_vault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = map.entry(vault).or_default();
+        t.sent_bytes += sent;
+        t.received_bytes += received;
+        t.requests += requests;
+    }
+}
+
+/// The vault a request names.
+fn request_vault(req: &Request) -> Option<VaultId> {
+    match req {
+        Request::CreateVault(r) => Some(r.vault),
+        Request::PutEnvelope(r) => Some(r.vault),
+        Request::GetEnvelopes(r) => Some(r.vault),
+        Request::Have(r) => Some(r.vault),
+        Request::PutChunk(r) => Some(r.vault),
+        Request::GetChunk(r) => Some(r.vault),
+        Request::Commit(r) => Some(r.vault),
+        Request::Pull(r) => Some(r.vault),
+        Request::History(r) => Some(r.vault),
+        _ => None,
+    }
+}
+
 /// Byte counters of one connection (what went over the wire as chunk bodies).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
@@ -298,6 +372,7 @@ struct Inner {
     conn: quinn::Connection,
     hello: HelloOk,
     counters: Counters,
+    traffic: Arc<TrafficMeter>,
 }
 
 /// An authenticated connection to the sync server. Clones share the connection; requests from
@@ -356,6 +431,23 @@ impl Connection {
         server_addr: &str,
         server_fingerprint: &[u8; 32],
         keys: &DeviceSecretKeys,
+    ) -> Result<Self, NetError> {
+        Self::connect_metered(
+            server_addr,
+            server_fingerprint,
+            keys,
+            Arc::new(TrafficMeter::default()),
+        )
+        .await
+    }
+
+    /// [`connect`](Self::connect), counting the connection's traffic (its `Hello` included)
+    /// into `traffic`.
+    pub async fn connect_metered(
+        server_addr: &str,
+        server_fingerprint: &[u8; 32],
+        keys: &DeviceSecretKeys,
+        traffic: Arc<TrafficMeter>,
     ) -> Result<Self, NetError> {
         let server = server_addr.to_owned();
         let setup = |reason: String| NetError::Setup {
@@ -417,7 +509,7 @@ impl Connection {
             client_version: env!("CARGO_PKG_VERSION").to_owned(),
             ext: Extensions::default(),
         };
-        let answer = request_on(&server, &conn, Request::Hello(hello), None).await;
+        let answer = request_on(&server, &conn, &traffic, Request::Hello(hello), None).await;
         let hello = match answer {
             Ok((Response::HelloOk(ok), _)) => ok,
             Ok((other, _)) => return Err(unexpected(&server, "Hello", &other)),
@@ -445,6 +537,7 @@ impl Connection {
                 conn,
                 hello,
                 counters: Counters::default(),
+                traffic,
             }),
         })
     }
@@ -475,6 +568,11 @@ impl Connection {
         }
     }
 
+    /// The meter counting this connection's traffic as the server meters it.
+    pub fn traffic(&self) -> &Arc<TrafficMeter> {
+        &self.inner.traffic
+    }
+
     /// Whether the connection is closed (by either side, or lost); if so, the reason.
     pub fn close_reason(&self) -> Option<NetError> {
         self.inner
@@ -497,9 +595,15 @@ impl Connection {
     }
 
     async fn request(&self, req: Request) -> Result<Response, NetError> {
-        request_on(&self.inner.server, &self.inner.conn, req, None)
-            .await
-            .map(|(r, _)| r)
+        request_on(
+            &self.inner.server,
+            &self.inner.conn,
+            &self.inner.traffic,
+            req,
+            None,
+        )
+        .await
+        .map(|(r, _)| r)
     }
 
     /// Sends one request and returns its answer, an `Error` answer included: its extensions
@@ -507,6 +611,7 @@ impl Connection {
     pub async fn request_answer(&self, req: Request) -> Result<Response, NetError> {
         let server = &self.inner.server;
         let name = req.name();
+        let vault = request_vault(&req);
         let (mut send, recv) = self
             .inner
             .conn
@@ -514,7 +619,9 @@ impl Connection {
             .await
             .map_err(|e| conn_error(server, e))?;
         let mut reader = FrameReader::new(recv);
-        write_frame(&mut send, &Message::Request(req), None)
+        let msg = Message::Request(req);
+        let sent = encoded_len(&msg) as u64;
+        write_frame(&mut send, &msg, None)
             .await
             .map_err(|e| io_error(server, name, e))?;
         let _ = send.finish();
@@ -523,6 +630,8 @@ impl Connection {
             .expect_end("answer")
             .await
             .map_err(|e| io_error(server, name, e))?;
+        let received = reader.last_frame_len() as u64;
+        self.inner.traffic.add(vault, sent, received, 1);
         Ok(resp)
     }
 
@@ -655,6 +764,7 @@ impl Connection {
         let (resp, _) = request_on(
             server,
             &self.inner.conn,
+            &self.inner.traffic,
             Request::PutChunk(req),
             Some(sealed),
         )
@@ -685,8 +795,14 @@ impl Connection {
             chunk,
             ext: Extensions::default(),
         };
-        let (resp, body) =
-            request_on(server, &self.inner.conn, Request::GetChunk(req), None).await?;
+        let (resp, body) = request_on(
+            server,
+            &self.inner.conn,
+            &self.inner.traffic,
+            Request::GetChunk(req),
+            None,
+        )
+        .await?;
         match (resp, body) {
             (Response::ChunkData(_), Some(body)) => {
                 let c = &self.inner.counters;
@@ -776,16 +892,24 @@ impl Connection {
             .open_bi()
             .await
             .map_err(|e| conn_error(&server, e))?;
-        write_frame(&mut send, &Message::Request(Request::Subscribe(req)), None)
+        let msg = Message::Request(Request::Subscribe(req));
+        let sent = encoded_len(&msg) as u64;
+        write_frame(&mut send, &msg, None)
             .await
             .map_err(|e| io_error(&server, "Subscribe", e))?;
         let _ = send.finish();
         let mut reader = FrameReader::new(recv);
-        match read_response(&server, "Subscribe", &mut reader).await? {
+        let answer = read_response(&server, "Subscribe", &mut reader).await;
+        if matches!(answer, Ok(_) | Err(NetError::Server { .. })) {
+            let received = reader.last_frame_len() as u64;
+            self.inner.traffic.add(None, sent, received, 1);
+        }
+        match answer? {
             Response::Subscribed(_) => Ok(Subscription {
                 server,
                 reader,
                 _send: send,
+                traffic: Arc::clone(&self.inner.traffic),
             }),
             other => Err(unexpected(&server, "Subscribe", &other)),
         }
@@ -798,6 +922,7 @@ pub struct Connector {
     server_addr: String,
     fingerprint: [u8; 32],
     keys: DeviceSecretKeys,
+    traffic: Arc<TrafficMeter>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -821,7 +946,20 @@ impl Connector {
             server_addr: server_addr.into(),
             fingerprint,
             keys,
+            traffic: Arc::new(TrafficMeter::default()),
         }
+    }
+
+    /// Counts the traffic of every connection this connector opens into `traffic`.
+    #[must_use]
+    pub fn with_traffic_meter(mut self, traffic: Arc<TrafficMeter>) -> Self {
+        self.traffic = traffic;
+        self
+    }
+
+    /// The meter counting the traffic of the connections it opens.
+    pub fn traffic(&self) -> &Arc<TrafficMeter> {
+        &self.traffic
     }
 
     /// The server address.
@@ -836,7 +974,13 @@ impl Connector {
 
     /// Opens a new connection ([`Connection::connect`]).
     pub async fn connect(&self) -> Result<Connection, NetError> {
-        Connection::connect(&self.server_addr, &self.fingerprint, &self.keys).await
+        Connection::connect_metered(
+            &self.server_addr,
+            &self.fingerprint,
+            &self.keys,
+            Arc::clone(&self.traffic),
+        )
+        .await
     }
 }
 
@@ -856,6 +1000,7 @@ pub struct Subscription {
     server: String,
     reader: FrameReader,
     _send: quinn::SendStream,
+    traffic: Arc<TrafficMeter>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -871,7 +1016,11 @@ impl Subscription {
     pub async fn next(&mut self) -> Result<Option<Changed>, NetError> {
         match self.reader.read_frame().await {
             Ok(None) => Ok(None),
-            Ok(Some(Message::Response(Response::Changed(c)))) => Ok(Some(c)),
+            Ok(Some(Message::Response(Response::Changed(c)))) => {
+                let len = self.reader.last_frame_len() as u64;
+                self.traffic.add(Some(c.vault), 0, len, 0);
+                Ok(Some(c))
+            }
             Ok(Some(Message::Response(Response::Error(e)))) => Err(NetError::Server {
                 code: e.code,
                 message: e.message,
@@ -955,17 +1104,60 @@ async fn read_answer(
 async fn request_on(
     server: &str,
     conn: &quinn::Connection,
+    traffic: &TrafficMeter,
     req: Request,
     body: Option<Bytes>,
 ) -> Result<(Response, Option<Bytes>), NetError> {
-    let name = req.name();
+    let vault = request_vault(&req);
     let chunk = match &req {
         Request::GetChunk(g) => Some(g.chunk),
         _ => None,
     };
     let (mut send, recv) = conn.open_bi().await.map_err(|e| conn_error(server, e))?;
     let mut reader = FrameReader::new(recv);
-    match write_frame(&mut send, &Message::Request(req), body).await {
+    let msg = Message::Request(req);
+    let frame_len = encoded_len(&msg) as u64;
+    let body_len = body.as_ref().map_or(0, |b| b.len() as u64);
+    let answered = exchange(
+        server,
+        &mut send,
+        &mut reader,
+        traffic,
+        vault,
+        msg,
+        body,
+        frame_len,
+        body_len,
+        chunk,
+    )
+    .await;
+    if let Err(e) = &answered
+        && !matches!(e, NetError::Server { .. } | NetError::Integrity { .. })
+    {
+        traffic.unanswered(vault, frame_len + body_len);
+    }
+    answered
+}
+
+/// Writes a request and reads its answer (see [`request_on`]).
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    server: &str,
+    send: &mut quinn::SendStream,
+    reader: &mut FrameReader,
+    traffic: &TrafficMeter,
+    vault: Option<VaultId>,
+    msg: Message,
+    body: Option<Bytes>,
+    frame_len: u64,
+    body_len: u64,
+    chunk: Option<ChunkId>,
+) -> Result<(Response, Option<Bytes>), NetError> {
+    let name = match &msg {
+        Message::Request(r) => r.name(),
+        Message::Response(r) => r.name(),
+    };
+    match write_frame(send, &msg, body).await {
         Ok(()) => {
             let _ = send.finish();
         }
@@ -974,7 +1166,19 @@ async fn request_on(
         Err(FrameIoError::Write(quinn::WriteError::Stopped(_))) => {}
         Err(e) => return Err(io_error(server, name, e)),
     }
-    let resp = read_response(server, name, &mut reader).await?;
+    let resp = match read_response(server, name, reader).await {
+        Ok(resp) => resp,
+        Err(e @ NetError::Server { .. }) => {
+            // An answer all the same: counted as the server counts it.
+            let received = reader.last_frame_len() as u64;
+            if reader.expect_end("answer").await.is_ok() {
+                traffic.add(vault, frame_len, received, 1);
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let answer_len = reader.last_frame_len() as u64;
     let raw = match (&resp, chunk) {
         (Response::ChunkData(data), Some(chunk)) => {
             let raw = reader
@@ -982,7 +1186,16 @@ async fn request_on(
                 .await
                 .map_err(|e| io_error(server, name, e))?;
             if raw.blake3 != data.blake3 {
-                return Err(NetError::Integrity { chunk });
+                // Answered in full all the same: counted as the server counts it.
+                if reader.expect_end("answer").await.is_ok() {
+                    traffic.add(vault, frame_len, answer_len + raw.bytes.len() as u64, 1);
+                    return Err(NetError::Integrity { chunk });
+                }
+                return Err(NetError::Protocol {
+                    server: server.to_owned(),
+                    request: name,
+                    reason: "bytes followed a chunk that failed its check".to_owned(),
+                });
             }
             Some(raw.bytes)
         }
@@ -992,6 +1205,10 @@ async fn request_on(
         .expect_end("answer")
         .await
         .map_err(|e| io_error(server, name, e))?;
+    let stored = matches!(resp, Response::ChunkStored(_));
+    let sent = frame_len + if stored { body_len } else { 0 };
+    let received = answer_len + raw.as_ref().map_or(0, |b| b.len() as u64);
+    traffic.add(vault, sent, received, 1);
     Ok((resp, raw))
 }
 

@@ -45,8 +45,9 @@ pub(crate) struct UsageParams {
     to: Option<String>,
     /// `hour` (default), `day` or `month`.
     window: Option<Window>,
-    /// `account`, `vault` or `device`; default: one row per tenant and window.
-    group_by: Option<GroupBy>,
+    /// `account`, `vault` or `device`, or a comma-separated list of them (`device,vault`);
+    /// default: one row per tenant and window.
+    group_by: Option<String>,
     /// `json` (default) or `csv` (same columns).
     format: Option<Format>,
 }
@@ -70,7 +71,8 @@ pub(crate) struct UsageReport {
     /// End, excluded (RFC 3339, on the hour).
     to: String,
     window: Window,
-    group_by: Option<GroupBy>,
+    /// The grouping, in column order.
+    group_by: Vec<GroupBy>,
     /// The rows, by window, tenant and group key.
     rows: Vec<UsageRow>,
 }
@@ -89,7 +91,10 @@ fn query_of(tenant: Option<u64>, p: &UsageParams, now: u64) -> ApiResult<UsageQu
         from,
         to,
         window: p.window.unwrap_or_default(),
-        group_by: p.group_by,
+        group_by: match &p.group_by {
+            Some(g) => GroupBy::parse_list(g).map_err(Problem::invalid)?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -106,7 +111,7 @@ async fn usage_response(
     let query = query_of(tenant, p, now)?;
     let rows = metering::report(state.meta.as_ref(), &query, now).await?;
     if p.format == Some(Format::Csv) {
-        let mut response = metering::to_csv(&rows, query.group_by).into_response();
+        let mut response = metering::to_csv(&rows, &query.group_by).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/csv; charset=utf-8"),
@@ -413,7 +418,7 @@ pub(crate) async fn invoice_preview(
         from: p.from,
         to: p.to,
         window: Some(Window::Month),
-        group_by: Some(GroupBy::Account),
+        group_by: Some("account".to_owned()),
         format: None,
     };
     let mut query = query_of(Some(tenant), &params, now)?;
