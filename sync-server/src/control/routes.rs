@@ -695,7 +695,7 @@ pub(crate) async fn delete_account(
                 )
             })?;
     }
-    state.meta.delete_account(account.id).await?;
+    state.meta.delete_account(account.id, unix_now()).await?;
     state.control.delete_account(tenant, id).await?;
     state.data_plane.policies_changed();
     state.audit(&caller, tenant, "account.delete", format!("account/{id}"));

@@ -138,7 +138,7 @@ pub(crate) async fn collect(shared: &Shared, now: u64) -> Result<GcReport, Store
                 continue;
             }
             if !store
-                .collect_pending_chunk(vault.vault, record.chunk, since)
+                .collect_pending_chunk(vault.vault, record.chunk, since, now)
                 .await?
             {
                 continue;

@@ -797,7 +797,7 @@ async fn sync_pending_chunks(ctx: &ConnCtx, tenant: TenantId, req: &Commit) -> R
         if let Some(id) = by_key.get(&key) {
             tracing::warn!(chunk = %id, "a chunk blob was lost before it was synced; forgetting it");
             store
-                .forget_chunk(req.vault, *id)
+                .forget_chunk(req.vault, *id, unix_now())
                 .await
                 .map_err(|e| Fail::store(e, "forget a lost chunk"))?;
         }

@@ -508,7 +508,12 @@ pub trait MetaStore: Send + Sync + 'static {
     /// the caller can delete their blobs, which this store does not hold). Fails with
     /// [`StoreError::NotFound`] for an unknown account. Not atomic across vaults, but safe to
     /// run again after a crash: the account record goes last.
-    async fn delete_account(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError>;
+    /// The vaults' storage gauges drop to zero at `now` (their usage rows stay, for reports).
+    async fn delete_account(
+        &self,
+        account: AccountId,
+        now: u64,
+    ) -> Result<Vec<VaultId>, StoreError>;
 
     // --- vaults ------------------------------------------------------------------------------
 
@@ -583,12 +588,14 @@ pub trait MetaStore: Send + Sync + 'static {
     /// [`pending_chunks_before`](Self::pending_chunks_before) saw it), and lowers the account's
     /// stored bytes, in one transaction. A chunk that a commit has referenced meanwhile, or that
     /// was uploaded again with other bytes, is kept. Returns whether the record was deleted; the
-    /// caller then deletes its blob. Durable when it returns.
+    /// caller then deletes its blob. Durable when it returns. `now` (unix seconds) is when the
+    /// vault's storage gauge drops.
     async fn collect_pending_chunk(
         &self,
         vault: VaultId,
         chunk: ChunkId,
         since: u64,
+        now: u64,
     ) -> Result<bool, StoreError>;
 
     /// Version retention: forgets, from the entry histories of `vault` (`History`), every
@@ -677,7 +684,12 @@ pub trait MetaStore: Send + Sync + 'static {
     /// device uploads it again; the account's stored bytes drop by its length in the same
     /// transaction. A committed or unknown chunk is left alone. Returns whether a record was
     /// removed. Durable when it returns.
-    async fn forget_chunk(&self, vault: VaultId, chunk: ChunkId) -> Result<bool, StoreError>;
+    async fn forget_chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        now: u64,
+    ) -> Result<bool, StoreError>;
 
     // --- the commit log ----------------------------------------------------------------------
 

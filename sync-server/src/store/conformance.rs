@@ -18,8 +18,8 @@ use dooz_protocol::{
 };
 
 use crate::store::{
-    AccountId, ChunkLocation, ChunkState, DeviceRegistration, EntryHead, MetaStore, PackId,
-    PackedChunk, StoreError, TenantId,
+    AccountId, ChunkLocation, ChunkState, DeviceRegistration, EntryHead, HOUR_SECS, MetaStore,
+    PackId, PackedChunk, StoreError, TenantId, TrafficCounts, TrafficKey,
 };
 
 /// A shared store handle, as the checks take it.
@@ -54,6 +54,8 @@ macro_rules! conformance_tests {
             retention_forgets_old_versions_and_releases_their_chunks,
             repacked_chunks_move_only_from_where_they_are,
             delete_account_removes_everything_of_it,
+            traffic_counters_add_up_per_key_and_hour,
+            storage_hours_integrate_the_gauge_exactly,
         );
     };
     (@each $make:expr; $($check:ident,)*) => {
@@ -1406,7 +1408,7 @@ pub(crate) async fn forget_lost_pending_chunks(store: Store) {
         vec![Some(c1), None, Some(c0)]
     );
     // A pending chunk is forgotten: `Have` asks for it again and the usage drops.
-    assert!(store.forget_chunk(f.vault, c0).await.unwrap());
+    assert!(store.forget_chunk(f.vault, c0, NOW).await.unwrap());
     assert_eq!(
         store.missing_chunks(f.vault, &[c0, c1]).await.unwrap(),
         vec![c0]
@@ -1416,7 +1418,7 @@ pub(crate) async fn forget_lost_pending_chunks(store: Store) {
         40
     );
     // Unknown and committed chunks are left alone.
-    assert!(!store.forget_chunk(f.vault, c0).await.unwrap());
+    assert!(!store.forget_chunk(f.vault, c0, NOW).await.unwrap());
     let v = version("forget", 0);
     store
         .commit(
@@ -1427,7 +1429,7 @@ pub(crate) async fn forget_lost_pending_chunks(store: Store) {
         )
         .await
         .unwrap();
-    assert!(!store.forget_chunk(f.vault, c1).await.unwrap());
+    assert!(!store.forget_chunk(f.vault, c1, NOW).await.unwrap());
     assert_eq!(store.missing_chunks(f.vault, &[c1]).await.unwrap(), vec![]);
 }
 
@@ -1523,7 +1525,7 @@ pub(crate) async fn packed_chunks_are_located_and_counted(store: Store) {
         Some(ChunkLocation::Blob)
     );
     // A forgotten packed chunk loses its location too.
-    assert!(store.forget_chunk(f.vault, c0).await.unwrap());
+    assert!(store.forget_chunk(f.vault, c0, NOW).await.unwrap());
     assert_eq!(store.chunk(f.vault, c0).await.unwrap(), None);
     assert_eq!(
         store.account_usage(f.account).await.unwrap().stored_bytes,
@@ -1571,15 +1573,25 @@ pub(crate) async fn collect_only_chunks_still_pending(store: Store) {
         )
         .await
         .unwrap();
-    assert!(store.collect_pending_chunk(f.vault, c0, NOW).await.unwrap());
+    assert!(
+        store
+            .collect_pending_chunk(f.vault, c0, NOW, NOW + 2)
+            .await
+            .unwrap()
+    );
     assert!(
         !store
-            .collect_pending_chunk(f.vault, c1, NOW + 1)
+            .collect_pending_chunk(f.vault, c1, NOW + 1, NOW + 2)
             .await
             .unwrap()
     );
     // A `since` that does not match (uploaded again meanwhile) keeps the chunk.
-    assert!(!store.collect_pending_chunk(f.vault, c2, NOW).await.unwrap());
+    assert!(
+        !store
+            .collect_pending_chunk(f.vault, c2, NOW, NOW + 2)
+            .await
+            .unwrap()
+    );
     assert_eq!(
         store.missing_chunks(f.vault, &[c0, c1, c2]).await.unwrap(),
         vec![c0]
@@ -1626,7 +1638,12 @@ pub(crate) async fn collect_only_chunks_still_pending(store: Store) {
         ),
         (pack, 99, 1, 40)
     );
-    assert!(store.collect_pending_chunk(f.vault, c3, NOW).await.unwrap());
+    assert!(
+        store
+            .collect_pending_chunk(f.vault, c3, NOW, NOW + 2)
+            .await
+            .unwrap()
+    );
     assert_eq!(store.packs(f.vault).await.unwrap()[0].live_chunks, 0);
     assert!(store.delete_pack(f.vault, pack).await.unwrap());
     assert!(store.packs(f.vault).await.unwrap().is_empty());
@@ -1841,7 +1858,7 @@ pub(crate) async fn delete_account_removes_everything_of_it(store: Store) {
         .await
         .unwrap();
 
-    let mut deleted = store.delete_account(f.account).await.unwrap();
+    let mut deleted = store.delete_account(f.account, NOW + 10).await.unwrap();
     deleted.sort();
     let mut want = vec![f.vault, second];
     want.sort();
@@ -1868,7 +1885,7 @@ pub(crate) async fn delete_account_removes_everything_of_it(store: Store) {
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.delete_account(f.account).await,
+        store.delete_account(f.account, NOW + 10).await,
         Err(StoreError::NotFound { .. })
     ));
     // The name can be used again; the other account is untouched.
@@ -1891,4 +1908,161 @@ pub(crate) async fn delete_account_removes_everything_of_it(store: Store) {
         (usage.stored_bytes, usage.devices, usage.vaults),
         (10, 1, 1)
     );
+}
+
+pub(crate) async fn traffic_counters_add_up_per_key_and_hour(store: Store) {
+    let f = fixture(&store, "traffic").await;
+    let other = fixture(&store, "traffic other").await;
+    let hour = NOW / HOUR_SECS;
+    let key = |tenant, account, vault, device, hour| TrafficKey {
+        tenant,
+        hour,
+        account,
+        vault,
+        device,
+    };
+    let counts = |i, e, r| TrafficCounts {
+        ingress_bytes: i,
+        egress_bytes: e,
+        requests: r,
+    };
+    let k1 = key(f.tenant, f.account, Some(f.vault), Some(f.device), hour);
+    let k2 = key(f.tenant, f.account, None, Some(f.device), hour);
+    let k3 = key(f.tenant, f.account, Some(f.vault), Some(f.device), hour + 1);
+    let k4 = key(other.tenant, other.account, None, None, hour);
+    // A key twice in one batch, and again in a later batch; a zero row is left out.
+    store
+        .add_traffic(vec![
+            (k1, counts(10, 100, 1)),
+            (k2, counts(5, 6, 1)),
+            (k1, counts(1, 2, 1)),
+            (k4, counts(7, 7, 7)),
+        ])
+        .await
+        .unwrap();
+    store
+        .add_traffic(vec![(k1, counts(4, 8, 1)), (k3, counts(1, 1, 1))])
+        .await
+        .unwrap();
+    let mut rows = store.traffic(Some(f.tenant), hour..hour + 1).await.unwrap();
+    rows.sort_by_key(|(k, _)| *k);
+    let mut want = vec![(k1, counts(15, 110, 3)), (k2, counts(5, 6, 1))];
+    want.sort_by_key(|(k, _)| *k);
+    assert_eq!(rows, want);
+    // Hours are a half-open range; tenants are apart.
+    let rows = store.traffic(Some(f.tenant), hour..hour + 2).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.contains(&(k3, counts(1, 1, 1))));
+    assert!(
+        store
+            .traffic(Some(f.tenant), hour + 2..hour + 9)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .traffic(Some(other.tenant), 0..u64::MAX)
+            .await
+            .unwrap(),
+        vec![(k4, counts(7, 7, 7))]
+    );
+    // All tenants.
+    let all = store.traffic(None, hour..hour + 2).await.unwrap();
+    assert!(all.contains(&(k4, counts(7, 7, 7))) && all.contains(&(k3, counts(1, 1, 1))));
+}
+
+pub(crate) async fn storage_hours_integrate_the_gauge_exactly(store: Store) {
+    let f = fixture(&store, "storage hours").await;
+    let h = NOW / HOUR_SECS + 1;
+    let t0 = h * HOUR_SECS + 600;
+    let [c0, c1, c2] = [0, 1, 2].map(|n| chunk("storage hours", n));
+    // 1000 bytes from 600 s into hour h, 500 more from 600 s into hour h+1.
+    store
+        .record_chunk(f.vault, c0, 1000, [1; 32], t0)
+        .await
+        .unwrap();
+    store
+        .record_chunk(f.vault, c1, 500, [2; 32], t0 + HOUR_SECS)
+        .await
+        .unwrap();
+    let read = |now| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut rows = store
+                .storage_hours(Some(f.tenant), h - 1..h + 3, now)
+                .await
+                .unwrap();
+            rows.sort_by_key(|r| r.hour);
+            rows.iter()
+                .map(|r| (r.hour, r.max_bytes, r.byte_seconds))
+                .collect::<Vec<_>>()
+        }
+    };
+    let now = t0 + 2 * HOUR_SECS;
+    assert_eq!(
+        read(now).await,
+        vec![
+            (h, 1000, 1000 * 3000),
+            (h + 1, 1500, 1000 * 600 + 1500 * 3000),
+            (h + 2, 1500, 1500 * 600),
+        ]
+    );
+    // Closed hours read the same later; the open one grows to its end.
+    let later = read(t0 + 10 * HOUR_SECS).await;
+    assert_eq!(later[..2], read(now).await[..2]);
+    assert_eq!(later[2], (h + 2, 1500, 1500 * 3600));
+    // A pending chunk collected in hour h+2: the gauge drops; the peak of h+2 stays.
+    assert!(
+        store
+            .collect_pending_chunk(f.vault, c1, t0 + HOUR_SECS, t0 + 2 * HOUR_SECS + 1200)
+            .await
+            .unwrap()
+    );
+    let rows = read(t0 + 3 * HOUR_SECS).await;
+    // t0 + 2 h + 1200 s is 1800 s into hour h+2.
+    assert_eq!(rows[2], (h + 2, 1500, 1500 * 1800 + 1000 * 1800));
+    let gauges = store.storage_gauges(Some(f.tenant)).await.unwrap();
+    assert_eq!(gauges.len(), 1);
+    assert_eq!(gauges[0].stored_bytes, 1000);
+    assert_eq!(gauges[0].vault, f.vault);
+    assert_eq!(gauges[0].account, f.account);
+    // The gauge equals the account's stored bytes, which change in the same transactions.
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        1000
+    );
+    // A packed chunk counts too; a pending chunk sealed again counts its new length only.
+    store
+        .record_packed_chunks(
+            f.vault,
+            PackId::from_bytes([9; 16]),
+            64,
+            vec![PackedChunk {
+                chunk: c2,
+                offset: 0,
+                sealed_len: 40,
+                blake3: [3; 32],
+            }],
+            t0 + 3 * HOUR_SECS,
+        )
+        .await
+        .unwrap();
+    let gauges = store.storage_gauges(Some(f.tenant)).await.unwrap();
+    assert_eq!(gauges[0].stored_bytes, 1040);
+    // Deleting the account ends its storage; its hours stay for reports.
+    store
+        .delete_account(f.account, t0 + 4 * HOUR_SECS)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .storage_gauges(Some(f.tenant))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let rows = read(t0 + 9 * HOUR_SECS).await;
+    assert_eq!(rows[0], (h, 1000, 1000 * 3000));
+    assert!(rows.iter().all(|r| r.0 < h + 3));
 }

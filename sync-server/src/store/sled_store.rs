@@ -948,7 +948,7 @@ impl Inner {
         Ok((record, created))
     }
 
-    fn delete_account(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError> {
+    fn delete_account(&self, account: AccountId, now: u64) -> Result<Vec<VaultId>, StoreError> {
         let record = self.account_v1(account)?;
         let prefix = account.get().to_be_bytes();
         let mut vaults = Vec::new();
@@ -957,7 +957,7 @@ impl Inner {
             let vault = VaultId::from_bytes(codec::account_member(ACCOUNT_VAULTS, &k)?);
             // The vault's storage ends now; its hour rows stay for usage reports.
             if let Some(v) = get_decoded::<VaultV1>(&self.vaults, vault.as_bytes())? {
-                let at = StoredAt::new(&v, &vault, unix_now());
+                let at = StoredAt::new(&v, &vault, now);
                 tx_result(self.meter.transaction(|meter| {
                     tx_set_gauge(meter, at, |_| 0)?;
                     meter.remove(codec::gauge_key(at.tenant, &vault).as_slice())?;
@@ -1185,8 +1185,9 @@ impl Inner {
         vault: &VaultId,
         chunk: &ChunkId,
         since: u64,
+        now: u64,
     ) -> Result<bool, StoreError> {
-        self.remove_pending(vault, chunk, Some(since))
+        self.remove_pending(vault, chunk, Some(since), now)
     }
 
     fn expire_versions(&self, vault: &VaultId, superseded_before: u64) -> Result<u64, StoreError> {
@@ -1409,8 +1410,8 @@ impl Inner {
         Ok(Some(chunk_record(*chunk, &c, loc)))
     }
 
-    fn forget_chunk(&self, vault: &VaultId, chunk: &ChunkId) -> Result<bool, StoreError> {
-        self.remove_pending(vault, chunk, None)
+    fn forget_chunk(&self, vault: &VaultId, chunk: &ChunkId, now: u64) -> Result<bool, StoreError> {
+        self.remove_pending(vault, chunk, None, now)
     }
 
     /// Removes a pending chunk's record and location and lowers the account's stored bytes,
@@ -1421,9 +1422,10 @@ impl Inner {
         vault: &VaultId,
         chunk: &ChunkId,
         since: Option<u64>,
+        now: u64,
     ) -> Result<bool, StoreError> {
         let v = self.vault_v1(vault)?;
-        let at = StoredAt::new(&v, vault, unix_now());
+        let at = StoredAt::new(&v, vault, now);
         let key = codec::chunk_key(vault, chunk);
         let removed = tx_result(
             (&self.chunks, &self.chunk_locs, &self.usage, &self.meter).transaction(
@@ -1961,8 +1963,12 @@ impl MetaStore for SledStore {
         )
     }
 
-    async fn delete_account(&self, account: AccountId) -> Result<Vec<VaultId>, StoreError> {
-        self.blocking(move |s| s.delete_account(account)).await
+    async fn delete_account(
+        &self,
+        account: AccountId,
+        now: u64,
+    ) -> Result<Vec<VaultId>, StoreError> {
+        self.blocking(move |s| s.delete_account(account, now)).await
     }
 
     async fn add_traffic(&self, batch: Vec<(TrafficKey, TrafficCounts)>) -> Result<(), StoreError> {
@@ -2059,8 +2065,9 @@ impl MetaStore for SledStore {
         vault: VaultId,
         chunk: ChunkId,
         since: u64,
+        now: u64,
     ) -> Result<bool, StoreError> {
-        self.blocking(move |s| s.collect_pending_chunk(&vault, &chunk, since))
+        self.blocking(move |s| s.collect_pending_chunk(&vault, &chunk, since, now))
             .await
     }
 
@@ -2131,8 +2138,14 @@ impl MetaStore for SledStore {
             .await
     }
 
-    async fn forget_chunk(&self, vault: VaultId, chunk: ChunkId) -> Result<bool, StoreError> {
-        self.blocking(move |s| s.forget_chunk(&vault, &chunk)).await
+    async fn forget_chunk(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.blocking(move |s| s.forget_chunk(&vault, &chunk, now))
+            .await
     }
 
     async fn commit(

@@ -97,6 +97,16 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ),
     ("DELETE", "/v1/tenants/{t}/storage", None),
     ("GET", "/v1/tenants/{t}/export", None),
+    ("GET", "/v1/tenants/{t}/usage", None),
+    ("GET", "/v1/tenants/{t}/billing", None),
+    (
+        "PUT",
+        "/v1/tenants/{t}/billing",
+        Some(r#"{"stripe_customer_id":"cus_x"}"#),
+    ),
+    ("GET", "/v1/tenants/{t}/invoice_preview", None),
+    ("GET", "/v1/tenants/{t}/accounts/{a}/entitlements", None),
+    ("GET", "/v1/tenants/{t}/analytics", None),
 ];
 
 struct Ids {

@@ -10,6 +10,7 @@ mod device;
 mod harness;
 mod isolation;
 mod lifecycle;
+mod metering;
 mod quota;
 mod secrets;
 mod storage;
