@@ -44,11 +44,13 @@ pub(crate) struct UsageParams {
     /// End (excluded), as `from`; rounded up to the hour. Default: now.
     to: Option<String>,
     /// `hour` (default), `day` or `month`.
+    #[param(inline)]
     window: Option<Window>,
     /// `account`, `vault` or `device`, or a comma-separated list of them (`device,vault`);
     /// default: one row per tenant and window.
     group_by: Option<String>,
     /// `json` (default) or `csv` (same columns).
+    #[param(inline)]
     format: Option<Format>,
 }
 
@@ -194,6 +196,7 @@ pub(crate) struct EventParams {
     limit: Option<u32>,
     /// `cloudevents` (default) or `stripe` (Stripe meter events; tenants without a Stripe
     /// customer are left out).
+    #[param(inline)]
     format: Option<EventFormat>,
 }
 
