@@ -183,8 +183,19 @@ impl ServerProcess {
     /// Starts `bin --data-dir DATA_DIR --listen 127.0.0.1:PORT`, its stderr going to `log`, and
     /// waits for its banner.
     pub fn start(bin: &Path, data_dir: &Path, log: &Path) -> anyhow::Result<Self> {
+        Self::start_with(bin, data_dir, log, &[])
+    }
+
+    /// [`start`](Self::start) with `extra` arguments first (`--config FILE`, say).
+    pub fn start_with(
+        bin: &Path,
+        data_dir: &Path,
+        log: &Path,
+        extra: &[&OsStr],
+    ) -> anyhow::Result<Self> {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
         let mut child = Command::new(bin)
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")

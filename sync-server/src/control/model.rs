@@ -31,7 +31,8 @@ pub struct PlanLimits {
     /// Sealed bytes stored across the account's vaults (enforced).
     #[serde(default)]
     pub storage_bytes: Option<LimitSpec>,
-    /// Bytes downloaded per calendar month (recorded, not enforced yet).
+    /// Bytes downloaded per calendar month (UTC), as metered: reported in entitlements and by
+    /// `quota.threshold` webhooks, never refused.
     #[serde(default)]
     pub monthly_egress_bytes: Option<LimitSpec>,
     /// Devices enrolled and not revoked (enforced).

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::control::model::{DeliveryAttempt, DeliveryRecord, DeliveryStatus, LimitSpec};
 use crate::control::store::ControlStore;
 use crate::service::unix_now;
-use crate::store::{AccountId, MetaStore, StoreError};
+use crate::store::{AccountId, MetaStore, StoreError, TenantId};
 
 /// Prefix of webhook signing secrets.
 pub const SECRET_PREFIX: &str = "whsec_";
@@ -410,6 +410,14 @@ impl Webhooks {
     /// last check (tenants with a webhook endpoint only).
     async fn check_usage(&self, meta: &dyn MetaStore) -> Result<(), StoreError> {
         let store = &self.inner.store;
+        // Each tenant's egress this calendar month, per account, read once per check.
+        let mut egress: std::collections::HashMap<u64, std::collections::HashMap<u64, u64>> =
+            std::collections::HashMap::new();
+        let now = crate::service::unix_now();
+        let month = crate::metering::window_of(
+            crate::metering::Window::Month,
+            now / crate::store::HOUR_SECS,
+        );
         for (tenant, account) in store.all_accounts()? {
             if !store.tenant_has_webhooks(tenant)? {
                 continue;
@@ -421,7 +429,27 @@ impl Webhooks {
                 continue;
             };
             let usage = meta.account_usage(AccountId::new(account)).await?;
-            let checks: [(&str, Option<LimitSpec>, u64); 3] = [
+            let month_egress = match plan.limits.monthly_egress_bytes {
+                None => 0,
+                Some(_) => {
+                    if !egress.contains_key(&tenant) {
+                        let mut per_account = std::collections::HashMap::new();
+                        let hours = month.0 / crate::store::HOUR_SECS
+                            ..now / crate::store::HOUR_SECS + 1;
+                        for (k, c) in meta.traffic(Some(TenantId::new(tenant)), hours).await? {
+                            let e: &mut u64 = per_account.entry(k.account.get()).or_default();
+                            *e = e.saturating_add(c.egress_bytes);
+                        }
+                        egress.insert(tenant, per_account);
+                    }
+                    egress
+                        .get(&tenant)
+                        .and_then(|m| m.get(&account))
+                        .copied()
+                        .unwrap_or(0)
+                }
+            };
+            let checks: [(&str, Option<LimitSpec>, u64); 4] = [
                 (
                     "storage_bytes",
                     plan.limits.storage_bytes,
@@ -429,6 +457,11 @@ impl Webhooks {
                 ),
                 ("devices", plan.limits.devices, usage.devices),
                 ("vaults", plan.limits.vaults, usage.vaults),
+                (
+                    "monthly_egress_bytes",
+                    plan.limits.monthly_egress_bytes,
+                    month_egress,
+                ),
             ];
             for (resource, limit, used) in checks {
                 let level = limit.map_or(0, |l| threshold(used, l.max));
