@@ -140,7 +140,7 @@ pub use store::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
     DeviceRecord, DeviceRegistration, EnrolmentToken, EntryHead, HOUR_SECS, MAX_PAGE_BYTES,
     MetaStore, PackId, PackedChunk, SledStore, StorageHour, StoreError, TenantId, TenantRecord,
-    TrafficCounts, TrafficKey, VaultRecord, VaultStorage, VersionPage,
+    TrafficCounts, TrafficKey, TrafficSync, VaultRecord, VaultStorage, VersionPage,
 };
 
 pub use config::{ServerConfig, ServerSettings};

@@ -124,6 +124,11 @@ fn measure(
         Ok(run.sum("changed_during_upload") + run.sum("commit_conflicts") == 0)
     })?;
     let down = sync_until(&b, |_| Ok(compare_trees(&work, &b_dir)?.is_identical()))?;
+    eprintln!(
+        "  upload {:.2} s, download {:.2} s",
+        up.as_secs_f64(),
+        down.as_secs_f64()
+    );
     // The server's own report of what it metered, through its admin socket.
     let report = if metering {
         let out = std::process::Command::new(&bins.server)

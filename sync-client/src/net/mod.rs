@@ -296,9 +296,57 @@ pub struct Traffic {
 #[derive(Debug, Default)]
 pub struct TrafficMeter {
     by_vault: std::sync::Mutex<std::collections::BTreeMap<Option<VaultId>, Traffic>>,
+    /// Answered uploads per chunk, when tracked.
+    uploads: Option<std::sync::Mutex<UploadLog>>,
 }
 
+type UploadLog = std::collections::HashMap<(VaultId, ChunkId), Vec<(u64, u64)>>;
+
 impl TrafficMeter {
+    /// A meter that also remembers every answered upload per chunk (memory grows with the
+    /// chunks uploaded), for [`repeated_uploads`](Self::repeated_uploads).
+    pub fn tracking_uploads() -> Self {
+        Self {
+            by_vault: Default::default(),
+            uploads: Some(Default::default()),
+        }
+    }
+
+    /// For each chunk uploaded and answered `ChunkStored` more than once, every upload but the
+    /// last, per vault: uploads the server acknowledged and then lost (a crash before the chunk
+    /// was durable), which the server does not count (docs/METERING.md). Empty unless the meter
+    /// was made with [`tracking_uploads`](Self::tracking_uploads).
+    pub fn repeated_uploads(&self) -> std::collections::BTreeMap<VaultId, Traffic> {
+        let mut out: std::collections::BTreeMap<VaultId, Traffic> = Default::default();
+        if let Some(log) = &self.uploads {
+            let log = log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for ((vault, _), uploads) in log.iter() {
+                if let Some((_, earlier)) = uploads.split_last() {
+                    let t = out.entry(*vault).or_default();
+                    for (sent, received) in earlier {
+                        t.sent_bytes += sent;
+                        t.received_bytes += received;
+                        t.requests += 1;
+                    }
+                }
+            }
+        }
+        out.retain(|_, t| t.requests > 0);
+        out
+    }
+
+    fn upload(&self, vault: VaultId, chunk: ChunkId, sent: u64, received: u64) {
+        if let Some(log) = &self.uploads {
+            log.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry((vault, chunk))
+                .or_default()
+                .push((sent, received));
+        }
+    }
+
     /// The traffic so far, per vault.
     pub fn snapshot(&self) -> std::collections::BTreeMap<Option<VaultId>, Traffic> {
         self.by_vault
@@ -1209,6 +1257,9 @@ async fn exchange(
     let sent = frame_len + if stored { body_len } else { 0 };
     let received = answer_len + raw.as_ref().map_or(0, |b| b.len() as u64);
     traffic.add(vault, sent, received, 1);
+    if let (Response::ChunkStored(c), Some(vault)) = (&resp, vault) {
+        traffic.upload(vault, c.chunk, sent, received);
+    }
     Ok((resp, raw))
 }
 

@@ -434,8 +434,8 @@ impl Webhooks {
                 Some(_) => {
                     if !egress.contains_key(&tenant) {
                         let mut per_account = std::collections::HashMap::new();
-                        let hours = month.0 / crate::store::HOUR_SECS
-                            ..now / crate::store::HOUR_SECS + 1;
+                        let hours =
+                            month.0 / crate::store::HOUR_SECS..now / crate::store::HOUR_SECS + 1;
                         for (k, c) in meta.traffic(Some(TenantId::new(tenant)), hours).await? {
                             let e: &mut u64 = per_account.entry(k.account.get()).or_default();
                             *e = e.saturating_add(c.egress_bytes);

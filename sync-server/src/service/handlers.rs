@@ -33,6 +33,8 @@ struct Reply {
     msg: Message,
     body: Option<Bytes>,
     _permit: Option<OwnedSemaphorePermit>,
+    /// Metered already, with the operation (an upload counted with its chunk record).
+    counted: bool,
 }
 
 impl Reply {
@@ -41,6 +43,7 @@ impl Reply {
             msg: msg.into(),
             body: None,
             _permit: None,
+            counted: false,
         }
     }
 }
@@ -189,6 +192,7 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
         | Request::PairingAwaitReply(_)) => pairing_call(&ctx, pairing).await,
     };
     match handled {
+        Ok(reply) if reply.counted => send_final(&mut send, reply.msg, reply.body).await,
         Ok(reply) => answer(&ctx, &mut send, &metered, true, reply.msg, reply.body).await,
         Err(Fail::Respond(err)) => {
             tracing::debug!(request = name, code = %err.code, message = %err.message, "request failed");
@@ -561,9 +565,32 @@ async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Ha
         Some(record) => record.blake3 == req.blake3,
         None => false,
     };
+    // A stored upload is metered with its chunk record, in the same transaction
+    // (docs/METERING.md); one that stores nothing is metered like any other request.
+    let stored: Message = ChunkStored {
+        chunk: req.chunk,
+        ext: Default::default(),
+    }
+    .into();
+    let traffic = (
+        TrafficKey {
+            tenant: ctx.tenant.id,
+            hour: unix_now() / HOUR_SECS,
+            account: ctx.account.id,
+            vault: Some(req.vault),
+            device: Some(ctx.device),
+        },
+        TrafficCounts {
+            ingress_bytes: reader.last_frame_len() as u64 + u64::from(req.len),
+            egress_bytes: encoded_len(&stored) as u64,
+            requests: 1,
+        },
+    );
+    let metering = ctx.shared.meter.enabled();
+    let mut counted = false;
     if !keep && ctx.shared.packer.packs(req.len) {
         // Into the vault's open pack; recorded once the pack is written (see `service::pack`).
-        let job = ctx
+        let added = ctx
             .shared
             .packer
             .add(
@@ -573,13 +600,17 @@ async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Ha
                 &body.bytes,
                 req.blake3,
                 reservation,
+                metering.then_some(traffic),
             )
             .map_err(|e| {
                 tracing::error!(error = %e, "no randomness for a pack id");
                 Fail::internal("open a pack")
             })?;
-        if let Some(job) = job {
-            ctx.shared.spawn_seal(job);
+        if let pack::Added::Packed(job) = added {
+            counted = true;
+            if let Some(job) = job {
+                ctx.shared.spawn_seal(job);
+            }
         }
     } else if !keep {
         let key = chunk_key(vault.tenant, req.vault, req.chunk)?;
@@ -593,20 +624,24 @@ async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Ha
                 Fail::internal("store the chunk")
             })?;
         store
-            .record_chunk(
+            .record_chunk_metered(
                 req.vault,
                 req.chunk,
                 u64::from(req.len),
                 req.blake3,
                 unix_now(),
+                if metering { vec![traffic] } else { Vec::new() },
             )
             .await
             .map_err(|e| Fail::store(e, "record the chunk"))?;
+        counted = true;
     }
-    Ok(Reply::new(ChunkStored {
-        chunk: req.chunk,
-        ext: Default::default(),
-    }))
+    let mut reply = Reply::new(stored);
+    reply.counted = counted && metering;
+    if reply.counted {
+        ctx.shared.meter.note(&traffic.1);
+    }
+    Ok(reply)
 }
 
 /// Checks the upload against the account's storage limit and reserves its cost: its sealed
@@ -704,6 +739,7 @@ async fn get_chunk(ctx: &ConnCtx, req: GetChunk) -> Handled {
         .into(),
         body: Some(bytes),
         _permit: Some(permit),
+        counted: false,
     })
 }
 

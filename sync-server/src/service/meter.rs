@@ -49,6 +49,22 @@ impl Meter {
         }
     }
 
+    /// Whether traffic is metered.
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Adds traffic counted with its operation (an upload recorded with its chunk) to the
+    /// totals.
+    pub(crate) fn note(&self, counts: &TrafficCounts) {
+        let t = &self.totals;
+        t.ingress_bytes
+            .fetch_add(counts.ingress_bytes, Ordering::Relaxed);
+        t.egress_bytes
+            .fetch_add(counts.egress_bytes, Ordering::Relaxed);
+        t.requests.fetch_add(counts.requests, Ordering::Relaxed);
+    }
+
     /// Totals since start.
     pub(crate) fn totals(&self) -> &MeterTotals {
         &self.totals

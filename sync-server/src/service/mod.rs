@@ -192,7 +192,10 @@ impl ServerParts {
             source,
         })?;
         let identity = ServerIdentity::load_or_create(&config.data_dir)?;
-        let store: Arc<dyn MetaStore> = Arc::new(SledStore::open(config.data_dir.join(STORE_DIR))?);
+        let store: Arc<dyn MetaStore> = Arc::new(SledStore::open_with(
+            config.data_dir.join(STORE_DIR),
+            config.traffic_sync,
+        )?);
         let blobs: Arc<dyn BlobStore> = match &config.blobs {
             BlobLocation::Dir(dir) => Arc::new(LocalDir::open(dir)?),
             // Remote backends fail transiently; retry with backoff before answering

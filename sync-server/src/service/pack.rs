@@ -36,7 +36,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use crate::service::quota::Reservation;
-use crate::store::{MetaStore, PackId, PackedChunk, TenantId};
+use crate::store::{MetaStore, PackId, PackedChunk, TenantId, TrafficCounts, TrafficKey};
 
 /// Magic bytes at the start of every pack.
 pub(crate) const PACK_MAGIC: &[u8; 4] = b"DZPK";
@@ -180,6 +180,8 @@ struct OpenPack {
     ids: HashSet<ChunkId>,
     /// Quota reservations of the chunks, released once they are recorded (or lost).
     reservations: Vec<Reservation>,
+    /// Metered traffic of the uploads that brought the chunks, recorded with them.
+    traffic: Vec<(TrafficKey, TrafficCounts)>,
     opened: Instant,
 }
 
@@ -191,6 +193,14 @@ struct Sealing {
 }
 
 /// A pack to write and record; run it with [`SealJob::run`], on a task of its own.
+/// What [`Packer::add`] did with a chunk.
+pub(crate) enum Added {
+    /// A pack not written yet holds the chunk already: nothing was added (nor its traffic).
+    Held,
+    /// Added, with its traffic; the job to run if the pack is to be sealed now.
+    Packed(Option<SealJob>),
+}
+
 pub(crate) struct SealJob {
     vault: VaultId,
     pack: OpenPack,
@@ -251,11 +261,12 @@ impl Packer {
         sealed: &[u8],
         blake3: [u8; 32],
         reservation: Option<Reservation>,
-    ) -> Result<Option<SealJob>, getrandom::Error> {
+        traffic: Option<(TrafficKey, TrafficCounts)>,
+    ) -> Result<Added, getrandom::Error> {
         let mut vaults = self.lock();
         let v = vaults.entry(vault).or_default();
         if v.holds(&chunk) {
-            return Ok(None);
+            return Ok(Added::Held);
         }
         let open = match &mut v.open {
             Some(open) => open,
@@ -271,14 +282,15 @@ impl Packer {
         });
         open.ids.insert(chunk);
         open.reservations.extend(reservation);
+        open.traffic.extend(traffic);
         let full = open.bytes.len() >= self.settings.target_bytes as usize;
         let total = self.buffered.fetch_add(sealed.len(), Ordering::Relaxed) + sealed.len();
         let over = total as u64 > self.settings.max_buffered;
-        Ok(if full || over {
+        Ok(Added::Packed(if full || over {
             self.start_sealing(vault, v)
         } else {
             None
-        })
+        }))
     }
 
     /// Starts sealing the open pack of `vault` if it holds any of `chunks`, and returns that job
@@ -373,12 +385,13 @@ impl OpenPack {
             chunks: Vec::new(),
             ids: HashSet::new(),
             reservations: Vec::new(),
+            traffic: Vec::new(),
             opened: Instant::now(),
         })
     }
 
     /// The pack object: data, index, trailer.
-    fn finish(mut self) -> (Bytes, Vec<PackedChunk>, Vec<Reservation>) {
+    fn finish(mut self) -> Finished {
         let index_at = self.bytes.len() as u64;
         self.bytes
             .reserve(self.chunks.len() * INDEX_ENTRY_LEN + TRAILER_LEN);
@@ -393,9 +406,22 @@ impl OpenPack {
         self.bytes.extend_from_slice(&index_at.to_be_bytes());
         let count = u32::try_from(self.chunks.len()).unwrap_or(u32::MAX);
         self.bytes.extend_from_slice(&count.to_be_bytes());
-        (Bytes::from(self.bytes), self.chunks, self.reservations)
+        (
+            Bytes::from(self.bytes),
+            self.chunks,
+            self.reservations,
+            self.traffic,
+        )
     }
 }
+
+/// A finished pack: its object, its chunks, their reservations and their uploads' traffic.
+type Finished = (
+    Bytes,
+    Vec<PackedChunk>,
+    Vec<Reservation>,
+    Vec<(TrafficKey, TrafficCounts)>,
+);
 
 /// A new pack of `chunks` (each with its sealed bytes), for repacking: its id, the pack object
 /// and where each chunk is in it.
@@ -412,7 +438,7 @@ pub(crate) fn build_pack(
         pack.chunks.push(c);
     }
     let id = pack.id;
-    let (bytes, chunks, _) = pack.finish();
+    let (bytes, chunks, _, _) = pack.finish();
     Ok((id, bytes, chunks))
 }
 
@@ -428,8 +454,8 @@ impl SealJob {
     ) {
         let Self { vault, pack, done } = self;
         let (id, tenant) = (pack.id, pack.tenant);
-        let (bytes, chunks, reservations) = pack.finish();
-        let result = seal(blobs, store, tenant, vault, id, bytes, chunks, now).await;
+        let (bytes, chunks, reservations, traffic) = pack.finish();
+        let result = seal(blobs, store, tenant, vault, id, bytes, chunks, traffic, now).await;
         if let Err(e) = result {
             tracing::error!(%vault, pack = %id, error = %e, "could not seal a pack; its chunks will be uploaded again");
         }
@@ -449,13 +475,14 @@ async fn seal(
     id: PackId,
     bytes: Bytes,
     chunks: Vec<PackedChunk>,
+    traffic: Vec<(TrafficKey, TrafficCounts)>,
     now: u64,
 ) -> Result<(), String> {
     let key = pack_key(tenant, vault, id).map_err(|e| e.to_string())?;
     let len = bytes.len() as u64;
     blobs.put(&key, bytes).await.map_err(|e| e.to_string())?;
     store
-        .record_packed_chunks(vault, id, len, chunks, now)
+        .record_packed_chunks_metered(vault, id, len, chunks, now, traffic)
         .await
         .map_err(|e| e.to_string())
 }
@@ -475,6 +502,27 @@ mod tests {
         ChunkId::from_bytes([n; 32])
     }
 
+    fn traffic() -> Option<(TrafficKey, TrafficCounts)> {
+        Some((
+            TrafficKey {
+                tenant: TenantId::new(1),
+                hour: 0,
+                account: crate::store::AccountId::new(1),
+                vault: None,
+                device: None,
+            },
+            TrafficCounts::default(),
+        ))
+    }
+
+    /// The job of an [`Added`], panicking on `Held`.
+    fn job(added: Added) -> Option<SealJob> {
+        match added {
+            Added::Packed(job) => job,
+            Added::Held => panic!("the chunk was held already"),
+        }
+    }
+
     #[test]
     fn a_pack_is_its_chunks_and_an_index() {
         let packer = Packer::new(settings(1 << 20));
@@ -482,9 +530,9 @@ mod tests {
         let tenant = TenantId::new(1);
         for n in 0..3u8 {
             let body = vec![n; 100 + usize::from(n)];
-            let job = packer
-                .add(vault, tenant, chunk(n), &body, [n; 32], None)
-                .unwrap();
+            let job = job(packer
+                .add(vault, tenant, chunk(n), &body, [n; 32], None, traffic())
+                .unwrap());
             assert!(job.is_none());
         }
         assert!(packer.holds(vault, &chunk(1)));
@@ -493,19 +541,24 @@ mod tests {
             vec![chunk(9)]
         );
         // Adding a held chunk again changes nothing.
-        assert!(
+        assert!(matches!(
             packer
-                .add(vault, tenant, chunk(1), b"other", [7; 32], None)
-                .unwrap()
-                .is_none()
-        );
+                .add(vault, tenant, chunk(1), b"other", [7; 32], None, traffic())
+                .unwrap(),
+            Added::Held
+        ));
 
         let (job, wait) = packer.seal_for(vault, &[chunk(2)]);
         let job = job.unwrap();
         assert_eq!(wait.0.len(), 1);
         // Still held while being sealed.
         assert!(packer.holds(vault, &chunk(0)));
-        let (bytes, chunks, _) = job.pack.finish();
+        let (bytes, chunks, _, traffic) = job.pack.finish();
+        assert_eq!(
+            traffic.len(),
+            3,
+            "the held chunk's upload is not counted with the pack"
+        );
         let index = read_pack_index(&bytes).unwrap();
         assert_eq!(index, chunks);
         assert_eq!(index.len(), 3);
@@ -522,9 +575,9 @@ mod tests {
         let vault = VaultId::from_bytes([2; 16]);
         let tenant = TenantId::new(1);
         let add = |n: u8| {
-            packer
-                .add(vault, tenant, chunk(n), &[n; 100], [n; 32], None)
-                .unwrap()
+            job(packer
+                .add(vault, tenant, chunk(n), &[n; 100], [n; 32], None, traffic())
+                .unwrap())
         };
         assert!(add(0).is_none());
         assert!(add(1).is_none());
@@ -541,10 +594,18 @@ mod tests {
         let packer = Packer::new(settings(1 << 20));
         let vault = VaultId::from_bytes([3; 16]);
         packer
-            .add(vault, TenantId::new(1), chunk(1), &[1; 50], [1; 32], None)
+            .add(
+                vault,
+                TenantId::new(1),
+                chunk(1),
+                &[1; 50],
+                [1; 32],
+                None,
+                traffic(),
+            )
             .unwrap();
         let job = packer.idle_jobs(Instant::now(), true).pop().unwrap();
-        let (bytes, _, _) = job.pack.finish();
+        let (bytes, _, _, _) = job.pack.finish();
         assert!(read_pack_index(&bytes).is_ok());
         for cut in [0, 4, 5, 16, bytes.len() - 1] {
             assert!(read_pack_index(&bytes[..cut]).is_err(), "cut at {cut}");

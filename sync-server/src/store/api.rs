@@ -574,6 +574,48 @@ pub trait MetaStore: Send + Sync + 'static {
         now: u64,
     ) -> Result<(), StoreError>;
 
+    /// [`record_chunk`](Self::record_chunk), adding `traffic` (the upload's metered traffic) to
+    /// the traffic counters in the same transaction: the upload counts if and only if its record
+    /// does (docs/METERING.md). Engines should override the default, which is two writes.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_chunk_metered(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        sealed_len: u64,
+        blake3: [u8; 32],
+        now: u64,
+        traffic: Vec<(TrafficKey, TrafficCounts)>,
+    ) -> Result<ChunkRecord, StoreError> {
+        let record = self
+            .record_chunk(vault, chunk, sealed_len, blake3, now)
+            .await?;
+        if !traffic.is_empty() {
+            self.add_traffic(traffic).await?;
+        }
+        Ok(record)
+    }
+
+    /// [`record_packed_chunks`](Self::record_packed_chunks), adding `traffic` (the uploads of its
+    /// chunks) to the traffic counters in the same transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_packed_chunks_metered(
+        &self,
+        vault: VaultId,
+        pack: PackId,
+        pack_len: u64,
+        chunks: Vec<PackedChunk>,
+        now: u64,
+        traffic: Vec<(TrafficKey, TrafficCounts)>,
+    ) -> Result<(), StoreError> {
+        self.record_packed_chunks(vault, pack, pack_len, chunks, now)
+            .await?;
+        if !traffic.is_empty() {
+            self.add_traffic(traffic).await?;
+        }
+        Ok(())
+    }
+
     /// Every vault, for maintenance (garbage collection).
     async fn all_vaults(&self) -> Result<Vec<VaultRecord>, StoreError>;
 

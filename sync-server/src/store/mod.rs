@@ -28,5 +28,5 @@ pub use api::{
     VaultStorage, VersionPage,
 };
 pub use error::StoreError;
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, TrafficSync};
 pub use token::EnrolmentToken;

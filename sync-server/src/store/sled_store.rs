@@ -86,28 +86,287 @@ struct Inner {
     journal: Option<std::sync::Mutex<TrafficJournal>>,
 }
 
+/// When [`MetaStore::add_traffic`] counts reach the disk (docs/METERING.md, "Durability").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrafficSync {
+    /// Written to the journal file before `add_traffic` returns, so a killed process loses
+    /// nothing; `fdatasync`ed within this interval, so a power loss or kernel crash can lose
+    /// the counts of that last interval (reads only: uploads count with their chunk records).
+    Interval(std::time::Duration),
+    /// `fdatasync`ed before `add_traffic` returns: nothing lost even on power loss, at the cost of
+    /// a disk flush before every answer (about 7% of sync throughput here, benches/RESULTS.md).
+    Always,
+}
+
+impl Default for TrafficSync {
+    fn default() -> Self {
+        Self::Interval(std::time::Duration::from_millis(50))
+    }
+}
+
 /// File name of the traffic journal in the store's directory.
 const TRAFFIC_JOURNAL_FILE: &str = "traffic.journal";
-/// The journal is emptied (after a sled flush) once it is this long.
-const TRAFFIC_JOURNAL_MAX: u64 = 64 * 1024 * 1024;
+/// Size of the journal file, written with zeros once: records overwrite it in place, so an
+/// `fdatasync` writes data blocks only, never file-system metadata (on ext4 a metadata commit
+/// would also write back every dirty page of the blobs being uploaded).
+const TRAFFIC_JOURNAL_LEN: u64 = 16 * 1024 * 1024;
+/// Batches kept in memory before they are folded into `traffic-v1`.
+const TRAFFIC_FOLD_BATCHES: u64 = 512;
 
-/// Write-ahead journal of traffic batches.
+/// Write-ahead journal of traffic batches, with the counts not yet folded into sled.
 ///
-/// [`MetaStore::add_traffic`] must be durable when it returns, and it runs before every answer;
-/// a sled flush each time cost 9% of end-to-end sync throughput (benches/RESULTS.md). So a batch
-/// is appended here and `fdatasync`ed, then applied to `traffic-v1` together with
-/// `b"traffic-applied"` (its sequence number) in `meta-v1`, in one sled transaction that is not
-/// flushed. After a crash, [`TrafficJournal::open`] applies the batches after the marker that
-/// sled kept, so each batch counts exactly once. A torn last record (a batch whose `fdatasync`
-/// never returned, so whose requests were never answered) ends the replay.
+/// [`MetaStore::add_traffic`] must be durable when it returns, and it runs before every answer.
+/// A sled flush per batch cost about 9% of end-to-end sync throughput, and an append plus
+/// `fdatasync` still about 20% with uploads under way (benches/RESULTS.md). So a batch is written
+/// in place into a preallocated file and `fdatasync`ed, and kept in memory (`pending`); every
+/// [`TRAFFIC_FOLD_BATCHES`] batches the pending counts go into `traffic-v1` together with
+/// `b"traffic-applied"` (the last batch's sequence number) in `meta-v1`, in one sled
+/// transaction. Readers see sled plus `pending`.
+///
+/// After a crash, [`TrafficJournal::open`] reads the records from the start of the file: those up
+/// to the marker sled kept are skipped, the following ones (consecutive sequence numbers) are
+/// applied, and the first record that is torn, zero or out of sequence ends the replay (a batch
+/// whose write never returned had its requests never answered). When the file is full, the
+/// pending counts are folded, sled is flushed, and writing starts again at the start.
 ///
 /// Record: `len u32 BE || first 8 bytes of BLAKE3(payload) || payload`, payload
 /// `postcard((seq u64, Vec<(key, TrafficV1)>))`.
 struct TrafficJournal {
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
     path: PathBuf,
-    len: u64,
+    sync: TrafficSync,
+    /// Set when a record was written and not synced yet (interval mode).
+    dirty: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the next record goes.
+    offset: u64,
     next_seq: u64,
+    /// Counts of batches written but not folded into sled, by `traffic-v1` key.
+    pending: std::collections::BTreeMap<Vec<u8>, TrafficV1>,
+    pending_batches: u64,
+}
+
+/// `meta-v1` key of the last journal batch applied to `traffic-v1`.
+const TRAFFIC_APPLIED_KEY: &[u8] = b"traffic-applied";
+
+type TrafficBatch = (u64, Vec<(Vec<u8>, TrafficV1)>);
+
+fn add_counts(row: &mut TrafficV1, add: &TrafficV1) {
+    row.ingress = row.ingress.saturating_add(add.ingress);
+    row.egress = row.egress.saturating_add(add.egress);
+    row.requests = row.requests.saturating_add(add.requests);
+}
+
+impl TrafficJournal {
+    /// Opens the journal at `path`, applies the batches sled does not have yet, flushes, and
+    /// starts writing at the start of the file.
+    fn open(inner: &Inner, path: &Path, sync: TrafficSync) -> Result<Self, StoreError> {
+        use std::io::{Read as _, Write as _};
+        let io = |e: std::io::Error| journal_error(path, e);
+        let applied = match inner.meta.get(TRAFFIC_APPLIED_KEY)? {
+            Some(v) => codec::decode_u64(codec::META, &v)?,
+            None => 0,
+        };
+        let mut bytes = Vec::new();
+        match std::fs::File::open(path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes).map_err(io)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let mut at = 0usize;
+        let mut last = applied;
+        let mut replayed = 0u64;
+        while let Some(head) = bytes.get(at..at + 12) {
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let Some(payload) = bytes.get(at + 12..at + 12 + len).filter(|_| len > 0) else {
+                break;
+            };
+            if blake3::hash(payload).as_bytes().get(..8) != head.get(4..12) {
+                break;
+            }
+            let Ok((seq, rows)) = postcard::from_bytes::<TrafficBatch>(payload) else {
+                break;
+            };
+            if seq > applied {
+                if seq != last + 1 {
+                    break;
+                }
+                inner.apply_traffic(seq, rows.iter().map(|(k, v)| (k.as_slice(), v)))?;
+                last = seq;
+                replayed += 1;
+            }
+            at += 12 + len;
+        }
+        if replayed > 0 {
+            tracing::info!(
+                batches = replayed,
+                "traffic counts replayed from the journal"
+            );
+        }
+        inner.flush()?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        let have = file.metadata().map_err(io)?.len();
+        if have < TRAFFIC_JOURNAL_LEN {
+            use std::io::Seek as _;
+            file.seek(std::io::SeekFrom::Start(have)).map_err(io)?;
+            let zeros = vec![0u8; 1024 * 1024];
+            let mut left = TRAFFIC_JOURNAL_LEN - have;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                file.write_all(zeros.get(..n).unwrap_or_default())
+                    .map_err(io)?;
+                left -= n as u64;
+            }
+        }
+        // Records already replayed stay behind the new ones; replay skips them by sequence.
+        file.sync_all().map_err(io)?;
+        let file = Arc::new(file);
+        let dirty = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let TrafficSync::Interval(every) = sync {
+            // Syncs what was written since the last tick; ends with the journal.
+            let weak = Arc::downgrade(&file);
+            let flag = Arc::clone(&dirty);
+            let shown = path.display().to_string();
+            std::thread::Builder::new()
+                .name("traffic-journal-sync".to_owned())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(every);
+                        let Some(file) = weak.upgrade() else { return };
+                        if flag.swap(false, std::sync::atomic::Ordering::AcqRel)
+                            && let Err(e) = file.sync_data()
+                        {
+                            flag.store(true, std::sync::atomic::Ordering::Release);
+                            tracing::error!(journal = %shown, error = %e, "could not sync the traffic journal");
+                        }
+                    }
+                })
+                .map_err(io)?;
+        }
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            sync,
+            dirty,
+            offset: 0,
+            next_seq: last + 1,
+            pending: std::collections::BTreeMap::new(),
+            pending_batches: 0,
+        })
+    }
+
+    /// Writes a batch and makes it durable; keeps its counts pending. Folds (and, at the end of
+    /// the file, flushes and starts again at the start) when it is time.
+    fn append(&mut self, inner: &Inner, rows: Vec<(Vec<u8>, TrafficV1)>) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt as _;
+        let path = self.path.clone();
+        let io = |e: std::io::Error| journal_error(&path, e);
+        let seq = self.next_seq;
+        let batch: TrafficBatch = (seq, rows);
+        let payload = postcard::to_stdvec(&batch).map_err(|e| StoreError::InvalidInput {
+            what: "traffic batch",
+            reason: e.to_string(),
+        })?;
+        let len = u32::try_from(payload.len()).map_err(|_| StoreError::InvalidInput {
+            what: "traffic batch",
+            reason: format!("{} bytes is too long", payload.len()),
+        })?;
+        let mut record = Vec::with_capacity(12 + payload.len());
+        record.extend_from_slice(&len.to_be_bytes());
+        record.extend_from_slice(
+            blake3::hash(&payload)
+                .as_bytes()
+                .get(..8)
+                .unwrap_or_default(),
+        );
+        record.extend_from_slice(&payload);
+        // Room for this record and a zero header after it, or start again at the start.
+        if self.offset + record.len() as u64 + 12 > TRAFFIC_JOURNAL_LEN {
+            self.fold(inner)?;
+            inner.flush()?;
+            self.offset = 0;
+        }
+        let mut out = record;
+        // A zero length after the record ends a replay there, before records of an earlier
+        // pass through the file.
+        out.extend_from_slice(&[0u8; 12]);
+        self.file.write_all_at(&out, self.offset).map_err(io)?;
+        match self.sync {
+            TrafficSync::Always => self.file.sync_data().map_err(io)?,
+            TrafficSync::Interval(_) => {
+                self.dirty.store(true, std::sync::atomic::Ordering::Release)
+            }
+        }
+        self.offset += (out.len() - 12) as u64;
+        self.next_seq += 1;
+        for (key, add) in batch.1 {
+            add_counts(self.pending.entry(key).or_default(), &add);
+        }
+        self.pending_batches += 1;
+        if self.pending_batches >= TRAFFIC_FOLD_BATCHES {
+            self.fold(inner)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the pending counts into `traffic-v1` with the last batch's sequence number.
+    fn fold(&mut self, inner: &Inner) -> Result<(), StoreError> {
+        if self.pending_batches == 0 {
+            return Ok(());
+        }
+        inner.apply_traffic(
+            self.next_seq - 1,
+            self.pending.iter().map(|(k, v)| (k.as_slice(), v)),
+        )?;
+        self.pending.clear();
+        self.pending_batches = 0;
+        Ok(())
+    }
+}
+
+/// Traffic counts as `traffic-v1` rows, a key once.
+fn traffic_rows(batch: &[(TrafficKey, TrafficCounts)]) -> Vec<(Vec<u8>, TrafficV1)> {
+    let mut merged: std::collections::BTreeMap<[u8; codec::TRAFFIC_KEY_LEN], TrafficV1> =
+        std::collections::BTreeMap::new();
+    for (k, counts) in batch {
+        let key = codec::traffic_key(
+            k.tenant.get(),
+            k.hour,
+            k.account.get(),
+            k.vault.as_ref(),
+            k.device.as_ref(),
+        );
+        add_counts(
+            merged.entry(key).or_default(),
+            &TrafficV1 {
+                ingress: counts.ingress_bytes,
+                egress: counts.egress_bytes,
+                requests: counts.requests,
+            },
+        );
+    }
+    merged.into_iter().map(|(k, v)| (k.to_vec(), v)).collect()
+}
+
+/// Adds rows to `traffic-v1` inside a transaction.
+fn tx_add_traffic(
+    traffic: &TransactionalTree,
+    rows: &[(Vec<u8>, TrafficV1)],
+) -> ConflictableTransactionResult<(), StoreError> {
+    for (key, add) in rows {
+        let mut row = tx_get_decoded::<TrafficV1>(traffic, key)?.unwrap_or_default();
+        add_counts(&mut row, add);
+        tx_insert(traffic, key, &row)?;
+    }
+    Ok(())
 }
 
 fn journal_error(path: &Path, e: std::io::Error) -> StoreError {
@@ -121,114 +380,17 @@ fn journal_error(path: &Path, e: std::io::Error) -> StoreError {
     }
 }
 
-/// `meta-v1` key of the last journal batch applied to `traffic-v1`.
-const TRAFFIC_APPLIED_KEY: &[u8] = b"traffic-applied";
-
-type TrafficBatch = (u64, Vec<(Vec<u8>, TrafficV1)>);
-
-impl TrafficJournal {
-    /// Opens the journal at `path`, applies the batches sled does not have yet, flushes, and
-    /// starts the journal afresh.
-    fn open(inner: &Inner, path: &Path) -> Result<Self, StoreError> {
-        use std::io::Read as _;
-        let io = |e: std::io::Error| journal_error(path, e);
-        let applied = match inner.meta.get(TRAFFIC_APPLIED_KEY)? {
-            Some(v) => codec::decode_u64(codec::META, &v)?,
-            None => 0,
-        };
-        let mut next_seq = applied + 1;
-        let mut bytes = Vec::new();
-        match std::fs::File::open(path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes).map_err(io)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
-        let mut at = 0usize;
-        let mut replayed = 0u64;
-        while let Some(head) = bytes.get(at..at + 12) {
-            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            let Some(payload) = bytes.get(at + 12..at + 12 + len) else {
-                break;
-            };
-            if blake3::hash(payload).as_bytes().get(..8) != head.get(4..12) {
-                break;
-            }
-            let Ok((seq, rows)) = postcard::from_bytes::<TrafficBatch>(payload) else {
-                break;
-            };
-            if seq > applied {
-                inner.apply_traffic(seq, &rows)?;
-                replayed += 1;
-            }
-            next_seq = next_seq.max(seq + 1);
-            at += 12 + len;
-        }
-        if replayed > 0 {
-            tracing::info!(batches = replayed, "traffic counts replayed from the journal");
-        }
-        inner.flush()?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(path)
-            .map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(Self {
-            file,
-            path: path.to_owned(),
-            len: 0,
-            next_seq,
-        })
-    }
-
-    /// Appends a batch and makes it durable; returns its sequence number.
-    fn append(&mut self, rows: &[(Vec<u8>, TrafficV1)]) -> Result<u64, StoreError> {
-        use std::io::Write as _;
-        let path = self.path.clone();
-        let io = |e: std::io::Error| journal_error(&path, e);
-        let seq = self.next_seq;
-        let payload = postcard::to_stdvec(&(seq, rows)).map_err(|e| StoreError::InvalidInput {
-            what: "traffic batch",
-            reason: e.to_string(),
-        })?;
-        let len = u32::try_from(payload.len()).map_err(|_| StoreError::InvalidInput {
-            what: "traffic batch",
-            reason: format!("{} bytes is too long", payload.len()),
-        })?;
-        let mut record = Vec::with_capacity(12 + payload.len());
-        record.extend_from_slice(&len.to_be_bytes());
-        record.extend_from_slice(blake3::hash(&payload).as_bytes().get(..8).unwrap_or_default());
-        record.extend_from_slice(&payload);
-        self.file.write_all(&record).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
-        self.len += record.len() as u64;
-        self.next_seq += 1;
-        Ok(seq)
-    }
-
-    /// Empties the journal once everything in it is durable in sled.
-    fn truncate_after_flush(&mut self, inner: &Inner) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let io = |e: std::io::Error| journal_error(&path, e);
-        inner.flush()?;
-        self.file.set_len(0).map_err(io)?;
-        use std::io::Seek as _;
-        self.file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
-        self.file.sync_all().map_err(io)?;
-        self.len = 0;
-        Ok(())
-    }
-}
-
 impl SledStore {
     /// Opens (or creates) the store in directory `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, TrafficSync::default())
+    }
+
+    /// [`open`](Self::open), with how traffic counts are made durable.
+    pub fn open_with(path: impl AsRef<Path>, sync: TrafficSync) -> Result<Self, StoreError> {
         let path = path.as_ref();
         let journal = path.join(TRAFFIC_JOURNAL_FILE);
-        Self::from_config(sled::Config::new().path(path), Some(journal))
+        Self::from_config(sled::Config::new().path(path), Some((journal, sync)))
     }
 
     /// A store that lives in a temporary directory and disappears when dropped (tests).
@@ -236,7 +398,10 @@ impl SledStore {
         Self::from_config(sled::Config::new().temporary(true), None)
     }
 
-    fn from_config(config: sled::Config, journal: Option<PathBuf>) -> Result<Self, StoreError> {
+    fn from_config(
+        config: sled::Config,
+        journal: Option<(PathBuf, TrafficSync)>,
+    ) -> Result<Self, StoreError> {
         let db = config.open()?;
         let tree = |name: &str| db.open_tree(name);
         let inner = Inner {
@@ -288,8 +453,10 @@ impl SledStore {
             inner.build_gauges()?;
         }
         let mut inner = inner;
-        if let Some(path) = journal {
-            inner.journal = Some(std::sync::Mutex::new(TrafficJournal::open(&inner, &path)?));
+        if let Some((path, sync)) = journal {
+            inner.journal = Some(std::sync::Mutex::new(TrafficJournal::open(
+                &inner, &path, sync,
+            )?));
         }
         Ok(Self {
             inner: Arc::new(inner),
@@ -636,54 +803,33 @@ impl Inner {
     }
 
     fn add_traffic(&self, batch: &[(TrafficKey, TrafficCounts)]) -> Result<(), StoreError> {
-        let mut merged: std::collections::BTreeMap<[u8; codec::TRAFFIC_KEY_LEN], TrafficV1> =
-            std::collections::BTreeMap::new();
-        for (k, counts) in batch {
-            let key = codec::traffic_key(
-                k.tenant.get(),
-                k.hour,
-                k.account.get(),
-                k.vault.as_ref(),
-                k.device.as_ref(),
-            );
-            let row = merged.entry(key).or_default();
-            row.ingress = row.ingress.saturating_add(counts.ingress_bytes);
-            row.egress = row.egress.saturating_add(counts.egress_bytes);
-            row.requests = row.requests.saturating_add(counts.requests);
-        }
-        let rows: Vec<(Vec<u8>, TrafficV1)> =
-            merged.into_iter().map(|(k, v)| (k.to_vec(), v)).collect();
+        let rows = traffic_rows(batch);
         match &self.journal {
-            Some(journal) => {
-                let mut journal = journal
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let seq = journal.append(&rows)?;
-                self.apply_traffic(seq, &rows)?;
-                if journal.len >= TRAFFIC_JOURNAL_MAX {
-                    journal.truncate_after_flush(self)?;
-                }
-                Ok(())
-            }
+            Some(journal) => journal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .append(self, rows),
             None => {
                 let seq = match self.meta.get(TRAFFIC_APPLIED_KEY)? {
                     Some(v) => codec::decode_u64(codec::META, &v)? + 1,
                     None => 1,
                 };
-                self.apply_traffic(seq, &rows)?;
+                self.apply_traffic(seq, rows.iter().map(|(k, v)| (k.as_slice(), v)))?;
                 self.flush()
             }
         }
     }
 
-    /// Adds journal batch `seq` to `traffic-v1` and records it applied, in one transaction.
-    fn apply_traffic(&self, seq: u64, rows: &[(Vec<u8>, TrafficV1)]) -> Result<(), StoreError> {
+    /// Adds counts to `traffic-v1` and records journal batch `seq` applied, in one transaction.
+    fn apply_traffic<'a>(
+        &self,
+        seq: u64,
+        rows: impl Iterator<Item = (&'a [u8], &'a TrafficV1)> + Clone,
+    ) -> Result<(), StoreError> {
         tx_result((&self.traffic, &self.meta).transaction(|(traffic, meta)| {
-            for (key, add) in rows {
+            for (key, add) in rows.clone() {
                 let mut row = tx_get_decoded::<TrafficV1>(traffic, key)?.unwrap_or_default();
-                row.ingress = row.ingress.saturating_add(add.ingress);
-                row.egress = row.egress.saturating_add(add.egress);
-                row.requests = row.requests.saturating_add(add.requests);
+                add_counts(&mut row, add);
                 tx_insert(traffic, key, &row)?;
             }
             meta.insert(TRAFFIC_APPLIED_KEY, &seq.to_be_bytes())?;
@@ -717,13 +863,27 @@ impl Inner {
         if hours.is_empty() {
             return Ok(out);
         }
+        // Under the journal's lock, so that a fold cannot move counts between the two reads.
+        let journal = self
+            .journal
+            .as_ref()
+            .map(|j| j.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for t in self.tenant_ids(tenant)? {
             let start = codec::traffic_key(t, hours.start, 0, None, None);
             let end = codec::traffic_key(t, hours.end, 0, None, None);
+            let mut rows: std::collections::BTreeMap<Vec<u8>, TrafficV1> =
+                std::collections::BTreeMap::new();
             for item in self.traffic.range(start..end) {
                 let (k, v) = item?;
+                rows.insert(k.to_vec(), decode(&v)?);
+            }
+            if let Some(j) = &journal {
+                for (k, add) in j.pending.range(start.to_vec()..end.to_vec()) {
+                    add_counts(rows.entry(k.clone()).or_default(), add);
+                }
+            }
+            for (k, row) in rows {
                 let (tenant, hour, account, vault, device) = codec::traffic_key_parts(&k)?;
-                let row: TrafficV1 = decode(&v)?;
                 let counts = TrafficCounts {
                     ingress_bytes: row.ingress,
                     egress_bytes: row.egress,
@@ -1211,6 +1371,7 @@ impl Inner {
         Ok(missing)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record_chunk(
         &self,
         vault: &VaultId,
@@ -1218,6 +1379,7 @@ impl Inner {
         sealed_len: u64,
         blake3: [u8; 32],
         now: u64,
+        traffic: &[(Vec<u8>, TrafficV1)],
     ) -> Result<ChunkRecord, StoreError> {
         // A vault's owner never changes, so it may be read outside the transaction.
         let v = self.vault_v1(vault)?;
@@ -1231,8 +1393,15 @@ impl Inner {
         // The record, its location and the account's stored bytes change together, or not at
         // all.
         tx_result(
-            (&self.chunks, &self.chunk_locs, &self.usage, &self.meter).transaction(
-                |(chunks, locs, usage, meter)| {
+            (
+                &self.chunks,
+                &self.chunk_locs,
+                &self.usage,
+                &self.meter,
+                &self.traffic,
+            )
+                .transaction(|(chunks, locs, usage, meter, traffic_tree)| {
+                    tx_add_traffic(traffic_tree, traffic)?;
                     let old_len = match tx_get_decoded::<ChunkV1>(chunks, &key)? {
                         None => 0,
                         Some(existing) => {
@@ -1250,8 +1419,7 @@ impl Inner {
                     locs.remove(key.as_slice())?;
                     tx_adjust_usage(usage, meter, at, old_len, sealed_len)?;
                     Ok(chunk_record(*chunk, &fresh, None))
-                },
-            ),
+                }),
         )
     }
 
@@ -1262,6 +1430,7 @@ impl Inner {
         pack_len: u64,
         packed: &[PackedChunk],
         now: u64,
+        traffic: &[(Vec<u8>, TrafficV1)],
     ) -> Result<(), StoreError> {
         let v = self.vault_v1(vault)?;
         let at = StoredAt::new(&v, vault, now);
@@ -1277,8 +1446,10 @@ impl Inner {
                 &self.packs,
                 &self.usage,
                 &self.meter,
+                &self.traffic,
             )
-                .transaction(|(chunks, locs, packs, usage, meter)| {
+                .transaction(|(chunks, locs, packs, usage, meter, traffic_tree)| {
+                    tx_add_traffic(traffic_tree, traffic)?;
                     tx_insert(
                         packs,
                         &codec::pack_key(vault, pack.as_bytes()),
@@ -2199,7 +2370,21 @@ impl MetaStore for SledStore {
         blake3: [u8; 32],
         now: u64,
     ) -> Result<ChunkRecord, StoreError> {
-        self.blocking(move |s| s.record_chunk(&vault, &chunk, sealed_len, blake3, now))
+        self.blocking(move |s| s.record_chunk(&vault, &chunk, sealed_len, blake3, now, &[]))
+            .await
+    }
+
+    async fn record_chunk_metered(
+        &self,
+        vault: VaultId,
+        chunk: ChunkId,
+        sealed_len: u64,
+        blake3: [u8; 32],
+        now: u64,
+        traffic: Vec<(TrafficKey, TrafficCounts)>,
+    ) -> Result<ChunkRecord, StoreError> {
+        let rows = traffic_rows(&traffic);
+        self.blocking(move |s| s.record_chunk(&vault, &chunk, sealed_len, blake3, now, &rows))
             .await
     }
 
@@ -2311,7 +2496,21 @@ impl MetaStore for SledStore {
         chunks: Vec<PackedChunk>,
         now: u64,
     ) -> Result<(), StoreError> {
-        self.blocking(move |s| s.record_packed_chunks(&vault, &pack, pack_len, &chunks, now))
+        self.blocking(move |s| s.record_packed_chunks(&vault, &pack, pack_len, &chunks, now, &[]))
+            .await
+    }
+
+    async fn record_packed_chunks_metered(
+        &self,
+        vault: VaultId,
+        pack: PackId,
+        pack_len: u64,
+        chunks: Vec<PackedChunk>,
+        now: u64,
+        traffic: Vec<(TrafficKey, TrafficCounts)>,
+    ) -> Result<(), StoreError> {
+        let rows = traffic_rows(&traffic);
+        self.blocking(move |s| s.record_packed_chunks(&vault, &pack, pack_len, &chunks, now, &rows))
             .await
     }
 
@@ -2513,7 +2712,14 @@ mod tests {
         // A crash: the process dies without a sled flush.
         drop(store);
         let store = SledStore::open(&path).unwrap();
-        assert_eq!(total(&store), TrafficCounts { ingress_bytes: 15, egress_bytes: 30, requests: 2 });
+        assert_eq!(
+            total(&store),
+            TrafficCounts {
+                ingress_bytes: 15,
+                egress_bytes: 30,
+                requests: 2
+            }
+        );
         drop(store);
 
         // sled lost the last batch (its marker is one behind) while the journal has it, and a
@@ -2540,10 +2746,21 @@ mod tests {
         drop(store);
         std::fs::write(&journal, &record).unwrap();
         let store = SledStore::open(&path).unwrap();
-        assert_eq!(total(&store), TrafficCounts { ingress_bytes: 16, egress_bytes: 31, requests: 3 });
+        assert_eq!(
+            total(&store),
+            TrafficCounts {
+                ingress_bytes: 16,
+                egress_bytes: 31,
+                requests: 3
+            }
+        );
         drop(store);
         let store = SledStore::open(&path).unwrap();
-        assert_eq!(total(&store).requests, 3, "a replayed batch is not replayed again");
+        assert_eq!(
+            total(&store).requests,
+            3,
+            "a replayed batch is not replayed again"
+        );
         // New batches continue after the replayed one.
         store.add_traffic(vec![(key, counts(1))]).await.unwrap();
         assert_eq!(total(&store).requests, 4);
