@@ -94,10 +94,10 @@ pub struct ServerSettings {
     /// Whether data-plane traffic is metered (docs/METERING.md). Turning it off leaves usage
     /// reports without traffic; it exists to measure what metering costs. Default `true`.
     pub metering: bool,
-    /// Whether every traffic count is `fdatasync`ed before its answer is sent. Off (the
-    /// default), counts are written before the answer (a killed server loses none) and synced
-    /// every 50 ms (a power loss can lose those 50 ms of download counts); on costs a disk flush
-    /// per answer. Default `false`.
+    /// Whether every traffic count is `fdatasync`ed before its answer is sent (nothing lost even
+    /// on power loss). Off, counts are written to the journal file before the answer (a killed
+    /// server loses none) and synced every 50 ms (a power loss or kernel crash can lose the
+    /// counts of reads answered in those 50 ms), for disks whose flushes are slow. Default `true`.
     pub metering_fsync: bool,
     /// Billing events of an hour are exported only this many seconds after the hour ends, so
     /// that every instance's counts are in (clock skew between instances). Default 300.
@@ -162,7 +162,7 @@ impl Default for ServerSettings {
             default_account: "default".to_owned(),
             log_format: LogFormat::Text,
             metering: true,
-            metering_fsync: false,
+            metering_fsync: true,
             billing_lateness_secs: 300,
         }
     }
@@ -424,7 +424,7 @@ impl ServerSettings {
             traffic_sync: if self.metering_fsync {
                 crate::store::TrafficSync::Always
             } else {
-                crate::store::TrafficSync::default()
+                crate::store::TrafficSync::Interval(Duration::from_millis(50))
             },
         })
     }

@@ -95,13 +95,13 @@ pub enum TrafficSync {
     /// the counts of that last interval (reads only: uploads count with their chunk records).
     Interval(std::time::Duration),
     /// `fdatasync`ed before `add_traffic` returns: nothing lost even on power loss, at the cost of
-    /// a disk flush before every answer (about 7% of sync throughput here, benches/RESULTS.md).
+    /// a disk flush before every answer that is not an upload (benches/RESULTS.md). The default.
     Always,
 }
 
 impl Default for TrafficSync {
     fn default() -> Self {
-        Self::Interval(std::time::Duration::from_millis(50))
+        Self::Always
     }
 }
 
