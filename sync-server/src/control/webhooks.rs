@@ -432,7 +432,7 @@ impl Webhooks {
             let month_egress = match plan.limits.monthly_egress_bytes {
                 None => 0,
                 Some(_) => {
-                    if !egress.contains_key(&tenant) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = egress.entry(tenant) {
                         let mut per_account = std::collections::HashMap::new();
                         let hours =
                             month.0 / crate::store::HOUR_SECS..now / crate::store::HOUR_SECS + 1;
@@ -440,7 +440,7 @@ impl Webhooks {
                             let e: &mut u64 = per_account.entry(k.account.get()).or_default();
                             *e = e.saturating_add(c.egress_bytes);
                         }
-                        egress.insert(tenant, per_account);
+                        slot.insert(per_account);
                     }
                     egress
                         .get(&tenant)

@@ -609,7 +609,7 @@ async fn put_chunk(ctx: &ConnCtx, req: PutChunk, reader: &mut FrameReader) -> Ha
         if let pack::Added::Packed(job) = added {
             counted = true;
             if let Some(job) = job {
-                ctx.shared.spawn_seal(job);
+                ctx.shared.spawn_seal(*job);
             }
         }
     } else if !keep {

@@ -198,7 +198,7 @@ pub(crate) enum Added {
     /// A pack not written yet holds the chunk already: nothing was added (nor its traffic).
     Held,
     /// Added, with its traffic; the job to run if the pack is to be sealed now.
-    Packed(Option<SealJob>),
+    Packed(Option<Box<SealJob>>),
 }
 
 pub(crate) struct SealJob {
@@ -253,6 +253,7 @@ impl Packer {
 
     /// Appends a chunk to `vault`'s open pack (opening one if needed); a chunk held already is
     /// left alone. Returns the job that seals the pack when it is full enough.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add(
         &self,
         vault: VaultId,
@@ -287,7 +288,7 @@ impl Packer {
         let total = self.buffered.fetch_add(sealed.len(), Ordering::Relaxed) + sealed.len();
         let over = total as u64 > self.settings.max_buffered;
         Ok(Added::Packed(if full || over {
-            self.start_sealing(vault, v)
+            self.start_sealing(vault, v).map(Box::new)
         } else {
             None
         }))
@@ -518,7 +519,7 @@ mod tests {
     /// The job of an [`Added`], panicking on `Held`.
     fn job(added: Added) -> Option<SealJob> {
         match added {
-            Added::Packed(job) => job,
+            Added::Packed(job) => job.map(|j| *j),
             Added::Held => panic!("the chunk was held already"),
         }
     }

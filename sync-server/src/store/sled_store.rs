@@ -87,7 +87,7 @@ struct Inner {
 }
 
 /// When [`MetaStore::add_traffic`] counts reach the disk (docs/METERING.md, "Durability").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TrafficSync {
     /// Written to the journal file before `add_traffic` returns, so a killed process loses
@@ -96,13 +96,8 @@ pub enum TrafficSync {
     Interval(std::time::Duration),
     /// `fdatasync`ed before `add_traffic` returns: nothing lost even on power loss, at the cost of
     /// a disk flush before every answer that is not an upload (benches/RESULTS.md). The default.
+    #[default]
     Always,
-}
-
-impl Default for TrafficSync {
-    fn default() -> Self {
-        Self::Always
-    }
 }
 
 /// File name of the traffic journal in the store's directory.
