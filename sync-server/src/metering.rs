@@ -360,7 +360,7 @@ pub async fn render(
     };
     let to = match request.to.as_deref() {
         Some(t) => parse_time(t)?,
-        None => now.max(from + 1),
+        None => now.max(from.saturating_add(1)),
     };
     let query = UsageQuery {
         tenant,
@@ -629,7 +629,11 @@ impl BillingEvent {
 
 // --- times -----------------------------------------------------------------------------------
 
-/// Reads a time: unix seconds, `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDTHH:MM:SSZ`.
+/// The last second of year 9999, the latest time reports take.
+pub const MAX_TIME: u64 = 253_402_300_799;
+
+/// Reads a time: unix seconds, `YYYY-MM-DD` (midnight UTC) or `YYYY-MM-DDTHH:MM:SSZ`, up to
+/// [`MAX_TIME`].
 pub fn parse_time(text: &str) -> Result<u64, MeteringError> {
     let text = text.trim();
     let bad = || {
@@ -639,7 +643,7 @@ pub fn parse_time(text: &str) -> Result<u64, MeteringError> {
         ))
     };
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().map_err(|_| bad());
+        return text.parse().ok().filter(|&t| t <= MAX_TIME).ok_or_else(bad);
     }
     let (date, time) = match text.split_once('T') {
         Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
@@ -654,11 +658,15 @@ pub fn parse_time(text: &str) -> Result<u64, MeteringError> {
         part.parse().map_err(|_| bad())
     };
     let (y, m, day) = (num(&mut d)?, num(&mut d)?, num(&mut d)?);
-    if d.next().is_some() || !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
+    if d.next().is_some()
+        || !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+    {
         return Err(bad());
     }
     let days = days_from_civil(y, m, day);
-    if day == 0 || civil_from_days(days) != (y, m, day) {
+    if civil_from_days(days) != (y, m, day) {
         return Err(bad());
     }
     let mut secs = days * 86_400;

@@ -86,7 +86,7 @@ fn query_of(tenant: Option<u64>, p: &UsageParams, now: u64) -> ApiResult<UsageQu
     };
     let to = match &p.to {
         Some(t) => metering::parse_time(t)?,
-        None => now.max(from + 1),
+        None => now.max(from.saturating_add(1)),
     };
     Ok(UsageQuery {
         tenant: tenant.map(TenantId::new),

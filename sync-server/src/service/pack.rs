@@ -482,6 +482,16 @@ async fn seal(
     let key = pack_key(tenant, vault, id).map_err(|e| e.to_string())?;
     let len = bytes.len() as u64;
     blobs.put(&key, bytes).await.map_err(|e| e.to_string())?;
+    // Uploads count when their chunks are recorded, in that hour: a pack written late never
+    // adds to an hour already closed (and maybe exported).
+    let hour = crate::service::unix_now() / crate::store::HOUR_SECS;
+    let traffic = traffic
+        .into_iter()
+        .map(|(mut key, counts)| {
+            key.hour = hour;
+            (key, counts)
+        })
+        .collect();
     store
         .record_packed_chunks_metered(vault, id, len, chunks, now, traffic)
         .await

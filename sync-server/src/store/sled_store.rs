@@ -139,6 +139,8 @@ struct TrafficJournal {
     /// Counts of batches written but not folded into sled, by `traffic-v1` key.
     pending: std::collections::BTreeMap<Vec<u8>, TrafficV1>,
     pending_batches: u64,
+    /// Folds so far: a reader that read sled while this changed reads again.
+    folds: u64,
 }
 
 /// `meta-v1` key of the last journal batch applied to `traffic-v1`.
@@ -255,6 +257,7 @@ impl TrafficJournal {
             next_seq: last + 1,
             pending: std::collections::BTreeMap::new(),
             pending_batches: 0,
+            folds: 0,
         })
     }
 
@@ -293,12 +296,22 @@ impl TrafficJournal {
         // A zero length after the record ends a replay there, before records of an earlier
         // pass through the file.
         out.extend_from_slice(&[0u8; 12]);
-        self.file.write_all_at(&out, self.offset).map_err(io)?;
-        match self.sync {
-            TrafficSync::Always => self.file.sync_data().map_err(io)?,
-            TrafficSync::Interval(_) => {
-                self.dirty.store(true, std::sync::atomic::Ordering::Release)
-            }
+        let written = self
+            .file
+            .write_all_at(&out, self.offset)
+            .and_then(|()| match self.sync {
+                TrafficSync::Always => self.file.sync_data(),
+                TrafficSync::Interval(_) => {
+                    self.dirty.store(true, std::sync::atomic::Ordering::Release);
+                    Ok(())
+                }
+            });
+        if let Err(e) = written {
+            // The batch's answers will not be sent: make sure a replay never counts it (best
+            // effort; the next append overwrites the same place anyway).
+            let _ = self.file.write_all_at(&[0u8; 12], self.offset);
+            let _ = self.file.sync_data();
+            return Err(io(e));
         }
         self.offset += (out.len() - 12) as u64;
         self.next_seq += 1;
@@ -306,8 +319,12 @@ impl TrafficJournal {
             add_counts(self.pending.entry(key).or_default(), &add);
         }
         self.pending_batches += 1;
-        if self.pending_batches >= TRAFFIC_FOLD_BATCHES {
-            self.fold(inner)?;
+        // The batch is durable now: a failed fold must not fail it (its answers go out and are
+        // counted); the counts stay pending and the next append folds them.
+        if self.pending_batches >= TRAFFIC_FOLD_BATCHES
+            && let Err(e) = self.fold(inner)
+        {
+            tracing::warn!(error = %e, "could not fold traffic counts into the store; will retry");
         }
         Ok(())
     }
@@ -323,6 +340,7 @@ impl TrafficJournal {
         )?;
         self.pending.clear();
         self.pending_batches = 0;
+        self.folds += 1;
         Ok(())
     }
 }
@@ -858,25 +876,47 @@ impl Inner {
         if hours.is_empty() {
             return Ok(out);
         }
-        // Under the journal's lock, so that a fold cannot move counts between the two reads.
-        let journal = self
-            .journal
-            .as_ref()
-            .map(|j| j.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for t in self.tenant_ids(tenant)? {
             let start = codec::traffic_key(t, hours.start, 0, None, None);
             let end = codec::traffic_key(t, hours.end, 0, None, None);
-            let mut rows: std::collections::BTreeMap<Vec<u8>, TrafficV1> =
-                std::collections::BTreeMap::new();
-            for item in self.traffic.range(start..end) {
-                let (k, v) = item?;
-                rows.insert(k.to_vec(), decode(&v)?);
-            }
-            if let Some(j) = &journal {
-                for (k, add) in j.pending.range(start.to_vec()..end.to_vec()) {
-                    add_counts(rows.entry(k.clone()).or_default(), add);
+            let rows = loop {
+                // The pending counts are copied under the journal's lock and sled is read
+                // without it (appends go on meanwhile); a fold in between (counts moved from
+                // one to the other) makes the reader read again.
+                let snapshot = |j: &Option<std::sync::MutexGuard<'_, TrafficJournal>>| {
+                    j.as_ref().map(|j| {
+                        let pending: Vec<(Vec<u8>, TrafficV1)> = j
+                            .pending
+                            .range(start.to_vec()..end.to_vec())
+                            .map(|(k, v)| (k.clone(), *v))
+                            .collect();
+                        (j.folds, pending)
+                    })
+                };
+                let lock = || {
+                    self.journal
+                        .as_ref()
+                        .map(|j| j.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+                };
+                let before = snapshot(&lock());
+                let mut rows: std::collections::BTreeMap<Vec<u8>, TrafficV1> =
+                    std::collections::BTreeMap::new();
+                for item in self.traffic.range(start..end) {
+                    let (k, v) = item?;
+                    rows.insert(k.to_vec(), decode(&v)?);
                 }
-            }
+                let folds_after = lock().map(|j| j.folds);
+                match before {
+                    Some((folds, _)) if Some(folds) != folds_after => continue,
+                    Some((_, pending)) => {
+                        for (k, add) in pending {
+                            add_counts(rows.entry(k).or_default(), &add);
+                        }
+                        break rows;
+                    }
+                    None => break rows,
+                }
+            };
             for (k, row) in rows {
                 let (tenant, hour, account, vault, device) = codec::traffic_key_parts(&k)?;
                 let counts = TrafficCounts {
@@ -935,37 +975,46 @@ impl Inner {
         // vault with rows through the row keys, and the owners through the gauges or the rows'
         // tenant scan.
         for t in self.tenant_ids(tenant)? {
-            let gauges: std::collections::HashMap<VaultId, GaugeV1> = {
-                let mut m = std::collections::HashMap::new();
-                let mut prefix = vec![b'g'];
+            let read_gauges =
+                || -> Result<std::collections::HashMap<VaultId, GaugeV1>, StoreError> {
+                    let mut m = std::collections::HashMap::new();
+                    let mut prefix = vec![b'g'];
+                    prefix.extend_from_slice(&t.to_be_bytes());
+                    for item in self.meter.scan_prefix(&prefix) {
+                        let (k, v) = item?;
+                        let (_, vault) = codec::gauge_key_parts(&k)?;
+                        m.insert(vault, decode::<GaugeV1>(&v)?);
+                    }
+                    Ok(m)
+                };
+            // A change between reading the gauges and the rows folds time into the rows that
+            // the gauges read before would count again: read until both agree.
+            let (gauges, mut by_vault) = loop {
+                let gauges = read_gauges()?;
+                let mut prefix = vec![b'h'];
                 prefix.extend_from_slice(&t.to_be_bytes());
+                let mut by_vault: std::collections::BTreeMap<VaultId, Vec<(u64, StorageHourV1)>> =
+                    std::collections::BTreeMap::new();
                 for item in self.meter.scan_prefix(&prefix) {
                     let (k, v) = item?;
-                    let (_, vault) = codec::gauge_key_parts(&k)?;
-                    m.insert(vault, decode::<GaugeV1>(&v)?);
+                    let hour = codec::storage_hour_key_hour(&k)?;
+                    if !hours.contains(&hour) {
+                        continue;
+                    }
+                    let vault = k
+                        .get(9..25)
+                        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                        .map(VaultId::from_bytes)
+                        .ok_or_else(|| StoreError::corrupt(codec::METER, "a short hour key"))?;
+                    by_vault
+                        .entry(vault)
+                        .or_default()
+                        .push((hour, decode::<StorageHourV1>(&v)?));
                 }
-                m
+                if read_gauges()? == gauges {
+                    break (gauges, by_vault);
+                }
             };
-            let mut prefix = vec![b'h'];
-            prefix.extend_from_slice(&t.to_be_bytes());
-            let mut by_vault: std::collections::BTreeMap<VaultId, Vec<(u64, StorageHourV1)>> =
-                std::collections::BTreeMap::new();
-            for item in self.meter.scan_prefix(&prefix) {
-                let (k, v) = item?;
-                let hour = codec::storage_hour_key_hour(&k)?;
-                if !hours.contains(&hour) {
-                    continue;
-                }
-                let vault = k
-                    .get(9..25)
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                    .map(VaultId::from_bytes)
-                    .ok_or_else(|| StoreError::corrupt(codec::METER, "a short hour key"))?;
-                by_vault
-                    .entry(vault)
-                    .or_default()
-                    .push((hour, decode::<StorageHourV1>(&v)?));
-            }
             for vault in gauges.keys() {
                 by_vault.entry(*vault).or_default();
             }

@@ -269,4 +269,15 @@ async fn metrics_count_requests_for_the_operator() {
         text.contains("dooz_http_request_duration_seconds_bucket{le=\"+Inf\"}"),
         "{text}"
     );
+    // Metering totals, server-wide: no per-tenant label anywhere.
+    for name in [
+        "dooz_metered_ingress_bytes_total",
+        "dooz_metered_egress_bytes_total",
+        "dooz_metered_requests_total",
+        "dooz_meter_batches_total",
+        "dooz_meter_failures_total 0",
+    ] {
+        assert!(text.contains(name), "{name} missing: {text}");
+    }
+    assert!(!text.contains("tenant="), "{text}");
 }
