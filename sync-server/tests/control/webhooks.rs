@@ -444,3 +444,97 @@ async fn secrets_rotate_with_an_overlap_and_deliveries_can_be_sent_again() {
         .await
         .problem(404);
 }
+
+#[tokio::test]
+async fn monthly_egress_crosses_thresholds_as_metered() {
+    use dooz_protocol::DeviceId;
+    use dooz_server::{AccountId, HOUR_SECS, TenantId, TrafficCounts, TrafficKey};
+    let api = TestApi::start().await;
+    let (t, key) = api.tenant_with_key("egress", &["admin"]).await;
+    let k = Some(key.as_str());
+    let base = format!("/v1/tenants/{t}");
+    let (url, r, mut events) = receiver(0).await;
+    let hook = api
+        .call(
+            "POST",
+            &format!("{base}/webhooks"),
+            k,
+            Some(json!({"url": url, "events": ["quota.threshold"]})),
+        )
+        .await
+        .expect(201);
+    *r.secret.lock().unwrap() = Some(hook["secret"].as_str().unwrap().to_owned());
+    let plan = api
+        .call(
+            "POST",
+            &format!("{base}/plans"),
+            k,
+            Some(json!({"name": "metered",
+                        "limits": {"monthly_egress_bytes": {"max": 1000, "hard": false}}})),
+        )
+        .await
+        .expect(201);
+    let account = api
+        .call(
+            "POST",
+            &format!("{base}/accounts"),
+            k,
+            Some(json!({"name": "ana"})),
+        )
+        .await
+        .expect(201);
+    api.call(
+        "POST",
+        &format!("{base}/subscriptions"),
+        k,
+        Some(json!({"account": account["id"], "plan": plan["id"]})),
+    )
+    .await
+    .expect(201);
+    let egress = |bytes| {
+        let store = api.server().store().clone();
+        let account = AccountId::new(account["id"].as_u64().unwrap());
+        async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            store
+                .add_traffic(vec![(
+                    TrafficKey {
+                        tenant: TenantId::new(t),
+                        hour: now / HOUR_SECS,
+                        account,
+                        vault: None,
+                        device: Some(DeviceId::from_bytes([5; 32])),
+                    },
+                    TrafficCounts {
+                        ingress_bytes: 0,
+                        egress_bytes: bytes,
+                        requests: 1,
+                    },
+                )])
+                .await
+                .unwrap();
+        }
+    };
+    // 850 of 1000 bytes: 80%; a plan change makes the check run at once.
+    egress(850).await;
+    let touch = json!({"name": "metered"});
+    let p = format!("{base}/plans/{}", plan["id"]);
+    api.call("PATCH", &p, k, Some(touch.clone()))
+        .await
+        .expect(200);
+    let event = next_event(&mut events).await;
+    assert_eq!(
+        event["data"],
+        json!({"account": account["id"], "resource": "monthly_egress_bytes",
+               "threshold_percent": 80, "used": 850, "limit": 1000, "hard": false})
+    );
+    egress(200).await;
+    api.call("PATCH", &p, k, Some(touch)).await.expect(200);
+    let event = next_event(&mut events).await;
+    assert_eq!(event["data"]["resource"], "monthly_egress_bytes");
+    assert_eq!(event["data"]["threshold_percent"], 100);
+    assert_eq!(event["data"]["used"], 1050);
+}
