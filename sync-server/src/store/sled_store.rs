@@ -111,10 +111,11 @@ const TRAFFIC_FOLD_BATCHES: u64 = 512;
 
 /// Write-ahead journal of traffic batches, with the counts not yet folded into sled.
 ///
-/// [`MetaStore::add_traffic`] must be durable when it returns, and it runs before every answer.
-/// A sled flush per batch cost about 9% of end-to-end sync throughput, and an append plus
-/// `fdatasync` still about 20% with uploads under way (benches/RESULTS.md). So a batch is written
-/// in place into a preallocated file and `fdatasync`ed, and kept in memory (`pending`); every
+/// [`MetaStore::add_traffic`] must be durable when it returns, and it runs before every answer
+/// that is not a stored upload (those count with their chunk records). A sled flush per batch
+/// is heavier than one small write and `fdatasync` (benches/RESULTS.md, "Metering overhead"). So
+/// a batch is written in place into a preallocated file and synced ([`TrafficSync`]), and kept
+/// in memory (`pending`); every
 /// [`TRAFFIC_FOLD_BATCHES`] batches the pending counts go into `traffic-v1` together with
 /// `b"traffic-applied"` (the last batch's sequence number) in `meta-v1`, in one sled
 /// transaction. Readers see sled plus `pending`.
