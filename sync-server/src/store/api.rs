@@ -840,7 +840,7 @@ pub trait MetaStore: Send + Sync + 'static {
     ) -> Result<Vec<StorageHour>, StoreError>;
 
     /// The stored bytes of every vault of `tenant` (all tenants: `None`) now, by tenant and
-    /// vault. Vaults of deleted accounts are left out.
+    /// vault. Vaults that store nothing (those of deleted accounts among them) are left out.
     async fn storage_gauges(
         &self,
         tenant: Option<TenantId>,

@@ -2065,4 +2065,10 @@ pub(crate) async fn storage_hours_integrate_the_gauge_exactly(store: Store) {
     let rows = read(t0 + 9 * HOUR_SECS).await;
     assert_eq!(rows[0], (h, 1000, 1000 * 3000));
     assert!(rows.iter().all(|r| r.0 < h + 3));
+    // They still name the deleted account.
+    let hours = store
+        .storage_hours(Some(f.tenant), h..h + 3, t0 + 9 * HOUR_SECS)
+        .await
+        .unwrap();
+    assert!(hours.iter().all(|r| r.account == f.account), "{hours:?}");
 }

@@ -950,6 +950,9 @@ impl Inner {
                 let (k, v) = item?;
                 let (tenant, vault) = codec::gauge_key_parts(&k)?;
                 let g: GaugeV1 = decode(&v)?;
+                if g.stored == 0 {
+                    continue;
+                }
                 out.push(VaultStorage {
                     tenant: TenantId::new(tenant),
                     account: AccountId::new(g.account),
@@ -1337,14 +1340,14 @@ impl Inner {
         for item in self.account_vaults.scan_prefix(prefix) {
             let (k, _) = item?;
             let vault = VaultId::from_bytes(codec::account_member(ACCOUNT_VAULTS, &k)?);
-            // The vault's storage ends now; its hour rows stay for usage reports.
+            // The vault's storage ends now; its hour rows stay for usage reports, and its gauge
+            // (at zero) keeps the account they belong to.
             if let Some(v) = get_decoded::<VaultV1>(&self.vaults, vault.as_bytes())? {
                 let at = StoredAt::new(&v, &vault, now);
-                tx_result(self.meter.transaction(|meter| {
-                    tx_set_gauge(meter, at, |_| 0)?;
-                    meter.remove(codec::gauge_key(at.tenant, &vault).as_slice())?;
-                    Ok(())
-                }))?;
+                tx_result(
+                    self.meter
+                        .transaction(|meter| tx_set_gauge(meter, at, |_| 0)),
+                )?;
             }
             for tree in [
                 &self.chunks,
