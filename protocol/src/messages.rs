@@ -893,6 +893,24 @@ message_enum! {
     }
 }
 
+impl Request {
+    /// The vault the request names, if it names one (what metering counts it under).
+    pub fn vault(&self) -> Option<VaultId> {
+        match self {
+            Self::CreateVault(r) => Some(r.vault),
+            Self::PutEnvelope(r) => Some(r.vault),
+            Self::GetEnvelopes(r) => Some(r.vault),
+            Self::Have(r) => Some(r.vault),
+            Self::PutChunk(r) => Some(r.vault),
+            Self::GetChunk(r) => Some(r.vault),
+            Self::Commit(r) => Some(r.vault),
+            Self::Pull(r) => Some(r.vault),
+            Self::History(r) => Some(r.vault),
+            _ => None,
+        }
+    }
+}
+
 message_enum! {
     /// A response: what the server writes back on a request's stream (or pushes on a
     /// subscription stream).

@@ -227,8 +227,8 @@ pub async fn report(
     let group = |account: u64, vault: Option<VaultId>, device: Option<DeviceId>| -> Group {
         (
             by(GroupBy::Account).then(|| account.to_string()),
-            by(GroupBy::Vault).then(|| vault.map(|v| hex(v.as_bytes())).unwrap_or_default()),
-            by(GroupBy::Device).then(|| device.map(|d| hex(d.as_bytes())).unwrap_or_default()),
+            by(GroupBy::Vault).then(|| vault.map(|v| v.to_hex()).unwrap_or_default()),
+            by(GroupBy::Device).then(|| device.map(|d| d.to_hex()).unwrap_or_default()),
         )
     };
     let mut rows: BTreeMap<RowKey, Acc> = BTreeMap::new();
@@ -325,6 +325,38 @@ pub struct RenderRequest {
     pub format: Option<String>,
 }
 
+/// A report's query from its parameters as given: `from` (default: the start of the current
+/// month) and `to` (default: `now`) as [`parse_time`] reads them, `group_by` as
+/// [`GroupBy::parse_list`] does.
+pub fn query(
+    tenant: Option<TenantId>,
+    from: Option<&str>,
+    to: Option<&str>,
+    window: Window,
+    group_by: Option<&str>,
+    now: u64,
+) -> Result<UsageQuery, MeteringError> {
+    let from = match from {
+        Some(t) => parse_time(t)?,
+        None => window_of(Window::Month, now / HOUR_SECS).0,
+    };
+    let to = match to {
+        Some(t) => parse_time(t)?,
+        None => now.max(from.saturating_add(1)),
+    };
+    let group_by = match group_by {
+        Some(g) => GroupBy::parse_list(g).map_err(MeteringError::Invalid)?,
+        None => Vec::new(),
+    };
+    Ok(UsageQuery {
+        tenant,
+        from,
+        to,
+        window,
+        group_by,
+    })
+}
+
 /// Renders a report as CSV or as the JSON of `GET /v1/tenants/{id}/usage` (rows only).
 pub async fn render(
     store: &dyn MetaStore,
@@ -350,25 +382,14 @@ pub async fn render(
         Some(w) => w.parse().map_err(MeteringError::Invalid)?,
         None => Window::Hour,
     };
-    let group_by = match request.group_by.as_deref() {
-        Some(g) => GroupBy::parse_list(g).map_err(MeteringError::Invalid)?,
-        None => Vec::new(),
-    };
-    let from = match request.from.as_deref() {
-        Some(t) => parse_time(t)?,
-        None => window_of(Window::Month, now / HOUR_SECS).0,
-    };
-    let to = match request.to.as_deref() {
-        Some(t) => parse_time(t)?,
-        None => now.max(from.saturating_add(1)),
-    };
-    let query = UsageQuery {
+    let query = query(
         tenant,
-        from,
-        to,
+        request.from.as_deref(),
+        request.to.as_deref(),
         window,
-        group_by,
-    };
+        request.group_by.as_deref(),
+        now,
+    )?;
     let rows = report(store, &query, now).await?;
     match request.format.as_deref() {
         Some("csv") => Ok(to_csv(&rows, &query.group_by)),

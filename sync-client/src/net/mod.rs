@@ -377,22 +377,6 @@ impl TrafficMeter {
     }
 }
 
-/// The vault a request names.
-fn request_vault(req: &Request) -> Option<VaultId> {
-    match req {
-        Request::CreateVault(r) => Some(r.vault),
-        Request::PutEnvelope(r) => Some(r.vault),
-        Request::GetEnvelopes(r) => Some(r.vault),
-        Request::Have(r) => Some(r.vault),
-        Request::PutChunk(r) => Some(r.vault),
-        Request::GetChunk(r) => Some(r.vault),
-        Request::Commit(r) => Some(r.vault),
-        Request::Pull(r) => Some(r.vault),
-        Request::History(r) => Some(r.vault),
-        _ => None,
-    }
-}
-
 /// Byte counters of one connection (what went over the wire as chunk bodies).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
@@ -659,7 +643,7 @@ impl Connection {
     pub async fn request_answer(&self, req: Request) -> Result<Response, NetError> {
         let server = &self.inner.server;
         let name = req.name();
-        let vault = request_vault(&req);
+        let vault = req.vault();
         let (mut send, recv) = self
             .inner
             .conn
@@ -1156,7 +1140,7 @@ async fn request_on(
     req: Request,
     body: Option<Bytes>,
 ) -> Result<(Response, Option<Bytes>), NetError> {
-    let vault = request_vault(&req);
+    let vault = req.vault();
     let chunk = match &req {
         Request::GetChunk(g) => Some(g.chunk),
         _ => None,

@@ -80,24 +80,14 @@ pub(crate) struct UsageReport {
 }
 
 fn query_of(tenant: Option<u64>, p: &UsageParams, now: u64) -> ApiResult<UsageQuery> {
-    let from = match &p.from {
-        Some(t) => metering::parse_time(t)?,
-        None => month_start(now),
-    };
-    let to = match &p.to {
-        Some(t) => metering::parse_time(t)?,
-        None => now.max(from.saturating_add(1)),
-    };
-    Ok(UsageQuery {
-        tenant: tenant.map(TenantId::new),
-        from,
-        to,
-        window: p.window.unwrap_or_default(),
-        group_by: match &p.group_by {
-            Some(g) => GroupBy::parse_list(g).map_err(Problem::invalid)?,
-            None => Vec::new(),
-        },
-    })
+    Ok(metering::query(
+        tenant.map(TenantId::new),
+        p.from.as_deref(),
+        p.to.as_deref(),
+        p.window.unwrap_or_default(),
+        p.group_by.as_deref(),
+        now,
+    )?)
 }
 
 fn month_start(now: u64) -> u64 {

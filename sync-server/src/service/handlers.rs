@@ -133,7 +133,7 @@ pub(crate) async fn serve_stream(ctx: Arc<ConnCtx>, mut send: SendStream, recv: 
     tracing::debug!(request = name, "request");
     let metered = Metered {
         request_len: reader.last_frame_len() as u64,
-        vault: request_vault(&request),
+        vault: request.vault(),
         body_len: match &request {
             Request::PutChunk(put) => u64::from(put.len),
             _ => 0,
@@ -210,22 +210,6 @@ struct Metered {
     vault: Option<VaultId>,
     /// Its raw body (`PutChunk`), counted when the chunk was stored.
     body_len: u64,
-}
-
-/// The vault a request names.
-fn request_vault(request: &Request) -> Option<VaultId> {
-    match request {
-        Request::CreateVault(r) => Some(r.vault),
-        Request::PutEnvelope(r) => Some(r.vault),
-        Request::GetEnvelopes(r) => Some(r.vault),
-        Request::Have(r) => Some(r.vault),
-        Request::PutChunk(r) => Some(r.vault),
-        Request::GetChunk(r) => Some(r.vault),
-        Request::Commit(r) => Some(r.vault),
-        Request::Pull(r) => Some(r.vault),
-        Request::History(r) => Some(r.vault),
-        _ => None,
-    }
 }
 
 /// Counts traffic of the calling device under `vault` (only if the account owns it: a request

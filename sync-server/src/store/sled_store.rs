@@ -371,9 +371,9 @@ fn traffic_rows(batch: &[(TrafficKey, TrafficCounts)]) -> Vec<(Vec<u8>, TrafficV
 }
 
 /// Adds rows to `traffic-v1` inside a transaction.
-fn tx_add_traffic(
+fn tx_add_traffic<'a>(
     traffic: &TransactionalTree,
-    rows: &[(Vec<u8>, TrafficV1)],
+    rows: impl IntoIterator<Item = (&'a [u8], &'a TrafficV1)>,
 ) -> ConflictableTransactionResult<(), StoreError> {
     for (key, add) in rows {
         let mut row = tx_get_decoded::<TrafficV1>(traffic, key)?.unwrap_or_default();
@@ -662,12 +662,6 @@ fn hour_spans(from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> {
     })
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn vault_not_found(vault: &VaultId) -> StoreError {
     StoreError::not_found(format!("vault {vault}"))
 }
@@ -784,7 +778,7 @@ impl Inner {
     /// Builds the storage gauges of `meter-v1` from `chunks-v1` (stores written before they
     /// existed): each vault's gauge starts now with the bytes it holds.
     fn build_gauges(&self) -> Result<(), StoreError> {
-        let now = unix_now();
+        let now = crate::service::unix_now();
         let mut totals: std::collections::BTreeMap<VaultId, u64> =
             std::collections::BTreeMap::new();
         for item in &self.chunks {
@@ -841,11 +835,7 @@ impl Inner {
         rows: impl Iterator<Item = (&'a [u8], &'a TrafficV1)> + Clone,
     ) -> Result<(), StoreError> {
         tx_result((&self.traffic, &self.meta).transaction(|(traffic, meta)| {
-            for (key, add) in rows.clone() {
-                let mut row = tx_get_decoded::<TrafficV1>(traffic, key)?.unwrap_or_default();
-                add_counts(&mut row, add);
-                tx_insert(traffic, key, &row)?;
-            }
+            tx_add_traffic(traffic, rows.clone())?;
             meta.insert(TRAFFIC_APPLIED_KEY, &seq.to_be_bytes())?;
             Ok(())
         }))
@@ -1449,7 +1439,7 @@ impl Inner {
                 &self.traffic,
             )
                 .transaction(|(chunks, locs, usage, meter, traffic_tree)| {
-                    tx_add_traffic(traffic_tree, traffic)?;
+                    tx_add_traffic(traffic_tree, traffic.iter().map(|(k, v)| (k.as_slice(), v)))?;
                     let old_len = match tx_get_decoded::<ChunkV1>(chunks, &key)? {
                         None => 0,
                         Some(existing) => {
@@ -1497,7 +1487,7 @@ impl Inner {
                 &self.traffic,
             )
                 .transaction(|(chunks, locs, packs, usage, meter, traffic_tree)| {
-                    tx_add_traffic(traffic_tree, traffic)?;
+                    tx_add_traffic(traffic_tree, traffic.iter().map(|(k, v)| (k.as_slice(), v)))?;
                     tx_insert(
                         packs,
                         &codec::pack_key(vault, pack.as_bytes()),
