@@ -108,8 +108,8 @@ pub use chunking::{
 };
 pub use dooz_protocol::{EnrolmentCode, EnrolmentCodeError, HelloOk};
 pub use engine::{
-    Engine, EngineError, EngineOptions, EntryVersion, Progress, ProgressEvent, SyncPhase,
-    SyncReport, keyring_from_index,
+    AppliedChange, ConflictResolver, Engine, EngineError, EngineOptions, EntryVersion, Progress,
+    ProgressEvent, Resolution, SyncPhase, SyncReport, keyring_from_index,
 };
 pub use index::{
     Change, ChunkLocation, ChunkRef, Conflict, ConflictKind, ContentHash, DEFAULT_CACHE_BYTES,

@@ -12,7 +12,9 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::progress::{Reporter, SyncPhase};
 use super::upload::p_chunk;
-use super::{Engine, EngineError, SyncReport, conflicted_copy_name, utc_date};
+use super::{
+    AppliedChange, Engine, EngineError, Resolution, SyncReport, conflicted_copy_name, utc_date,
+};
 use crate::TEMP_FILE_PREFIX;
 use crate::index::{
     Change, ChunkLocation, ChunkRef, ConflictKind, EntryKind, EntryState, LocalEntry, RelPath,
@@ -34,6 +36,8 @@ struct Applier {
     batch: VaultBatch,
     /// Changes in `batch`.
     staged: usize,
+    /// What `batch` applies, for the change log (when recording).
+    changes: Vec<AppliedChange>,
 }
 
 /// One chunk of a file being assembled, in file order.
@@ -167,16 +171,37 @@ impl Engine {
         self.pull().await?;
         for conflict in self.vault.conflicts()? {
             report.conflicts += 1;
-            let path = conflict.path;
-            match conflict.kind {
+            let path = conflict.path.clone();
+            let remote = self.vault.remote(&path)?;
+            let mut copy = None;
+            let resolution = match conflict.kind {
                 ConflictKind::BothModified | ConflictKind::BothAdded => {
-                    self.keep_conflicted_copy(&path)?;
+                    let resolution = self
+                        .resolver
+                        .as_ref()
+                        .map_or(Resolution::KeepBoth, |decide| decide(&conflict));
+                    match resolution {
+                        Resolution::KeepLocal => {
+                            // The remote head becomes the base: the local version uploads
+                            // as its successor and the remote one is not applied.
+                            if let Some(base) = remote.as_ref().and_then(SyncedEntry::from_remote) {
+                                let mut b = VaultBatch::new();
+                                b.put_base(&path, &base);
+                                self.vault.commit(b)?;
+                            }
+                        }
+                        // Applied below over the local file, as any remote change.
+                        Resolution::KeepRemote => {}
+                        Resolution::KeepBoth => copy = Some(self.keep_conflicted_copy(&path)?),
+                    }
+                    resolution
                 }
                 ConflictKind::DeletedLocally => {
                     // Keep the remote modification: it is restored below.
                     let mut b = VaultBatch::new();
                     b.remove_local(&path);
                     self.vault.commit(b)?;
+                    Resolution::KeepRemote
                 }
                 ConflictKind::DeletedRemotely => {
                     // Keep the local modification: it uploads as a new file whose parent is
@@ -184,8 +209,15 @@ impl Engine {
                     let mut b = VaultBatch::new();
                     b.remove_base(&path);
                     self.vault.commit(b)?;
+                    Resolution::KeepLocal
                 }
-            }
+            };
+            self.note_changes([AppliedChange::Conflict {
+                conflict,
+                remote_version: remote.map(|r| r.version),
+                resolution,
+                copy,
+            }]);
         }
         let changes = self.vault.remote_changes()?;
         // Chunks already on disk, looked up once for every file to write.
@@ -223,6 +255,7 @@ impl Engine {
             files: JoinSet::new(),
             batch: VaultBatch::new(),
             staged: 0,
+            changes: Vec::new(),
         };
         let result = self.apply_changes(changes, &mut applier, &mut report).await;
         // Whatever happened, let running writes finish and record what was written.
@@ -279,7 +312,9 @@ impl Engine {
         if applier.staged > 0 {
             let batch = std::mem::replace(&mut applier.batch, VaultBatch::new());
             applier.staged = 0;
+            let changes = std::mem::take(&mut applier.changes);
             self.vault.commit(batch)?;
+            self.note_changes(changes);
         }
         Ok(())
     }
@@ -295,7 +330,7 @@ impl Engine {
 
     /// Moves the local version of `path` aside as a conflicted copy (picked up by the next
     /// scan and uploaded).
-    fn keep_conflicted_copy(&self, path: &RelPath) -> Result<(), EngineError> {
+    fn keep_conflicted_copy(&self, path: &RelPath) -> Result<RelPath, EngineError> {
         let full = path.to_path(&self.root);
         let date = utc_date(SystemTime::now());
         let mut n = 1;
@@ -318,14 +353,16 @@ impl Engine {
         let mut b = VaultBatch::new();
         b.remove_local(path);
         self.vault.commit(b)?;
-        Ok(())
+        Ok(copy)
     }
 
     /// Removes `path` from the folder and the index after a remote deletion.
     fn apply_delete(&self, path: &RelPath, applier: &mut Applier) -> Result<(), EngineError> {
         let full = path.to_path(&self.root);
+        let mut dir = false;
         match fs::symlink_metadata(&full) {
             Ok(meta) if meta.is_dir() => {
+                dir = true;
                 if fs::remove_dir(&full).is_err() {
                     // Not empty: files this device added inside keep it alive (they upload).
                     applier.batch.remove_base(path);
@@ -336,6 +373,12 @@ impl Engine {
             Err(_) => {}
         }
         applier.batch.remove_local(path).remove_base(path);
+        if self.recording() {
+            applier.changes.push(AppliedChange::Deleted {
+                path: path.clone(),
+                dir,
+            });
+        }
         self.staged(applier)
     }
 
@@ -398,6 +441,13 @@ impl Engine {
         if let Some(base) = SyncedEntry::from_remote(&remote) {
             applier.batch.put_base(path, &base);
         }
+        if self.recording() {
+            applier.changes.push(AppliedChange::Written {
+                path: path.clone(),
+                version: remote.version,
+                state,
+            });
+        }
         report.applied += 1;
         self.staged(applier)
     }
@@ -428,6 +478,13 @@ impl Engine {
         applier.batch.put_local(&w.path, &local);
         if let Some(base) = SyncedEntry::from_remote(&w.remote) {
             applier.batch.put_base(&w.path, &base);
+        }
+        if self.recording() {
+            applier.changes.push(AppliedChange::Written {
+                path: w.path,
+                version: w.remote.version,
+                state: w.state,
+            });
         }
         report.applied += 1;
         self.staged(applier)?;

@@ -35,6 +35,7 @@
 //! engine's own downloads match it, so they do not echo back), and
 //! [`Engine::pull_has_changes`] pulls and looks for anything to apply.
 
+mod changes;
 mod download;
 mod history;
 mod progress;
@@ -51,6 +52,7 @@ use crate::record::RecordError;
 use crate::scanner::{ScanError, ScanReport, Scanner};
 use crate::{Chunker, ChunkerConfig, IgnoreRules};
 
+pub use changes::{AppliedChange, ConflictResolver, Resolution};
 pub use history::EntryVersion;
 use progress::Reporter;
 pub use progress::{Progress, ProgressEvent, SyncPhase};
@@ -289,6 +291,10 @@ pub struct Engine {
     ignore: Option<IgnoreRules>,
     /// Where progress goes (nowhere by default).
     progress: Reporter,
+    /// Decides conflicts between two modifications (`None`: keep both).
+    resolver: Option<ConflictResolver>,
+    /// Applied changes not taken yet, when recording ([`Engine::record_changes`]).
+    changes: Option<std::sync::Mutex<Vec<AppliedChange>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -321,7 +327,46 @@ impl Engine {
             options,
             ignore: None,
             progress,
+            resolver: None,
+            changes: None,
         })
+    }
+
+    /// Decides conflicts between two modifications of a path with `resolver` from now on
+    /// (`None`: [`Resolution::KeepBoth`], the default).
+    pub fn set_conflict_resolver(&mut self, resolver: Option<ConflictResolver>) {
+        self.resolver = resolver;
+    }
+
+    /// Starts (or stops, dropping what was not taken) recording the remote changes and
+    /// conflicts downloads apply, for [`Engine::take_changes`].
+    pub fn record_changes(&mut self, on: bool) {
+        self.changes = on.then(|| std::sync::Mutex::new(Vec::new()));
+    }
+
+    /// The changes recorded since the last call, in the order they were committed (empty
+    /// when not recording).
+    pub fn take_changes(&mut self) -> Vec<AppliedChange> {
+        self.changes.as_mut().map_or_else(Vec::new, |m| {
+            std::mem::take(
+                m.get_mut()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+        })
+    }
+
+    /// Appends to the change log (when recording).
+    fn note_changes(&self, changes: impl IntoIterator<Item = AppliedChange>) {
+        if let Some(log) = &self.changes {
+            log.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(changes);
+        }
+    }
+
+    /// Whether changes are being recorded.
+    fn recording(&self) -> bool {
+        self.changes.is_some()
     }
 
     /// Sends [`ProgressEvent`]s to `sink` from now on (`None`: stop reporting). Without a
