@@ -19,6 +19,8 @@ use crate::{Error, Result};
 /// First retry delay after a failed sync or subscription; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A subscription that lived this long was healthy: its back-off starts over.
+const SUB_HEALTHY: Duration = Duration::from_secs(10);
 
 /// What wakes background sync: vaults with local changes or remote pushes.
 #[derive(Debug, Default)]
@@ -111,6 +113,7 @@ struct Sub {
     vaults: Vec<VaultId>,
     task: JoinHandle<()>,
     cancel: CancellationToken,
+    started: Instant,
 }
 
 async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
@@ -129,18 +132,12 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         let ids: Vec<VaultId> = opened.iter().map(|s| s.id).collect();
         let now = Instant::now();
 
-        // Keep a subscription to the opened vaults.
+        // Keep a subscription to the opened vaults (renewed when they change).
         if let Some(s) = &sub
-            && (s.task.is_finished() || s.vaults != ids)
+            && s.vaults != ids
+            && let Some(s) = sub.take()
         {
-            let ended = s.task.is_finished();
-            if let Some(s) = sub.take() {
-                s.cancel.cancel();
-            }
-            if ended {
-                sub_retry_at = now + sub_backoff;
-                sub_backoff = (sub_backoff * 2).min(MAX_BACKOFF);
-            }
+            s.cancel.cancel();
         }
         if sub.is_none() && enrolled && !ids.is_empty() && now >= sub_retry_at {
             let sub_cancel = cancel.child_token();
@@ -152,6 +149,7 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                     sub_cancel.clone(),
                 )),
                 cancel: sub_cancel,
+                started: now,
             });
         }
 
@@ -216,24 +214,25 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         if sub.is_none() && enrolled && !ids.is_empty() {
             deadline = deadline.min(sub_retry_at);
         }
-        if let Some(s) = &sub
-            && s.task.is_finished()
-        {
-            deadline = Instant::now();
-        }
-        tokio::select! {
+        let sub_ended = tokio::select! {
             () = cancel.cancelled() => break,
-            () = inner.wake.notify.notified() => {}
-            () = tokio::time::sleep_until(deadline) => {}
+            () = inner.wake.notify.notified() => false,
+            () = tokio::time::sleep_until(deadline) => false,
             () = async {
                 match &mut sub {
-                    Some(s) if !s.task.is_finished() => { let _ = (&mut s.task).await; }
-                    _ => std::future::pending::<()>().await,
+                    Some(s) => { let _ = (&mut s.task).await; }
+                    None => std::future::pending::<()>().await,
                 }
-            } => {}
-        }
-        if sub.as_ref().is_some_and(|s| !s.task.is_finished()) {
-            sub_backoff = MIN_BACKOFF;
+            } => true,
+        };
+        if sub_ended && let Some(s) = sub.take() {
+            // Broken (or never opened): open it again after a back-off, reset if it had
+            // lived a while; meanwhile the periodic sync and local changes still sync.
+            if s.started.elapsed() > SUB_HEALTHY {
+                sub_backoff = MIN_BACKOFF;
+            }
+            sub_retry_at = Instant::now() + sub_backoff;
+            sub_backoff = (sub_backoff * 2).min(MAX_BACKOFF);
         }
     }
     if let Some(s) = sub.take() {

@@ -140,6 +140,10 @@ pub struct ClientOptions {
     /// Background sync runs a full sync of every vault at least this often (for changes made
     /// behind the SDK's back, such as files edited in a synced folder). Default 10 s.
     pub sync_interval: Duration,
+    /// A connection that hears nothing from the server for this long is declared dead (and
+    /// background sync reports [`Status::Offline`](crate::Status) and reconnects). Default
+    /// 30 s; shorter notices a vanished network sooner, for a few more keep-alive packets.
+    pub idle_timeout: Duration,
     /// Conflict events carry the content of versions up to this many bytes. Default 1 MiB.
     pub inline_conflict_values: u64,
     /// Tuning of the sync engine (parallel transfers, memory budget).
@@ -153,6 +157,7 @@ impl Default for ClientOptions {
             conflict_policy: ConflictPolicy::default(),
             connect_timeout: Duration::from_secs(5),
             sync_interval: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             inline_conflict_values: 1024 * 1024,
             engine: EngineOptions::default(),
         }
@@ -181,6 +186,12 @@ impl ClientOptions {
     /// Sets [`ClientOptions::sync_interval`].
     pub fn sync_interval(mut self, interval: Duration) -> Self {
         self.sync_interval = interval;
+        self
+    }
+
+    /// Sets [`ClientOptions::idle_timeout`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -633,11 +644,14 @@ impl Inner {
         if record.server_addr == NOT_ENROLLED_ADDR {
             return Err(Error::NotEnrolled);
         }
-        let c = Arc::new(Connector::new(
-            record.server_addr,
-            record.server_fingerprint,
-            record.keys,
-        ));
+        let c = Arc::new(
+            Connector::new(
+                record.server_addr,
+                record.server_fingerprint,
+                record.keys,
+            )
+            .with_idle_timeout(self.options.idle_timeout),
+        );
         *slot = Some(Arc::clone(&c));
         Ok(c)
     }

@@ -481,6 +481,26 @@ impl Connection {
         keys: &DeviceSecretKeys,
         traffic: Arc<TrafficMeter>,
     ) -> Result<Self, NetError> {
+        Self::connect_tuned(
+            server_addr,
+            server_fingerprint,
+            keys,
+            traffic,
+            transport::IDLE_TIMEOUT,
+        )
+        .await
+    }
+
+    /// [`connect_metered`](Self::connect_metered) with the connection declared dead after
+    /// `idle_timeout` without hearing from the server (keep-alives every third of it, at most
+    /// 5 s).
+    async fn connect_tuned(
+        server_addr: &str,
+        server_fingerprint: &[u8; 32],
+        keys: &DeviceSecretKeys,
+        traffic: Arc<TrafficMeter>,
+        idle_timeout: std::time::Duration,
+    ) -> Result<Self, NetError> {
         let server = server_addr.to_owned();
         let setup = |reason: String| NetError::Setup {
             server: server.clone(),
@@ -505,7 +525,7 @@ impl Connection {
         .map_err(|e| setup(e.to_string()))?;
         let quic = QuicClientConfig::try_from(tls).map_err(|e| setup(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
-        config.transport_config(Arc::new(transport::transport_config()));
+        config.transport_config(Arc::new(transport::transport_config_with(idle_timeout)));
         // Every address the name resolves to, in order, until one answers.
         let mut last = NetError::Resolve {
             server: server.clone(),
@@ -955,6 +975,7 @@ pub struct Connector {
     fingerprint: [u8; 32],
     keys: DeviceSecretKeys,
     traffic: Arc<TrafficMeter>,
+    idle_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Connector {
@@ -979,7 +1000,17 @@ impl Connector {
             fingerprint,
             keys,
             traffic: Arc::new(TrafficMeter::default()),
+            idle_timeout: transport::IDLE_TIMEOUT,
         }
+    }
+
+    /// Connections it opens are declared dead after `timeout` without hearing from the server
+    /// (default 30 s; keep-alives go every third of it, at most every 5 s). Shorter notices a
+    /// vanished network sooner, at the cost of more keep-alive packets.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
     }
 
     /// Counts the traffic of every connection this connector opens into `traffic`.
@@ -1006,11 +1037,12 @@ impl Connector {
 
     /// Opens a new connection ([`Connection::connect`]).
     pub async fn connect(&self) -> Result<Connection, NetError> {
-        Connection::connect_metered(
+        Connection::connect_tuned(
             &self.server_addr,
             &self.fingerprint,
             &self.keys,
             Arc::clone(&self.traffic),
+            self.idle_timeout,
         )
         .await
     }

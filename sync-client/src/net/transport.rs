@@ -18,10 +18,19 @@ const STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
 const SEND_WINDOW_BYTES: u64 = 16 * 1024 * 1024;
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
-const IDLE_TIMEOUT_MS: u32 = 30_000;
+/// Default idle timeout (the server's is the same; the lower of the two applies).
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The transport config of client connections.
 pub(crate) fn transport_config() -> TransportConfig {
+    transport_config_with(IDLE_TIMEOUT)
+}
+
+/// The transport config of client connections declared dead after `idle` of silence, with
+/// keep-alives every third of it (at most every 5 s).
+pub(crate) fn transport_config_with(idle: Duration) -> TransportConfig {
+    let idle = idle.max(Duration::from_millis(300));
+    let idle_ms = u32::try_from(idle.as_millis()).unwrap_or(u32::MAX);
     let mut config = TransportConfig::default();
     config
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
@@ -29,8 +38,8 @@ pub(crate) fn transport_config() -> TransportConfig {
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW_BYTES))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW_BYTES))
         .send_window(SEND_WINDOW_BYTES)
-        .keep_alive_interval(Some(KEEP_ALIVE))
-        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT_MS))));
+        .keep_alive_interval(Some(KEEP_ALIVE.min(idle / 3)))
+        .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(idle_ms))));
     config
 }
 
