@@ -645,12 +645,8 @@ impl Inner {
             return Err(Error::NotEnrolled);
         }
         let c = Arc::new(
-            Connector::new(
-                record.server_addr,
-                record.server_fingerprint,
-                record.keys,
-            )
-            .with_idle_timeout(self.options.idle_timeout),
+            Connector::new(record.server_addr, record.server_fingerprint, record.keys)
+                .with_idle_timeout(self.options.idle_timeout),
         );
         *slot = Some(Arc::clone(&c));
         Ok(c)

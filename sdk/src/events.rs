@@ -164,7 +164,8 @@ impl EventStream {
         loop {
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(event)) => {
-                    if self.vault.is_none() || event.vault() == self.vault {
+                    // A vault's stream has its events and the client-wide ones (status).
+                    if self.vault.is_none() || event.vault().is_none_or(|v| Some(v) == self.vault) {
                         return Poll::Ready(Some(event));
                     }
                 }

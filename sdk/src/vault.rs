@@ -537,14 +537,20 @@ impl ValueWriter {
     pub async fn commit(mut self) -> Result<u64> {
         let temp = self.temp_path();
         self.file.flush().await.map_err(Error::io("write", &temp))?;
-        self.file
-            .sync_all()
-            .await
-            .map_err(Error::io("flush to disk", &temp))?;
         let target = self.target.clone();
         let key = self.key.clone();
         let root = self.vault.shared.root.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
+            // The value's time is the commit's, to the nanosecond (file systems stamp writes
+            // with a coarse clock): last-writer-wins compares these.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&temp)
+                .map_err(Error::io("open", &temp))?;
+            file.set_modified(SystemTime::now())
+                .map_err(Error::io("set the time of", &temp))?;
+            file.sync_all().map_err(Error::io("flush to disk", &temp))?;
+            drop(file);
             match std::fs::rename(&temp, &target) {
                 Ok(()) => {}
                 Err(_) if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) => {

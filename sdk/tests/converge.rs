@@ -55,12 +55,20 @@ async fn three_clients_converge_with_one_offline() {
     let sync_c = c.start_sync().unwrap();
 
     for i in 0..5 {
-        va.put(&format!("a/{i}.md"), format!("from A {i}")).await.unwrap();
-        vb.put(&format!("b/{i}.md"), format!("from B {i}")).await.unwrap();
-        vc.put(&format!("c/{i}.md"), format!("from C {i}")).await.unwrap();
+        va.put(&format!("a/{i}.md"), format!("from A {i}"))
+            .await
+            .unwrap();
+        vb.put(&format!("b/{i}.md"), format!("from B {i}"))
+            .await
+            .unwrap();
+        vc.put(&format!("c/{i}.md"), format!("from C {i}"))
+            .await
+            .unwrap();
     }
     va.put("shared.md", "A's version").await.unwrap();
-    vc.put("shared.md", "C's version, written offline").await.unwrap();
+    vc.put("shared.md", "C's version, written offline")
+        .await
+        .unwrap();
     va.put("gone.md", "short-lived").await.unwrap();
 
     // Offline, C still reads its own writes, and says it is offline.
@@ -118,7 +126,10 @@ async fn three_clients_converge_with_one_offline() {
     assert_eq!(conflict.resolution, Resolution::KeepBoth);
     let ours = conflict.ours.clone().unwrap();
     let theirs = conflict.theirs.clone().unwrap();
-    assert_eq!(ours.value.as_deref(), Some(&b"C's version, written offline"[..]));
+    assert_eq!(
+        ours.value.as_deref(),
+        Some(&b"C's version, written offline"[..])
+    );
     assert_eq!(theirs.value.as_deref(), Some(&b"A's version"[..]));
     assert_eq!(theirs.key.as_deref(), Some("shared.md"));
     assert!(theirs.version.is_some());
@@ -127,7 +138,10 @@ async fn three_clients_converge_with_one_offline() {
         *blake3::hash(b"C's version, written offline").as_bytes()
     );
     let copy = ours.key.clone().unwrap();
-    assert!(copy.starts_with("shared (conflicted copy from ana-tablet "), "{copy}");
+    assert!(
+        copy.starts_with("shared (conflicted copy from ana-tablet "),
+        "{copy}"
+    );
     assert_eq!(
         vc.get(&copy).await.unwrap().unwrap(),
         b"C's version, written offline"
@@ -137,7 +151,10 @@ async fn three_clients_converge_with_one_offline() {
     let mut expected = BTreeMap::new();
     for i in 0..5 {
         for (dev, who) in [("a", "A"), ("b", "B"), ("c", "C")] {
-            expected.insert(format!("{dev}/{i}.md"), format!("from {who} {i}").into_bytes());
+            expected.insert(
+                format!("{dev}/{i}.md"),
+                format!("from {who} {i}").into_bytes(),
+            );
         }
     }
     expected.insert("shared.md".to_owned(), b"A's version".to_vec());
@@ -153,21 +170,34 @@ async fn three_clients_converge_with_one_offline() {
     // C gets A's 5 + B's 5 (shared.md came as the conflict; gone.md was gone already).
     seen_c.until("C to catch up", done(10, &["a/", "b/"])).await;
     // A and B each get C's 5 values and the conflicted copy.
-    seen_a.until("A to get C's values", done(6, &["c/", "shared ("])).await;
-    seen_b.until("B to get C's values", done(6, &["c/", "shared ("])).await;
+    seen_a
+        .until("A to get C's values", done(6, &["c/", "shared ("]))
+        .await;
+    seen_b
+        .until("B to get C's values", done(6, &["c/", "shared ("]))
+        .await;
     for vault in [&va, &vb, &vc] {
         assert_eq!(contents(vault).await, expected, "{}", vault.name());
     }
 
     // Exactly once: no remote change came twice, and none is an echo of the device's own.
-    for (who, seen, own) in [("A", &seen_a, "a/"), ("B", &seen_b, "b/"), ("C", &seen_c, "c/")] {
+    for (who, seen, own) in [
+        ("A", &seen_a, "a/"),
+        ("B", &seen_b, "b/"),
+        ("C", &seen_c, "c/"),
+    ] {
         for ((key, change), n) in seen.remote_counts() {
             assert_eq!(n, 1, "{who} saw {key} {change} {n} times");
             assert!(!key.starts_with(own), "{who} was told about its own {key}");
         }
     }
     // B saw A's 5 puts, gone.md put and deleted, shared.md, C's 5 and the copy: 14 changes.
-    assert_eq!(seen_b.remote_counts().len(), 14, "{:#?}", seen_b.remote_counts());
+    assert_eq!(
+        seen_b.remote_counts().len(),
+        14,
+        "{:#?}",
+        seen_b.remote_counts()
+    );
 
     for handle in [sync_a, sync_b, sync_c] {
         handle.stop().await.unwrap();

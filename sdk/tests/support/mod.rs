@@ -147,7 +147,8 @@ async fn relay(front: Arc<UdpSocket>, server: SocketAddr, online: Arc<AtomicBool
                 let up = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
                 up.connect(server).await.unwrap();
                 upstreams.insert(from, Arc::clone(&up));
-                let (front, up2, online) = (Arc::clone(&front), Arc::clone(&up), Arc::clone(&online));
+                let (front, up2, online) =
+                    (Arc::clone(&front), Arc::clone(&up), Arc::clone(&online));
                 tasks.push(tokio::spawn(async move {
                     let mut buf = vec![0u8; 65_536];
                     while let Ok(n) = up2.recv(&mut buf).await {
