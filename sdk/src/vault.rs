@@ -363,15 +363,26 @@ impl Vault {
 
     /// The value of `key`, or `None` if the key holds none.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let Some(mut reader) = self.reader(key).await? else {
-            return Ok(None);
-        };
-        let mut out = Vec::with_capacity(usize::try_from(reader.len()).unwrap_or(0));
-        reader
-            .read_to_end(&mut out)
-            .await
-            .map_err(Error::io("read", key_path(key)?.to_path(&self.shared.root)))?;
-        Ok(Some(out))
+        let path = key_path(key)?.to_path(&self.shared.root);
+        // One trip to the blocking pool: open, check, read.
+        tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
+            use std::io::Read as _;
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if is_absent(&e) => return Ok(None),
+                Err(e) => return Err(Error::io("open", &path)(e)),
+            };
+            let meta = file.metadata().map_err(Error::io("stat", &path))?;
+            if !meta.is_file() {
+                return Ok(None);
+            }
+            let mut out = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+            file.read_to_end(&mut out)
+                .map_err(Error::io("read", &path))?;
+            Ok(Some(out))
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
     }
 
     /// A reader of the value of `key` ([`AsyncRead`]), or `None` if the key holds none. It
