@@ -430,8 +430,20 @@ impl Client {
 
     /// Makes a vault named `name`, with a fresh key only this account's devices get. Works
     /// offline: the vault is created on the server by the next sync. Opened as a key-value
-    /// vault (see [`Client::vault`]).
+    /// vault (see [`Client::vault`]); [`Client::create_folder`] makes one bound to a folder.
     pub fn create_vault(&self, name: &str) -> Result<Vault> {
+        self.make_vault(name)?;
+        self.vault(name)
+    }
+
+    /// Makes a vault named `name` (as [`Client::create_vault`]) bound to the folder `dir`
+    /// (as [`Client::open_folder`]).
+    pub fn create_folder(&self, name: &str, dir: impl AsRef<Path>) -> Result<Vault> {
+        self.make_vault(name)?;
+        self.open_folder(name, dir)
+    }
+
+    fn make_vault(&self, name: &str) -> Result<()> {
         check_vault_name(name)?;
         let inner = &self.inner;
         if inner.index.vault_by_name(name)?.is_some() {
@@ -445,7 +457,7 @@ impl Client {
         inner.index.put_vault_key(vault, Epoch::FIRST, &key)?;
         inner.index.set_vault_name(name, vault)?;
         inner.index.flush()?;
-        self.vault(name)
+        Ok(())
     }
 
     /// The vaults this device knows (made here, paired or recovered), by name.
