@@ -1,7 +1,7 @@
 //! Background sync ([`SyncHandle`]): syncs opened vaults after local changes, on the server's
 //! pushes and periodically, reconnecting by itself.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -22,21 +22,38 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A subscription that lived this long was healthy: its back-off starts over.
 const SUB_HEALTHY: Duration = Duration::from_secs(10);
 
-/// What wakes background sync: vaults with local changes or remote pushes.
+/// What wakes background sync: vaults with local changes, and vaults the server says changed.
 #[derive(Debug, Default)]
 pub(crate) struct Wake {
-    dirty: Mutex<HashSet<VaultId>>,
+    dirty: Mutex<Dirty>,
     all: AtomicBool,
     notify: Notify,
 }
 
+/// Vaults to sync.
+#[derive(Debug, Default)]
+struct Dirty {
+    /// Changed here (a put, a file notification): a full sync.
+    local: HashSet<VaultId>,
+    /// Changed on the server: a pull first, and a full sync only if it brings something (the
+    /// server also pushes this device's own commits).
+    remote: HashSet<VaultId>,
+}
+
 impl Wake {
-    /// `vault` has something to sync.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Dirty> {
+        self.dirty.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `vault` changed here.
     pub(crate) fn vault(&self, vault: VaultId) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(vault);
+        self.lock().local.insert(vault);
+        self.notify.notify_one();
+    }
+
+    /// `vault` changed on the server.
+    fn remote(&self, vault: VaultId) {
+        self.lock().remote.insert(vault);
         self.notify.notify_one();
     }
 
@@ -46,19 +63,20 @@ impl Wake {
         self.notify.notify_one();
     }
 
-    /// The vaults to sync now (`None`: all of them).
-    fn take(&self) -> Option<HashSet<VaultId>> {
-        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner));
+    /// What to sync now: (full syncs, pull checks); `None` for full: all of them.
+    fn take(&self) -> (Option<HashSet<VaultId>>, HashSet<VaultId>) {
+        let dirty = std::mem::take(&mut *self.lock());
         if self.all.swap(false, Ordering::SeqCst) {
-            None
+            (None, dirty.remote)
         } else {
-            Some(dirty)
+            (Some(dirty.local), dirty.remote)
         }
     }
 }
 
 /// Runs background sync until stopped ([`SyncHandle::stop`]) or dropped.
 #[derive(Debug)]
+#[must_use = "background sync stops when its handle is dropped"]
 pub struct SyncHandle {
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -116,20 +134,46 @@ struct Sub {
     started: Instant,
 }
 
+/// Clears [`Inner::syncing`] however the loop ends (a panic in an app's conflict callback
+/// included).
+struct SyncingFlag(Arc<Inner>);
+
+impl Drop for SyncingFlag {
+    fn drop(&mut self) {
+        *self
+            .0
+            .syncing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+    }
+}
+
 async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
+    let _flag = SyncingFlag(Arc::clone(&inner));
     let interval = inner.options.sync_interval.max(Duration::from_millis(100));
     let mut online: Option<bool> = None;
     let mut sub: Option<Sub> = None;
     let mut sub_retry_at = Instant::now();
     let mut sub_backoff = MIN_BACKOFF;
+    // After a failure: no sync of the failed vaults before `retry_at`, and none at all while
+    // the server is unreachable (`offline`).
     let mut retry_at: Option<Instant> = None;
+    let mut offline = false;
     let mut backoff = MIN_BACKOFF;
     let mut failed: HashSet<VaultId> = HashSet::new();
+    let mut pending_checks: HashSet<VaultId> = HashSet::new();
     let mut next_full = Instant::now();
+    // File notifications of folder vaults (key-value vaults change only through the SDK).
+    let mut watchers: HashMap<VaultId, Option<notify::RecommendedWatcher>> = HashMap::new();
     'outer: while !cancel.is_cancelled() {
         let enrolled = inner.record().is_ok_and(|r| !r.server_addr.is_empty());
         let opened = inner.opened();
         let ids: Vec<VaultId> = opened.iter().map(|s| s.id).collect();
+        for shared in opened.iter().filter(|s| !s.managed) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = watchers.entry(shared.id) {
+                slot.insert(watch_folder(&inner, shared.id, shared.root.clone()).await);
+            }
+        }
         let now = Instant::now();
 
         // Keep a subscription to the opened vaults (renewed when they change).
@@ -153,42 +197,62 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             });
         }
 
-        // What to sync now.
-        let mut due: HashSet<VaultId> = match inner.wake.take() {
-            Some(d) => d,
-            None => ids.iter().copied().collect(),
-        };
+        // What to sync now: full syncs, and pull checks for the server's pushes.
+        let (local, remote) = inner.wake.take();
+        let mut due: HashSet<VaultId> = local.unwrap_or_else(|| ids.iter().copied().collect());
+        pending_checks.extend(remote);
         if now >= next_full {
             due.extend(ids.iter().copied());
-            next_full = now + interval;
         }
-        if retry_at.is_some_and(|t| now >= t) {
+        let waiting = retry_at.is_some_and(|t| now < t);
+        if waiting {
+            // Keep what came in for the retry; while offline, wait for it entirely.
+            if offline {
+                failed.extend(due.iter().copied());
+            }
+            due.retain(|id| !offline && !failed.contains(id));
+        } else {
             due.extend(failed.drain());
             retry_at = None;
         }
+        let checks: HashSet<VaultId> = if offline && waiting {
+            HashSet::new()
+        } else {
+            std::mem::take(&mut pending_checks)
+                .into_iter()
+                .filter(|id| !due.contains(id))
+                .collect()
+        };
         if enrolled {
-            for shared in opened.iter().filter(|s| due.contains(&s.id)) {
+            for shared in opened
+                .iter()
+                .filter(|s| due.contains(&s.id) || checks.contains(&s.id))
+            {
+                let full = due.contains(&shared.id);
                 let result = tokio::select! {
                     () = cancel.cancelled() => break 'outer,
-                    r = shared.sync(&inner) => r,
+                    r = shared.sync_if(&inner, full) => r,
                 };
                 match result {
                     Ok(_) => {
                         failed.remove(&shared.id);
                         backoff = MIN_BACKOFF;
+                        offline = false;
                         if online != Some(true) {
                             online = Some(true);
                             inner.hub.emit(Event::Status(Status::Online));
                         }
                     }
                     Err(e) => {
-                        if e.is_offline() && online != Some(false) {
+                        let unreachable = e.is_offline();
+                        if unreachable && online != Some(false) {
                             online = Some(false);
                             inner.hub.emit(Event::Status(Status::Offline {
                                 reason: e.to_string(),
                             }));
                         }
-                        // Every failure is retried: a permanent one at the periodic sync.
+                        // Retryable failures come back after a back-off; others at the next
+                        // periodic sync.
                         let retry_in = e.is_retryable().then_some(backoff);
                         if let Some(delay) = retry_in {
                             failed.insert(shared.id);
@@ -201,9 +265,21 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                             error: e.to_string(),
                             retry_in,
                         }));
+                        if unreachable && retry_in.is_some() {
+                            // The others would fail the same way: retry them all together.
+                            offline = true;
+                            failed.extend(due.iter().copied());
+                            pending_checks.extend(checks.iter().copied());
+                            break;
+                        }
                     }
                 }
             }
+        }
+        // The next periodic sync counts from the end of this pass, so a slow pass does not
+        // run the next one at once.
+        if now >= next_full {
+            next_full = Instant::now() + interval;
         }
 
         // Wait for the next reason to sync.
@@ -235,11 +311,59 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             sub_backoff = (sub_backoff * 2).min(MAX_BACKOFF);
         }
     }
+    drop(watchers);
     if let Some(s) = sub.take() {
         s.cancel.cancel();
         let _ = s.task.await;
     }
-    *inner.syncing.lock().unwrap_or_else(PoisonError::into_inner) = false;
+}
+
+/// Watches a folder vault's folder (recursively, set up off the runtime: it walks the folder),
+/// waking its sync on every change but the SDK's and the engine's temporary files. `None` if
+/// the OS refuses: the periodic sync still finds the changes.
+async fn watch_folder(
+    inner: &Arc<Inner>,
+    vault: VaultId,
+    root: std::path::PathBuf,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let weak = Arc::downgrade(inner);
+    let handler = move |res: notify::Result<notify::Event>| {
+        let Some(inner) = weak.upgrade() else { return };
+        let relevant = match res {
+            Ok(event) => {
+                !matches!(event.kind, notify::EventKind::Access(_))
+                    && event.paths.iter().any(|p| {
+                        !p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with(dooz_client::TEMP_FILE_PREFIX))
+                    })
+            }
+            // Events were lost: sync to find out.
+            Err(_) => true,
+        };
+        if relevant {
+            inner.wake.vault(vault);
+        }
+    };
+    let shown = root.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        let mut watcher = notify::recommended_watcher(handler)?;
+        watcher.watch(&root, notify::RecursiveMode::Recursive)?;
+        Ok::<_, notify::Error>(watcher)
+    })
+    .await;
+    match made {
+        Ok(Ok(watcher)) => Some(watcher),
+        Ok(Err(e)) => {
+            tracing::warn!(folder = %shown.display(), error = %e, "no file notifications; relying on periodic syncs");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "setting up file notifications failed");
+            None
+        }
+    }
 }
 
 /// Subscribes to `vaults` and wakes their sync on each push, until the subscription breaks
@@ -258,12 +382,12 @@ async fn subscription(inner: Arc<Inner>, vaults: Vec<VaultId>, cancel: Cancellat
             .map(|v| dooz_protocol::VaultId::from_bytes(v.0))
             .collect();
         let mut stream = conn.subscribe(ids).await?;
-        // Changes committed before the subscription opened are fetched by a sync.
+        // Changes committed before the subscription opened are fetched by a pull.
         for v in &vaults {
-            inner.wake.vault(*v);
+            inner.wake.remote(*v);
         }
         while let Some(changed) = stream.next().await? {
-            inner.wake.vault(VaultId(*changed.vault.as_bytes()));
+            inner.wake.remote(VaultId(*changed.vault.as_bytes()));
         }
         Ok::<(), Error>(())
     };

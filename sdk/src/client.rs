@@ -46,7 +46,9 @@ pub enum ConflictPolicy {
     /// The version modified last wins (ties broken by content hash, so every device picks the
     /// same); the other is discarded (a remote loser stays in the key's history).
     LastWriterWins,
-    /// The app decides, per conflict.
+    /// The app decides, per conflict between two files (a file against a directory keeps
+    /// both). Called during a sync, on a runtime thread: it must return quickly and not
+    /// block (no I/O, no waiting on the app's UI).
     Custom(ConflictFn),
 }
 
@@ -751,9 +753,7 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         };
-        if managed {
-            crate::vault::remove_stale_temp_files(&root);
-        }
+        crate::vault::remove_stale_temp_files(&root);
         let shared = Arc::new(VaultShared::new(
             id,
             name.to_owned(),

@@ -74,7 +74,13 @@
 //! if !client.is_enrolled()? {
 //!     client.enrol(code).await?; // a `dooz1-...` code from the server's admin
 //! }
-//! let notes = client.vault("notes").or_else(|_| client.create_vault("notes"))?;
+//! // The account's first device makes the vault; every other device gets it by pairing
+//! // (`pair_join`) before opening it, or it would make a vault of its own.
+//! let notes = match client.vault("notes") {
+//!     Ok(vault) => vault,
+//!     Err(dooz_sdk::Error::NoSuchVault { .. }) => client.create_vault("notes")?,
+//!     Err(e) => return Err(e),
+//! };
 //! let sync = client.start_sync()?;
 //! let mut events = notes.watch();
 //! notes.put("hello.md", b"hi from this device").await?;

@@ -9,8 +9,8 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use dooz_client::{
-    AppliedChange, Engine, EntryKind, RelPath, Resolution, SyncReport, TEMP_FILE_PREFIX,
-    VaultIndex, keyring_from_index,
+    AppliedChange, Engine, EntryKind, IGNORE_FILE_NAME, RelPath, Resolution, SyncReport,
+    TEMP_FILE_PREFIX, VaultIndex, keyring_from_index,
 };
 use dooz_crypto::{DeviceId, VaultId, VersionId};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
@@ -31,7 +31,7 @@ pub(crate) struct VaultShared {
     pub(crate) name: String,
     pub(crate) root: PathBuf,
     /// A key-value vault whose folder the SDK owns (empty directories are removed).
-    managed: bool,
+    pub(crate) managed: bool,
     index: VaultIndex,
     /// The sync engine, made at the first sync (it needs a connection).
     engine: tokio::sync::Mutex<Option<Engine>>,
@@ -87,20 +87,41 @@ impl VaultShared {
 
     /// One sync of this vault; reports what arrived as events.
     pub(crate) async fn sync(&self, inner: &Inner) -> Result<SyncReport> {
+        self.sync_if(inner, true)
+            .await
+            .map(|r| r.unwrap_or_default())
+    }
+
+    /// A sync, or with `full` false a pull first and a sync only if it brings something to
+    /// apply (`Ok(None)`: nothing).
+    pub(crate) async fn sync_if(&self, inner: &Inner, full: bool) -> Result<Option<SyncReport>> {
         let mut slot = self.engine.lock().await;
         let engine = self.ready_engine(inner, &mut slot).await?;
+        if !full {
+            match engine.pull_has_changes().await {
+                Ok(false) => return Ok(None),
+                Ok(true) => {}
+                Err(e) => {
+                    if e.is_connection_lost() {
+                        inner.drop_connection().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
         let connector = inner.connector()?;
         let result = engine.sync_with_reconnect(&connector, 1).await;
         let changes = engine.take_changes();
-        drop(slot);
+        // Reported before the next sync may start, so events keep their order.
         self.emit_changes(inner, changes);
+        drop(slot);
         match result {
             Ok(report) => {
                 inner.hub.emit(Event::Status(Status::Synced {
                     vault: self.id,
                     report,
                 }));
-                Ok(report)
+                Ok(Some(report))
             }
             Err(e) => {
                 if e.is_connection_lost() {
@@ -476,8 +497,8 @@ impl Vault {
         let engine = self.shared.ready_engine(&self.inner, &mut slot).await?;
         let result = engine.restore(&path, version).await;
         let changes = engine.take_changes();
-        drop(slot);
         self.shared.emit_changes(&self.inner, changes);
+        drop(slot);
         result?;
         let size = std::fs::metadata(path.to_path(&self.shared.root)).map_or(0, |m| m.len());
         self.changed(
@@ -562,7 +583,17 @@ impl ValueWriter {
                 .map_err(Error::io("set the time of", &temp))?;
             file.sync_all().map_err(Error::io("flush to disk", &temp))?;
             drop(file);
-            match std::fs::rename(&temp, &target) {
+            let mut renamed = std::fs::rename(&temp, &target);
+            if let Err(e) = &renamed
+                && e.kind() == std::io::ErrorKind::NotFound
+                && let Ok(path) = key_path(&key)
+            {
+                // A delete or a sync removed a directory the key needs, emptied meanwhile:
+                // make it again, once.
+                prepare_parents(&root, &path, &key)?;
+                renamed = std::fs::rename(&temp, &target);
+            }
+            match renamed {
                 Ok(()) => {}
                 Err(_) if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) => {
                     return Err(Error::KeyCollision {
@@ -689,6 +720,10 @@ fn prepare_parents(root: &Path, path: &RelPath, key: &str) -> Result<()> {
                         }
                     })
                     .map_err(Error::io("create directory", &dir))?;
+                // The new directory's name is durable once its parent is synced.
+                if let Some(parent) = dir.parent() {
+                    sync_dir(parent);
+                }
             }
             Err(e) => return Err(Error::io("stat", &dir)(e)),
         }
@@ -719,7 +754,8 @@ fn list_keys(root: &Path, prefix: &str) -> Result<Vec<KeyInfo>> {
             let entry = entry.map_err(Error::io("list", &dir))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with(TEMP_FILE_PREFIX) {
+            // Temporary files, and a folder's ignore rules: not values.
+            if name.starts_with(TEMP_FILE_PREFIX) || name == IGNORE_FILE_NAME {
                 continue;
             }
             let path = entry.path();
@@ -749,7 +785,7 @@ fn list_keys(root: &Path, prefix: &str) -> Result<Vec<KeyInfo>> {
     Ok(out)
 }
 
-/// Removes temporary files a crashed put left in a key-value vault's folder.
+/// Removes temporary files a crashed put left in a vault's folder (only the SDK's own).
 pub(crate) fn remove_stale_temp_files(root: &Path) {
     if let Ok(entries) = std::fs::read_dir(root) {
         for entry in entries.flatten() {

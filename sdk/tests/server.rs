@@ -294,3 +294,86 @@ async fn a_server_that_goes_away_is_offline_and_retryable() {
     assert_eq!(vb.get("while-down").await.unwrap().unwrap(), b"kept");
     bg.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_sync_sees_folder_edits_through_file_notifications() {
+    let server = TestServer::start().await;
+    // No periodic sync to fall back on: only notifications can find the edit.
+    let options = ClientOptions::default().sync_interval(Duration::from_secs(3600));
+    let (c, _dc) = client("c", &server.code().await, options.clone()).await;
+    let (d, _dd) = client("d", &server.code().await, options).await;
+    let folder = tempfile::tempdir().unwrap();
+    let on_c = c.create_folder("docs", folder.path()).unwrap();
+    let invite = c.pair_invite().await.unwrap();
+    let code = invite.code().to_owned();
+    let (p, j) = tokio::join!(invite.complete(), d.pair_join(&code));
+    p.unwrap();
+    j.unwrap();
+    let on_d = d.vault("docs").unwrap();
+    let mut seen_d = Seen::new(on_d.watch());
+    let mut seen_c = Seen::new(on_c.watch());
+    let bg_c = c.start_sync().unwrap();
+    let bg_d = d.start_sync().unwrap();
+    // Both have synced once (start-up) before the edit.
+    for seen in [&mut seen_c, &mut seen_d] {
+        seen.until("a first sync", |ev| {
+            ev.iter()
+                .any(|e| matches!(e, Event::Status(dooz_sdk::Status::Synced { .. })))
+        })
+        .await;
+    }
+    // Let every wake-up so far play out: D answers C's first edit, and C hears the answer.
+    std::fs::write(folder.path().join("first.txt"), "one").unwrap();
+    seen_d
+        .until("the first edit", |ev| {
+            ev.iter()
+                .any(|e| matches!(e, Event::Remote { key, .. } if key == "first.txt"))
+        })
+        .await;
+    on_d.put("ack", "got it").await.unwrap();
+    seen_c
+        .until("the answer", |ev| {
+            ev.iter()
+                .any(|e| matches!(e, Event::Remote { key, .. } if key == "ack"))
+        })
+        .await;
+    // Now nothing is pending on C: only the file notification can sync this edit.
+    std::fs::write(
+        folder.path().join("report.txt"),
+        "written by another program",
+    )
+    .unwrap();
+    seen_d
+        .until("the edit to arrive", |ev| {
+            ev.iter()
+                .any(|e| matches!(e, Event::Remote { key, .. } if key == "report.txt"))
+        })
+        .await;
+    assert_eq!(
+        on_d.get("report.txt").await.unwrap().unwrap(),
+        b"written by another program"
+    );
+    bg_c.stop().await.unwrap();
+    bg_d.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_against_a_directory_keeps_both_whatever_the_policy() {
+    let server = TestServer::start().await;
+    let ((_a, va), (_b, vb), _dirs) = pair_of(&server, ConflictPolicy::LastWriterWins).await;
+    let mut seen_b = Seen::new(vb.watch());
+    va.put("a/b", "a value under a").await.unwrap();
+    va.sync().await.unwrap();
+    vb.put("a", "a value at a").await.unwrap();
+    vb.sync().await.unwrap();
+    va.sync().await.unwrap();
+    vb.sync().await.unwrap();
+    let c = conflicts(seen_b_drain(&mut seen_b).await);
+    assert_eq!(c.len(), 1, "{c:#?}");
+    assert_eq!(c[0].resolution, Resolution::KeepBoth);
+    let copy = c[0].ours.as_ref().unwrap().key.clone().unwrap();
+    for v in [&va, &vb] {
+        assert_eq!(v.get("a/b").await.unwrap().unwrap(), b"a value under a");
+        assert_eq!(v.get(&copy).await.unwrap().unwrap(), b"a value at a");
+    }
+}

@@ -337,6 +337,7 @@ on_both_backends!(
     an_interrupted_upload_resumes_without_resending_acknowledged_chunks,
     a_lost_connection_is_reopened,
     an_edit_made_after_the_scan_is_never_overwritten,
+    an_edit_made_after_the_scan_survives_a_remote_deletion,
     downloads_follow_the_local_ignore_rules,
     the_watcher_follows_pushes_and_local_edits_without_echo,
     one_watcher_serves_several_vaults_and_stops_cleanly,
@@ -664,6 +665,27 @@ async fn an_edit_made_after_the_scan_is_never_overwritten(server: TestServer) {
             .any(|(_, c, _)| c.as_deref() == Some(&b"unscanned edit on beta\n"[..])),
         "{t:?}"
     );
+}
+
+async fn an_edit_made_after_the_scan_survives_a_remote_deletion(server: TestServer) {
+    let (mut a, mut b) = pair(&server).await;
+    a.write("doomed.txt", b"v1\n");
+    a.sync().await;
+    b.sync().await;
+    std::fs::remove_file(a.path("doomed.txt")).unwrap();
+    a.sync().await;
+
+    // B edits the file after its last scan; the download must not delete the edit.
+    b.write("doomed.txt", b"unscanned edit on beta, longer\n");
+    let r = b.engine.download().await.unwrap();
+    assert_eq!(r.changed_locally, 1, "{r:?}");
+    assert_eq!(b.read("doomed.txt"), b"unscanned edit on beta, longer\n");
+
+    // A full sync keeps the modification against the deletion, on both sides.
+    b.sync().await;
+    a.sync().await;
+    assert_eq!(a.read("doomed.txt"), b"unscanned edit on beta, longer\n");
+    assert_eq!(tree(b.folder.path()), tree(a.folder.path()));
 }
 
 async fn downloads_follow_the_local_ignore_rules(server: TestServer) {

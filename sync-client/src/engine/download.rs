@@ -38,6 +38,8 @@ struct Applier {
     staged: usize,
     /// What `batch` applies, for the change log (when recording).
     changes: Vec<AppliedChange>,
+    /// Conflicts resolved by keeping the remote version, logged with its write.
+    deferred: HashMap<RelPath, AppliedChange>,
 }
 
 /// One chunk of a file being assembled, in file order.
@@ -169,6 +171,7 @@ impl Engine {
     pub async fn download(&mut self) -> Result<SyncReport, EngineError> {
         let mut report = SyncReport::default();
         self.pull().await?;
+        let mut deferred = HashMap::new();
         for conflict in self.vault.conflicts()? {
             report.conflicts += 1;
             let path = conflict.path.clone();
@@ -176,10 +179,15 @@ impl Engine {
             let mut copy = None;
             let resolution = match conflict.kind {
                 ConflictKind::BothModified | ConflictKind::BothAdded => {
-                    let resolution = self
-                        .resolver
-                        .as_ref()
-                        .map_or(Resolution::KeepBoth, |decide| decide(&conflict));
+                    // The resolver decides between two files; a file against a directory
+                    // keeps both.
+                    let files = [conflict.local, conflict.remote]
+                        .iter()
+                        .all(|s| s.is_some_and(|s| s.kind == EntryKind::File));
+                    let resolution = match &self.resolver {
+                        Some(decide) if files => decide(&conflict),
+                        _ => Resolution::KeepBoth,
+                    };
                     match resolution {
                         Resolution::KeepLocal => {
                             // The remote head becomes the base: the local version uploads
@@ -192,7 +200,7 @@ impl Engine {
                         }
                         // Applied below over the local file, as any remote change.
                         Resolution::KeepRemote => {}
-                        Resolution::KeepBoth => copy = Some(self.keep_conflicted_copy(&path)?),
+                        Resolution::KeepBoth => copy = self.keep_conflicted_copy(&path)?,
                     }
                     resolution
                 }
@@ -212,12 +220,19 @@ impl Engine {
                     Resolution::KeepLocal
                 }
             };
-            self.note_changes([AppliedChange::Conflict {
+            let change = AppliedChange::Conflict {
                 conflict,
                 remote_version: remote.map(|r| r.version),
                 resolution,
                 copy,
-            }]);
+            };
+            if resolution == Resolution::KeepRemote {
+                // Reported with the write that applies the remote version (and not at all if
+                // the write is refused: the next round meets the conflict again).
+                deferred.insert(path, change);
+            } else {
+                self.note_changes([change]);
+            }
         }
         let changes = self.vault.remote_changes()?;
         // Chunks already on disk, looked up once for every file to write.
@@ -256,6 +271,11 @@ impl Engine {
             batch: VaultBatch::new(),
             staged: 0,
             changes: Vec::new(),
+            deferred: if self.recording() {
+                deferred
+            } else {
+                HashMap::new()
+            },
         };
         let result = self.apply_changes(changes, &mut applier, &mut report).await;
         // Whatever happened, let running writes finish and record what was written.
@@ -301,8 +321,11 @@ impl Engine {
         // Children before their directories.
         deletions.sort();
         for path in deletions.iter().rev() {
-            self.apply_delete(path, applier)?;
-            report.applied += 1;
+            if self.apply_delete(path, applier)? {
+                report.applied += 1;
+            } else {
+                report.changed_locally += 1;
+            }
         }
         Ok(())
     }
@@ -330,7 +353,7 @@ impl Engine {
 
     /// Moves the local version of `path` aside as a conflicted copy (picked up by the next
     /// scan and uploaded).
-    fn keep_conflicted_copy(&self, path: &RelPath) -> Result<RelPath, EngineError> {
+    fn keep_conflicted_copy(&self, path: &RelPath) -> Result<Option<RelPath>, EngineError> {
         let full = path.to_path(&self.root);
         let date = utc_date(SystemTime::now());
         let mut n = 1;
@@ -344,20 +367,22 @@ impl Engine {
             n += 1;
         };
         let target = copy.to_path(&self.root);
-        match fs::rename(&full, &target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let moved = match fs::rename(&full, &target) {
+            Ok(()) => Some(copy.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(EngineError::io("rename to a conflicted copy", &full)(e)),
-        }
+        };
         tracing::info!(path = %path, copy = %copy, "conflict: kept the local version as a copy");
         let mut b = VaultBatch::new();
         b.remove_local(path);
         self.vault.commit(b)?;
-        Ok(copy)
+        Ok(moved)
     }
 
-    /// Removes `path` from the folder and the index after a remote deletion.
-    fn apply_delete(&self, path: &RelPath, applier: &mut Applier) -> Result<(), EngineError> {
+    /// Removes `path` from the folder and the index after a remote deletion. `Ok(false)`: the
+    /// file changed on disk since the scan, so it is left alone (the next round sees a
+    /// modification against a deletion, which keeps the modification).
+    fn apply_delete(&self, path: &RelPath, applier: &mut Applier) -> Result<bool, EngineError> {
         let full = path.to_path(&self.root);
         let mut dir = false;
         match fs::symlink_metadata(&full) {
@@ -366,10 +391,28 @@ impl Engine {
                 if fs::remove_dir(&full).is_err() {
                     // Not empty: files this device added inside keep it alive (they upload).
                     applier.batch.remove_base(path);
-                    return self.staged(applier);
+                    self.staged(applier)?;
+                    return Ok(true);
                 }
             }
-            Ok(_) => fs::remove_file(&full).map_err(EngineError::io("delete", &full))?,
+            Ok(meta) => {
+                if meta.is_file() {
+                    let now = DiskStat {
+                        size: meta.len(),
+                        mtime_ns: mtime_ns_of(&meta),
+                        inode: inode_of(&meta),
+                    };
+                    let scanned = self.vault.local(path)?.map(|l| DiskStat {
+                        size: l.state.size,
+                        mtime_ns: l.state.mtime_ns,
+                        inode: l.inode,
+                    });
+                    if scanned != Some(now) {
+                        return Ok(false);
+                    }
+                }
+                fs::remove_file(&full).map_err(EngineError::io("delete", &full))?;
+            }
             Err(_) => {}
         }
         applier.batch.remove_local(path).remove_base(path);
@@ -379,7 +422,8 @@ impl Engine {
                 dir,
             });
         }
-        self.staged(applier)
+        self.staged(applier)?;
+        Ok(true)
     }
 
     /// Makes the folder hold the remote head of `path`. Files are written by background tasks
@@ -395,8 +439,11 @@ impl Engine {
             return Ok(());
         };
         let Some(state) = remote.state else {
-            self.apply_delete(path, applier)?;
-            report.applied += 1;
+            if self.apply_delete(path, applier)? {
+                report.applied += 1;
+            } else {
+                report.changed_locally += 1;
+            }
             return Ok(());
         };
         let full = path.to_path(&self.root);
@@ -442,6 +489,7 @@ impl Engine {
             applier.batch.put_base(path, &base);
         }
         if self.recording() {
+            applier.changes.extend(applier.deferred.remove(path));
             applier.changes.push(AppliedChange::Written {
                 path: path.clone(),
                 version: remote.version,
@@ -480,6 +528,7 @@ impl Engine {
             applier.batch.put_base(&w.path, &base);
         }
         if self.recording() {
+            applier.changes.extend(applier.deferred.remove(&w.path));
             applier.changes.push(AppliedChange::Written {
                 path: w.path,
                 version: w.remote.version,

@@ -634,7 +634,22 @@ impl Engine {
     }
 }
 
-/// `name (conflicted copy from <device> <date>).ext` for the file name of `path`.
+/// Longest file name most file systems take, in bytes.
+const MAX_NAME_BYTES: usize = 255;
+/// Longest device name kept in a conflicted copy's name, in bytes.
+const MAX_COPY_DEVICE_BYTES: usize = 64;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `name (conflicted copy from <device> <date>).ext` for the file name of `path`, shortened (the
+/// device name to 64 bytes, then the name's stem, then its extension) to fit in 255 bytes.
 pub(crate) fn conflicted_copy_name(file_name: &str, device: &str, date: &str, n: u32) -> String {
     let (stem, ext) = match file_name.rfind('.') {
         Some(i) if i > 0 => (&file_name[..i], &file_name[i..]),
@@ -650,11 +665,16 @@ pub(crate) fn conflicted_copy_name(file_name: &str, device: &str, date: &str, n:
             }
         })
         .collect();
-    if n <= 1 {
-        format!("{stem} (conflicted copy from {device} {date}){ext}")
+    let device = truncated(&device, MAX_COPY_DEVICE_BYTES);
+    let tag = if n <= 1 {
+        format!(" (conflicted copy from {device} {date})")
     } else {
-        format!("{stem} (conflicted copy from {device} {date} {n}){ext}")
-    }
+        format!(" (conflicted copy from {device} {date} {n})")
+    };
+    let room = MAX_NAME_BYTES.saturating_sub(tag.len());
+    let ext = truncated(ext, room / 2);
+    let stem = truncated(stem, room - ext.len());
+    format!("{stem}{tag}{ext}")
 }
 
 /// Today's date in UTC, `YYYY-MM-DD`.
@@ -693,6 +713,22 @@ mod tests {
         assert_eq!(
             conflicted_copy_name("x.tar.gz", "pc", "2026-01-02", 2),
             "x.tar (conflicted copy from pc 2026-01-02 2).gz"
+        );
+    }
+
+    #[test]
+    fn conflicted_copy_names_fit_in_a_file_name() {
+        let long = "é".repeat(127); // 254 bytes
+        let device = "d".repeat(300);
+        let name = conflicted_copy_name(&format!("{long}.txt"), &device, "2026-11-23", 12);
+        assert!(name.len() <= 255, "{} bytes", name.len());
+        assert!(name.ends_with(" 2026-11-23 12).txt"), "{name}");
+        assert!(name.starts_with("éé"));
+        let name = conflicted_copy_name(&"x".repeat(255), "pc", "2026-11-23", 1);
+        assert!(name.len() <= 255);
+        assert!(
+            name.ends_with("(conflicted copy from pc 2026-11-23)"),
+            "{name}"
         );
     }
 
