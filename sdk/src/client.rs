@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dooz_client::{
     Connection, Connector, DeviceRecord, EngineOptions, EnrolmentCode, Index, IndexError,
-    Invitation, Joining, PairingCode, Resolution,
+    Invitation, Joining, PairingCode, Progress, Resolution,
 };
 use dooz_crypto::{DeviceId, DeviceSecretKeys, Epoch, VaultId, VaultKey};
 
@@ -128,7 +128,7 @@ impl ConflictPolicy {
 }
 
 /// Settings of a [`Client`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ClientOptions {
     /// This device's name, shown to the account's other devices and in conflicted copies'
@@ -150,6 +150,25 @@ pub struct ClientOptions {
     pub inline_conflict_values: u64,
     /// Tuning of the sync engine (parallel transfers, memory budget).
     pub engine: EngineOptions,
+    /// Where every sync's progress goes (phases and bytes, for progress bars of long
+    /// uploads and downloads); `None` by default. Called from the engine's tasks: keep it
+    /// quick.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("device_name", &self.device_name)
+            .field("conflict_policy", &self.conflict_policy)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("sync_interval", &self.sync_interval)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("inline_conflict_values", &self.inline_conflict_values)
+            .field("engine", &self.engine)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -162,6 +181,7 @@ impl Default for ClientOptions {
             idle_timeout: Duration::from_secs(30),
             inline_conflict_values: 1024 * 1024,
             engine: EngineOptions::default(),
+            progress: None,
         }
     }
 }
@@ -194,6 +214,12 @@ impl ClientOptions {
     /// Sets [`ClientOptions::idle_timeout`].
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ClientOptions::progress`].
+    pub fn progress(mut self, sink: Arc<dyn Progress>) -> Self {
+        self.progress = Some(sink);
         self
     }
 

@@ -111,7 +111,7 @@ pub use client::{
     Client, ClientOptions, ConflictFn, ConflictInfo, ConflictPolicy, Enrolment, PairedDevice,
     PairingInvite, VaultSummary, VersionInfo,
 };
-pub use dooz_client::{EngineOptions, Resolution, SyncReport};
+pub use dooz_client::{EngineOptions, Progress, ProgressEvent, Resolution, SyncPhase, SyncReport};
 pub use dooz_crypto::{DeviceId, VaultId, VersionId};
 pub use error::{Error, Result};
 pub use events::{Change, ConflictEvent, Event, EventStream, Side, Status};

@@ -78,6 +78,7 @@ impl VaultShared {
                     inner.options.engine.clone(),
                 )?;
                 engine.set_conflict_resolver(inner.options.conflict_policy.resolver());
+                engine.set_progress(inner.options.progress.clone());
                 engine.record_changes(true);
                 slot.insert(engine)
             }

@@ -377,3 +377,40 @@ async fn a_file_against_a_directory_keeps_both_whatever_the_policy() {
         assert_eq!(v.get(&copy).await.unwrap().unwrap(), b"a value at a");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_report_progress_for_progress_bars() {
+    use dooz_sdk::{ProgressEvent, SyncPhase};
+    let server = TestServer::start().await;
+    let uploaded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let phases: Arc<Mutex<Vec<SyncPhase>>> = Arc::default();
+    let (up, ph) = (Arc::clone(&uploaded), Arc::clone(&phases));
+    let options = ClientOptions::default().progress(Arc::new(move |e: ProgressEvent| match e {
+        ProgressEvent::Begin { phase, .. } => ph.lock().unwrap().push(phase),
+        ProgressEvent::Advance {
+            phase: SyncPhase::Uploading,
+            delta,
+            ..
+        } => {
+            up.fetch_add(delta, std::sync::atomic::Ordering::SeqCst);
+        }
+        _ => {}
+    }));
+    let (a, _da) = client("a", &server.code().await, options).await;
+    let vault = a.create_vault("v").unwrap();
+    // Incompressible and without repeats, so that every byte is sent once.
+    let mut value = vec![0u8; 600_000];
+    blake3::Hasher::new().finalize_xof().fill(&mut value);
+    vault.put("big.bin", &value).await.unwrap();
+    vault.sync().await.unwrap();
+    assert_eq!(uploaded.load(std::sync::atomic::Ordering::SeqCst), 600_000);
+    let phases = phases.lock().unwrap().clone();
+    for phase in [
+        SyncPhase::Scanning,
+        SyncPhase::Pulling,
+        SyncPhase::Uploading,
+        SyncPhase::Committing,
+    ] {
+        assert!(phases.contains(&phase), "{phase:?} in {phases:?}");
+    }
+}
