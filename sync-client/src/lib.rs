@@ -47,7 +47,9 @@
 //! - [`Engine`]: syncs one vault's folder: scan, pull and apply remote changes (temp file,
 //!   fsync, rename; chunks reused from disk; conflicts kept as conflicted copies), then upload
 //!   local changes (journalled, `Have`, parallel sealed `PutChunk`s, `Commit`).
-//!   An optional [`Progress`] sink hears each [`SyncPhase`] (for progress bars).
+//!   An optional [`Progress`] sink hears each [`SyncPhase`] (for progress bars). Embedders
+//!   (the SDK) can log what downloads apply ([`AppliedChange`], for change events) and decide
+//!   conflicts between two files themselves ([`ConflictResolver`], [`Resolution`]).
 //! - [`Watcher`]: watch mode for one or several engines: debounced file notifications, the
 //!   server's `Subscribe` pushes and a periodic rescan trigger syncs; [`WatchEvent`]s go to a
 //!   callback, and a [`StopHandle`] ends it.
