@@ -2,6 +2,7 @@
 //! pushes and periodically, reconnecting by itself.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,12 +34,18 @@ pub(crate) struct Wake {
 /// Vaults to sync.
 #[derive(Debug, Default)]
 struct Dirty {
-    /// Changed here (a put, a file notification): a full sync.
+    /// Changed here through the SDK (a put, a delete): a full sync.
     local: HashSet<VaultId>,
     /// Changed on the server: a pull first, and a full sync only if it brings something (the
     /// server also pushes this device's own commits).
     remote: HashSet<VaultId>,
+    /// Paths of a folder vault the OS notified: a full sync only if one differs from the index
+    /// (the engine's own downloads do not).
+    paths: HashMap<VaultId, Vec<PathBuf>>,
 }
+
+/// Notified paths kept per vault between two passes; beyond, the vault gets a full sync.
+const MAX_NOTIFIED_PATHS: usize = 4096;
 
 impl Wake {
     fn lock(&self) -> std::sync::MutexGuard<'_, Dirty> {
@@ -57,22 +64,43 @@ impl Wake {
         self.notify.notify_one();
     }
 
+    /// Files of folder vault `vault` changed (an OS notification).
+    fn paths(&self, vault: VaultId, paths: Vec<PathBuf>) {
+        {
+            let mut dirty = self.lock();
+            let kept = dirty.paths.entry(vault).or_default();
+            kept.extend(paths);
+            if kept.len() > MAX_NOTIFIED_PATHS {
+                dirty.paths.remove(&vault);
+                dirty.local.insert(vault);
+            }
+        }
+        self.notify.notify_one();
+    }
+
     /// Every vault should sync (enrolment changed).
     pub(crate) fn all(&self) {
         self.all.store(true, Ordering::SeqCst);
         self.notify.notify_one();
     }
 
-    /// What to sync now: (full syncs, pull checks); `None` for full: all of them.
-    fn take(&self) -> (Option<HashSet<VaultId>>, HashSet<VaultId>) {
+    /// What to sync now: full syncs (`None`: all vaults), pull checks, notified paths.
+    fn take(&self) -> Taken {
         let dirty = std::mem::take(&mut *self.lock());
-        if self.all.swap(false, Ordering::SeqCst) {
-            (None, dirty.remote)
+        let full = if self.all.swap(false, Ordering::SeqCst) {
+            None
         } else {
-            (Some(dirty.local), dirty.remote)
-        }
+            Some(dirty.local)
+        };
+        (full, dirty.remote, dirty.paths)
     }
 }
+
+type Taken = (
+    Option<HashSet<VaultId>>,
+    HashSet<VaultId>,
+    HashMap<VaultId, Vec<PathBuf>>,
+);
 
 /// Runs background sync until stopped ([`SyncHandle::stop`]) or dropped.
 #[derive(Debug)]
@@ -131,7 +159,8 @@ struct Sub {
     vaults: Vec<VaultId>,
     task: JoinHandle<()>,
     cancel: CancellationToken,
-    started: Instant,
+    /// When the server accepted the subscription (`None`: never).
+    opened: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Clears [`Inner::syncing`] however the loop ends (a panic in an app's conflict callback
@@ -162,10 +191,14 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     let mut failed: HashSet<VaultId> = HashSet::new();
     let mut pending_checks: HashSet<VaultId> = HashSet::new();
+    let mut pending_paths: HashMap<VaultId, Vec<PathBuf>> = HashMap::new();
     let mut next_full = Instant::now();
     // File notifications of folder vaults (key-value vaults change only through the SDK).
     let mut watchers: HashMap<VaultId, Option<notify::RecommendedWatcher>> = HashMap::new();
     'outer: while !cancel.is_cancelled() {
+        // Taken before the vaults are listed: a vault opened in between keeps its wake-up for
+        // the next pass (its notify permit makes that pass immediate).
+        let (local, remote, notified) = inner.wake.take();
         let enrolled = inner.record().is_ok_and(|r| !r.server_addr.is_empty());
         let opened = inner.opened();
         let ids: Vec<VaultId> = opened.iter().map(|s| s.id).collect();
@@ -185,22 +218,27 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         }
         if sub.is_none() && enrolled && !ids.is_empty() && now >= sub_retry_at {
             let sub_cancel = cancel.child_token();
+            let opened_at = Arc::new(Mutex::new(None));
             sub = Some(Sub {
                 vaults: ids.clone(),
                 task: tokio::spawn(subscription(
                     Arc::clone(&inner),
                     ids.clone(),
                     sub_cancel.clone(),
+                    Arc::clone(&opened_at),
                 )),
                 cancel: sub_cancel,
-                started: now,
+                opened: opened_at,
             });
         }
 
-        // What to sync now: full syncs, and pull checks for the server's pushes.
-        let (local, remote) = inner.wake.take();
+        // What to sync now: full syncs, pull checks for the server's pushes, and notified
+        // paths to check against the index.
         let mut due: HashSet<VaultId> = local.unwrap_or_else(|| ids.iter().copied().collect());
         pending_checks.extend(remote);
+        for (id, paths) in notified {
+            pending_paths.entry(id).or_default().extend(paths);
+        }
         if now >= next_full {
             due.extend(ids.iter().copied());
         }
@@ -214,30 +252,40 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         } else {
             due.extend(failed.drain());
             retry_at = None;
+            offline = false;
         }
-        let checks: HashSet<VaultId> = if offline && waiting {
-            HashSet::new()
-        } else {
-            std::mem::take(&mut pending_checks)
-                .into_iter()
-                .filter(|id| !due.contains(id))
-                .collect()
-        };
+        // Checks wait with their vault's retry (a check cannot stand in for the full sync a
+        // failed vault owes).
+        let held = |id: &VaultId| waiting && (offline || failed.contains(id));
+        let mut triggers: Vec<(std::sync::Arc<crate::vault::VaultShared>, Trigger)> = Vec::new();
+        for shared in &opened {
+            let id = shared.id;
+            if due.contains(&id) {
+                pending_checks.remove(&id);
+                pending_paths.remove(&id);
+                triggers.push((std::sync::Arc::clone(shared), Trigger::Full));
+            } else if held(&id) {
+            } else if let Some(paths) = pending_paths.remove(&id) {
+                pending_checks.remove(&id);
+                triggers.push((std::sync::Arc::clone(shared), Trigger::Paths(paths)));
+            } else if pending_checks.remove(&id) {
+                triggers.push((std::sync::Arc::clone(shared), Trigger::Pull));
+            }
+        }
         if enrolled {
-            for shared in opened
-                .iter()
-                .filter(|s| due.contains(&s.id) || checks.contains(&s.id))
-            {
-                let full = due.contains(&shared.id);
+            let mut rest = triggers.into_iter();
+            while let Some((shared, trigger)) = rest.next() {
+                let full = matches!(trigger, Trigger::Full);
                 let result = tokio::select! {
                     () = cancel.cancelled() => break 'outer,
-                    r = shared.sync_if(&inner, full) => r,
+                    r = shared.sync_on(&inner, trigger) => r,
                 };
                 match result {
-                    Ok(_) => {
-                        failed.remove(&shared.id);
-                        backoff = MIN_BACKOFF;
-                        offline = false;
+                    Ok(report) => {
+                        if full || report.is_some() {
+                            failed.remove(&shared.id);
+                            backoff = MIN_BACKOFF;
+                        }
                         if online != Some(true) {
                             online = Some(true);
                             inner.hub.emit(Event::Status(Status::Online));
@@ -251,8 +299,8 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                                 reason: e.to_string(),
                             }));
                         }
-                        // Retryable failures come back after a back-off; others at the next
-                        // periodic sync.
+                        // Retryable failures come back, as a full sync, after a back-off;
+                        // others at the next periodic sync.
                         let retry_in = e.is_retryable().then_some(backoff);
                         if let Some(delay) = retry_in {
                             failed.insert(shared.id);
@@ -268,8 +316,7 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                         if unreachable && retry_in.is_some() {
                             // The others would fail the same way: retry them all together.
                             offline = true;
-                            failed.extend(due.iter().copied());
-                            pending_checks.extend(checks.iter().copied());
+                            failed.extend(rest.by_ref().map(|(s, _)| s.id));
                             break;
                         }
                     }
@@ -304,7 +351,8 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         if sub_ended && let Some(s) = sub.take() {
             // Broken (or never opened): open it again after a back-off, reset if it had
             // lived a while; meanwhile the periodic sync and local changes still sync.
-            if s.started.elapsed() > SUB_HEALTHY {
+            let opened_at = *s.opened.lock().unwrap_or_else(PoisonError::into_inner);
+            if opened_at.is_some_and(|t| t.elapsed() > SUB_HEALTHY) {
                 sub_backoff = MIN_BACKOFF;
             }
             sub_retry_at = Instant::now() + sub_backoff;
@@ -330,20 +378,26 @@ async fn watch_folder(
     let weak = Arc::downgrade(inner);
     let handler = move |res: notify::Result<notify::Event>| {
         let Some(inner) = weak.upgrade() else { return };
-        let relevant = match res {
+        match res {
             Ok(event) => {
-                !matches!(event.kind, notify::EventKind::Access(_))
-                    && event.paths.iter().any(|p| {
+                if matches!(event.kind, notify::EventKind::Access(_)) {
+                    return;
+                }
+                let paths: Vec<PathBuf> = event
+                    .paths
+                    .into_iter()
+                    .filter(|p| {
                         !p.file_name()
                             .and_then(|n| n.to_str())
                             .is_some_and(|n| n.starts_with(dooz_client::TEMP_FILE_PREFIX))
                     })
+                    .collect();
+                if !paths.is_empty() {
+                    inner.wake.paths(vault, paths);
+                }
             }
             // Events were lost: sync to find out.
-            Err(_) => true,
-        };
-        if relevant {
-            inner.wake.vault(vault);
+            Err(_) => inner.wake.vault(vault),
         }
     };
     let shown = root.clone();
@@ -366,9 +420,24 @@ async fn watch_folder(
     }
 }
 
+/// Why a vault syncs.
+pub(crate) enum Trigger {
+    /// A full sync.
+    Full,
+    /// The server changed: pull, and sync only if that brings something.
+    Pull,
+    /// These files changed: sync only if one differs from the index.
+    Paths(Vec<PathBuf>),
+}
+
 /// Subscribes to `vaults` and wakes their sync on each push, until the subscription breaks
 /// or is cancelled.
-async fn subscription(inner: Arc<Inner>, vaults: Vec<VaultId>, cancel: CancellationToken) {
+async fn subscription(
+    inner: Arc<Inner>,
+    vaults: Vec<VaultId>,
+    cancel: CancellationToken,
+    opened: Arc<Mutex<Option<Instant>>>,
+) {
     let run = async {
         let connector = inner.connector()?;
         let conn = tokio::time::timeout(inner.options.connect_timeout, connector.connect())
@@ -382,6 +451,7 @@ async fn subscription(inner: Arc<Inner>, vaults: Vec<VaultId>, cancel: Cancellat
             .map(|v| dooz_protocol::VaultId::from_bytes(v.0))
             .collect();
         let mut stream = conn.subscribe(ids).await?;
+        *opened.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         // Changes committed before the subscription opened are fetched by a pull.
         for v in &vaults {
             inner.wake.remote(*v);

@@ -15,6 +15,7 @@ use dooz_client::{
 use dooz_crypto::{DeviceId, VaultId, VersionId};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
+use crate::background::Trigger;
 use crate::client::Inner;
 use crate::events::{Change, ConflictEvent, Event, EventStream, Side, Status, system_time};
 use crate::keys::key_path;
@@ -88,17 +89,28 @@ impl VaultShared {
 
     /// One sync of this vault; reports what arrived as events.
     pub(crate) async fn sync(&self, inner: &Inner) -> Result<SyncReport> {
-        self.sync_if(inner, true)
+        self.sync_on(inner, Trigger::Full)
             .await
             .map(|r| r.unwrap_or_default())
     }
 
-    /// A sync, or with `full` false a pull first and a sync only if it brings something to
-    /// apply (`Ok(None)`: nothing).
-    pub(crate) async fn sync_if(&self, inner: &Inner, full: bool) -> Result<Option<SyncReport>> {
+    /// A sync if `trigger` calls for one: always for [`Trigger::Full`]; after a pull that
+    /// brings something for [`Trigger::Pull`]; if a notified file differs from the index for
+    /// [`Trigger::Paths`]. `Ok(None)`: nothing to do.
+    pub(crate) async fn sync_on(
+        &self,
+        inner: &Inner,
+        trigger: Trigger,
+    ) -> Result<Option<SyncReport>> {
         let mut slot = self.engine.lock().await;
+        if let Trigger::Paths(paths) = &trigger
+            && let Some(engine) = slot.as_ref()
+            && !engine.local_paths_changed(paths)?
+        {
+            return Ok(None);
+        }
         let engine = self.ready_engine(inner, &mut slot).await?;
-        if !full {
+        if let Trigger::Pull = trigger {
             match engine.pull_has_changes().await {
                 Ok(false) => return Ok(None),
                 Ok(true) => {}
@@ -570,61 +582,73 @@ impl ValueWriter {
     pub async fn commit(mut self) -> Result<u64> {
         let temp = self.temp_path();
         self.file.flush().await.map_err(Error::io("write", &temp))?;
+        // From here the commit runs to its end even if the caller stops waiting: the blocking
+        // task owns the temporary file and reports the change itself.
+        self.temp = None;
         let target = self.target.clone();
         let key = self.key.clone();
-        let root = self.vault.shared.root.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            // The value's time is the commit's, to the nanosecond (file systems stamp writes
-            // with a coarse clock): last-writer-wins compares these.
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&temp)
-                .map_err(Error::io("open", &temp))?;
-            file.set_modified(SystemTime::now())
-                .map_err(Error::io("set the time of", &temp))?;
-            file.sync_all().map_err(Error::io("flush to disk", &temp))?;
-            drop(file);
-            let mut renamed = std::fs::rename(&temp, &target);
-            if let Err(e) = &renamed
-                && e.kind() == std::io::ErrorKind::NotFound
-                && let Ok(path) = key_path(&key)
-            {
-                // A delete or a sync removed a directory the key needs, emptied meanwhile:
-                // make it again, once.
-                prepare_parents(&root, &path, &key)?;
-                renamed = std::fs::rename(&temp, &target);
+        let vault = self.vault.clone();
+        let size = self.written;
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let done = rename_into_place(&temp, &target, &key, &vault.shared.root);
+            if done.is_err() {
+                let _ = std::fs::remove_file(&temp);
             }
-            match renamed {
-                Ok(()) => {}
-                Err(_) if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) => {
-                    return Err(Error::KeyCollision {
-                        reason: format!("other keys start with \"{key}/\""),
-                        key,
-                    });
-                }
-                Err(e) => return Err(Error::io("rename into place", &target)(e)),
-            }
-            if let Some(parent) = target.parent() {
-                sync_dir(parent);
-            }
-            if target.parent() != Some(root.as_path()) {
-                sync_dir(&root);
-            }
-            Ok(())
+            done?;
+            vault.changed(
+                &key,
+                Change::Put {
+                    size,
+                    version: None,
+                },
+            );
+            Ok(size)
         })
         .await
-        .map_err(|e| Error::Task(e.to_string()))??;
-        self.temp = None;
-        let size = self.written;
-        self.vault.changed(
-            &self.key,
-            Change::Put {
-                size,
-                version: None,
-            },
-        );
-        Ok(size)
+        .map_err(|e| Error::Task(e.to_string()))?
     }
+}
+
+/// Stamps `temp` with the time, syncs it, renames it over `target` (the value of `key`) and
+/// syncs the directories.
+fn rename_into_place(temp: &Path, target: &Path, key: &str, root: &Path) -> Result<()> {
+    // The value's time is the commit's, to the nanosecond (file systems stamp writes with a
+    // coarse clock): last-writer-wins compares these.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(temp)
+        .map_err(Error::io("open", temp))?;
+    file.set_modified(SystemTime::now())
+        .map_err(Error::io("set the time of", temp))?;
+    file.sync_all().map_err(Error::io("flush to disk", temp))?;
+    drop(file);
+    let mut renamed = std::fs::rename(temp, target);
+    if let Err(e) = &renamed
+        && e.kind() == std::io::ErrorKind::NotFound
+        && let Ok(path) = key_path(key)
+    {
+        // A delete or a sync removed a directory the key needs, emptied meanwhile: make it
+        // again, once.
+        prepare_parents(root, &path, key)?;
+        renamed = std::fs::rename(temp, target);
+    }
+    match renamed {
+        Ok(()) => {}
+        Err(_) if std::fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) => {
+            return Err(Error::KeyCollision {
+                reason: format!("other keys start with \"{key}/\""),
+                key: key.to_owned(),
+            });
+        }
+        Err(e) => return Err(Error::io("rename into place", target)(e)),
+    }
+    if let Some(parent) = target.parent() {
+        sync_dir(parent);
+    }
+    if target.parent() != Some(root) {
+        sync_dir(root);
+    }
+    Ok(())
 }
 
 impl Drop for ValueWriter {

@@ -337,7 +337,8 @@ async fn background_sync_sees_folder_edits_through_file_notifications() {
                 .any(|e| matches!(e, Event::Remote { key, .. } if key == "ack"))
         })
         .await;
-    // Now nothing is pending on C: only the file notification can sync this edit.
+    // Now nothing is pending on C (the notification of its own download of "ack" matches
+    // the index, so it syncs nothing): only the file notification can sync this edit.
     std::fs::write(
         folder.path().join("report.txt"),
         "written by another program",

@@ -193,6 +193,23 @@ impl Seen {
         }
     }
 
+    /// Takes every event the stream has ready, without waiting for more.
+    pub async fn drain_ready(&mut self) {
+        // `timeout` polls the stream once before looking at the (zero) deadline.
+        while let Ok(Some(e)) = tokio::time::timeout(Duration::ZERO, self.stream.next_event()).await
+        {
+            self.events.push(e);
+        }
+    }
+
+    /// Reads the stream to its end (once its client and vaults are dropped and background sync
+    /// stopped, it ends).
+    pub async fn drain_to_end(&mut self) {
+        while let Ok(Some(e)) = tokio::time::timeout(PATIENCE, self.stream.next_event()).await {
+            self.events.push(e);
+        }
+    }
+
     /// Keys of remote puts and deletes seen, with how many times each (key, version) came.
     pub fn remote_counts(&self) -> HashMap<(String, String), usize> {
         let mut out = HashMap::new();

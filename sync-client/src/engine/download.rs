@@ -402,18 +402,21 @@ impl Engine {
                         mtime_ns: mtime_ns_of(&meta),
                         inode: inode_of(&meta),
                     };
-                    let scanned = self.vault.local(path)?.map(|l| DiskStat {
+                    let local = self.vault.local(path)?;
+                    let scanned = local.as_ref().map(|l| DiskStat {
                         size: l.state.size,
                         mtime_ns: l.state.mtime_ns,
                         inode: l.inode,
                     });
-                    if scanned != Some(now) {
+                    // A racily clean entry may hide an edit of the same size and time.
+                    if scanned != Some(now) || local.is_some_and(|l| l.racy) {
                         return Ok(false);
                     }
                 }
                 fs::remove_file(&full).map_err(EngineError::io("delete", &full))?;
             }
-            Err(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(EngineError::io("stat", &full)(e)),
         }
         applier.batch.remove_local(path).remove_base(path);
         if self.recording() {

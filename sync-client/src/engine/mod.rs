@@ -672,8 +672,9 @@ pub(crate) fn conflicted_copy_name(file_name: &str, device: &str, date: &str, n:
         format!(" (conflicted copy from {device} {date} {n})")
     };
     let room = MAX_NAME_BYTES.saturating_sub(tag.len());
-    let ext = truncated(ext, room / 2);
-    let stem = truncated(stem, room - ext.len());
+    // The extension keeps what the stem leaves, and at least half the room.
+    let ext = truncated(ext, room.saturating_sub(stem.len()).max(room / 2));
+    let stem = truncated(stem, room.saturating_sub(ext.len()));
     format!("{stem}{tag}{ext}")
 }
 
@@ -724,6 +725,13 @@ mod tests {
         assert!(name.len() <= 255, "{} bytes", name.len());
         assert!(name.ends_with(" 2026-11-23 12).txt"), "{name}");
         assert!(name.starts_with("éé"));
+        let ext = format!("a.{}", "e".repeat(200));
+        let name = conflicted_copy_name(&ext, "pc", "2026-11-23", 1);
+        assert!(name.len() <= 255, "{} bytes", name.len());
+        assert!(
+            name.ends_with(&ext[1..]),
+            "a long extension that fits is kept: {name}"
+        );
         let name = conflicted_copy_name(&"x".repeat(255), "pc", "2026-11-23", 1);
         assert!(name.len() <= 255);
         assert!(
