@@ -17,8 +17,8 @@ use super::{
 };
 use crate::TEMP_FILE_PREFIX;
 use crate::index::{
-    Change, ChunkLocation, ChunkRef, ConflictKind, EntryKind, EntryState, LocalEntry, RelPath,
-    RemoteEntry, SyncedEntry, VaultBatch,
+    Change, ChunkLocation, ChunkRef, ConflictKind, ContentHash, EntryKind, EntryState, LocalEntry,
+    RelPath, RemoteEntry, SyncedEntry, VaultBatch,
 };
 use crate::net::{Connection, NetError};
 use crate::record::{EntryRecord, RecordChunks};
@@ -408,8 +408,14 @@ impl Engine {
                         mtime_ns: l.state.mtime_ns,
                         inode: l.inode,
                     });
-                    // A racily clean entry may hide an edit of the same size and time.
-                    if scanned != Some(now) || local.is_some_and(|l| l.racy) {
+                    if scanned != Some(now) {
+                        return Ok(false);
+                    }
+                    // A racily clean entry may hide an edit of the same size and time: compare
+                    // the content.
+                    if let Some(l) = local.filter(|l| l.racy)
+                        && content_hash_of(&full)? != l.state.content_hash
+                    {
                         return Ok(false);
                     }
                 }
@@ -797,6 +803,21 @@ struct DiskStat {
     size: u64,
     mtime_ns: i64,
     inode: u64,
+}
+
+/// BLAKE3 of a file's content, read in 1 MiB blocks.
+fn content_hash_of(path: &Path) -> Result<ContentHash, EngineError> {
+    let mut file = File::open(path).map_err(EngineError::io("open", path))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(EngineError::io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(ContentHash(*hasher.finalize().as_bytes()))
 }
 
 pub(super) fn mtime_ns_of(meta: &fs::Metadata) -> i64 {
