@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let mut devices = Vec::with_capacity(args.devices);
     let step = (args.devices / 10).max(1);
     let report = |devices: &Vec<Device>| {
-        if devices.len() % step == 0 || devices.len() == args.devices {
+        if devices.len().is_multiple_of(step) || devices.len() == args.devices {
             let rss = rss_of(pid).unwrap_or(0);
             println!(
                 "  {:6} connected  server RSS {:5} MiB  ({:.1} KiB per device)  {:.0} s",
