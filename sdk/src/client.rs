@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dooz_client::{
     Connection, Connector, DeviceRecord, EngineOptions, EnrolmentCode, Index, IndexError,
-    Invitation, Joining, PairingCode, Progress, Resolution,
+    Invitation, Joining, NOT_ENROLLED_ADDR, PairingCode, Progress, Resolution,
 };
 use dooz_crypto::{DeviceId, DeviceSecretKeys, Epoch, VaultId, VaultKey};
 
@@ -24,11 +24,6 @@ const INDEX_DIR: &str = "index";
 const VAULTS_DIR: &str = "vaults";
 /// File listing vaults made offline and not yet created on the server (one id per line).
 const UNREGISTERED_FILE: &str = "unregistered-vaults";
-/// A device record with this server address has not enrolled (the CLI's convention).
-const NOT_ENROLLED_ADDR: &str = "";
-/// Longest device name (the protocol's limit).
-const MAX_NAME_LEN: usize = dooz_protocol::limits::MAX_NAME_LEN;
-
 /// Decides conflicts the app's way: given both sides, says which to keep.
 pub type ConflictFn = Arc<dyn Fn(&ConflictInfo) -> Resolution + Send + Sync>;
 
@@ -343,8 +338,9 @@ pub(crate) struct Inner {
     pub(crate) wake: background::Wake,
     /// Whether background sync runs.
     pub(crate) syncing: Mutex<bool>,
-    /// Serializes changes of the unregistered-vaults file.
-    unregistered: Mutex<()>,
+    /// Vaults made offline and not yet created on the server (kept in memory; the file
+    /// `unregistered-vaults` is rewritten at each change).
+    unregistered: Mutex<Vec<VaultId>>,
 }
 
 impl Client {
@@ -358,7 +354,7 @@ impl Client {
     /// [`Client::open`] with options.
     pub fn open_with(dir: impl AsRef<Path>, options: ClientOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        create_private_dir(&dir).map_err(Error::io("create the data dir", &dir))?;
+        dooz_client::create_private_dir(&dir).map_err(Error::io("create the data dir", &dir))?;
         let index = Index::open(dir.join(INDEX_DIR))?;
         if let Some(name) = &options.device_name {
             check_device_name(name)?;
@@ -381,11 +377,12 @@ impl Client {
                     device_name: options
                         .device_name
                         .clone()
-                        .unwrap_or_else(default_device_name),
+                        .unwrap_or_else(dooz_client::default_device_name),
                     keys,
                 })?;
             }
         }
+        let unregistered = read_unregistered(&dir.join(UNREGISTERED_FILE))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 dir,
@@ -397,7 +394,7 @@ impl Client {
                 connector: Mutex::new(None),
                 wake: background::Wake::default(),
                 syncing: Mutex::new(false),
-                unregistered: Mutex::new(()),
+                unregistered: Mutex::new(unregistered),
             }),
         })
     }
@@ -492,7 +489,7 @@ impl Client {
     pub fn vaults(&self) -> Result<Vec<VaultSummary>> {
         let inner = &self.inner;
         let bound = inner.index.vaults()?;
-        let pending = inner.unregistered()?;
+        let pending = inner.unregistered();
         let mut out = Vec::new();
         for (name, id) in inner.index.vault_names()? {
             if inner.index.vault_keys(id)?.is_empty() {
@@ -506,6 +503,16 @@ impl Client {
             });
         }
         Ok(out)
+    }
+
+    /// The summaries of `ids`, for what pairing and recovery received.
+    fn summaries_of(&self, ids: impl Iterator<Item = VaultId>) -> Result<Vec<VaultSummary>> {
+        let ids: Vec<VaultId> = ids.collect();
+        Ok(self
+            .vaults()?
+            .into_iter()
+            .filter(|v| ids.contains(&v.id))
+            .collect())
     }
 
     /// Opens the vault named `name` (or whose id is `name`) for key-value use. A vault not
@@ -619,12 +626,7 @@ impl Client {
         }
         .await?;
         inner.index.flush()?;
-        let ids: Vec<VaultId> = got.iter().map(|v| v.vault).collect();
-        Ok(self
-            .vaults()?
-            .into_iter()
-            .filter(|v| ids.contains(&v.id))
-            .collect())
+        self.summaries_of(got.iter().map(|v| v.vault))
     }
 
     /// Sets up the account's recovery secret if it has none yet, returning its 12 words once
@@ -648,12 +650,7 @@ impl Client {
         let conn = inner.connection().await?;
         let got = dooz_client::recover(&conn, &secret, &inner.index).await?;
         inner.index.flush()?;
-        let ids: Vec<VaultId> = got.iter().map(|v| v.vault).collect();
-        Ok(self
-            .vaults()?
-            .into_iter()
-            .filter(|v| ids.contains(&v.id))
-            .collect())
+        self.summaries_of(got.iter().map(|v| v.vault))
     }
 }
 
@@ -803,52 +800,40 @@ impl Inner {
         v
     }
 
-    fn unregistered_path(&self) -> PathBuf {
-        self.dir.join(UNREGISTERED_FILE)
+    fn unregistered_lock(&self) -> std::sync::MutexGuard<'_, Vec<VaultId>> {
+        self.unregistered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Vaults made offline and not yet created on the server.
-    pub(crate) fn unregistered(&self) -> Result<Vec<VaultId>> {
-        let path = self.unregistered_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("read", &path)(e)),
-        };
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                l.trim().parse::<VaultId>().map_err(|_| Error::Io {
-                    action: "read",
-                    path: path.clone(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{l:?} is not a vault id"),
-                    ),
-                })
-            })
-            .collect()
+    pub(crate) fn unregistered(&self) -> Vec<VaultId> {
+        self.unregistered_lock().clone()
     }
 
-    fn write_unregistered(&self, ids: &[VaultId]) -> Result<()> {
+    /// Records `ids` as the vaults not yet created on the server, on disk and in memory.
+    fn set_unregistered(&self, list: &mut Vec<VaultId>, ids: Vec<VaultId>) -> Result<()> {
         let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
-        crate::vault::write_atomically(&self.dir, &self.unregistered_path(), text.as_bytes())
+        crate::vault::write_atomically(
+            &self.dir,
+            &self.dir.join(UNREGISTERED_FILE),
+            text.as_bytes(),
+        )?;
+        *list = ids;
+        Ok(())
     }
 
     fn add_unregistered(&self, id: VaultId) -> Result<()> {
-        let _g = self
-            .unregistered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut ids = self.unregistered()?;
+        let mut list = self.unregistered_lock();
+        let mut ids = list.clone();
         ids.push(id);
-        self.write_unregistered(&ids)
+        self.set_unregistered(&mut list, ids)
     }
 
     /// Creates on the server the vaults made offline, and wraps their keys to the account's
     /// recovery secret if this device keeps one.
     pub(crate) async fn register_pending(&self, conn: &Connection) -> Result<()> {
-        let pending = self.unregistered()?;
+        let pending = self.unregistered();
         if pending.is_empty() {
             return Ok(());
         }
@@ -862,17 +847,36 @@ impl Inner {
                 }
             }
         }
-        let _g = self
-            .unregistered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let left: Vec<VaultId> = self
-            .unregistered()?
-            .into_iter()
+        let mut list = self.unregistered_lock();
+        let left = list
+            .iter()
+            .copied()
             .filter(|id| !pending.contains(id))
             .collect();
-        self.write_unregistered(&left)
+        self.set_unregistered(&mut list, left)
     }
+}
+
+/// The vaults listed in the unregistered-vaults file (none if it is missing).
+fn read_unregistered(path: &Path) -> Result<Vec<VaultId>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read", path)(e)),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.trim().parse::<VaultId>().map_err(|_| Error::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{l:?} is not a vault id"),
+                ),
+            })
+        })
+        .collect()
 }
 
 /// A second handle on the same secret keys.
@@ -881,7 +885,7 @@ fn copy_keys(keys: &DeviceSecretKeys) -> DeviceSecretKeys {
 }
 
 fn check_device_name(name: &str) -> Result<()> {
-    if name.trim().is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+    if !dooz_client::is_usable_device_name(name) {
         return Err(Error::InvalidName {
             name: name.to_owned(),
         });
@@ -890,37 +894,10 @@ fn check_device_name(name: &str) -> Result<()> {
 }
 
 fn check_vault_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+    if !dooz_client::is_usable_vault_name(name) {
         return Err(Error::InvalidName {
             name: name.to_owned(),
         });
     }
     Ok(())
-}
-
-/// The host name, as the default device name.
-fn default_device_name() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty() && s.len() <= MAX_NAME_LEN)
-        })
-        .unwrap_or_else(|| "dooz device".to_owned())
-}
-
-#[cfg(unix)]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)
 }

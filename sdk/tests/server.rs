@@ -115,13 +115,10 @@ async fn last_writer_wins_and_history_restores_the_loser() {
     assert_eq!(va.get("k").await.unwrap().unwrap(), b"from A, later");
 }
 
-/// Takes what the stream has buffered, without waiting for more.
+/// Takes what the stream has buffered (a sync reports its events before it returns), without
+/// waiting for more.
 async fn seen_b_drain(seen: &mut Seen) -> &Seen {
-    while let Ok(Some(e)) =
-        tokio::time::timeout(Duration::from_millis(20), seen.stream.next_event()).await
-    {
-        seen.events.push(e);
-    }
+    seen.drain_ready().await;
     seen
 }
 

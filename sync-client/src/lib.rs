@@ -82,6 +82,7 @@
 mod chunk_list;
 mod chunking;
 mod engine;
+mod home;
 mod ignore;
 mod index;
 mod invite;
@@ -112,6 +113,10 @@ pub use dooz_protocol::{EnrolmentCode, EnrolmentCodeError, HelloOk};
 pub use engine::{
     AppliedChange, ConflictResolver, Engine, EngineError, EngineOptions, EntryVersion, Progress,
     ProgressEvent, Resolution, SyncPhase, SyncReport, keyring_from_index,
+};
+pub use home::{
+    NOT_ENROLLED_ADDR, create_private_dir, default_device_name, is_usable_device_name,
+    is_usable_vault_name,
 };
 pub use index::{
     Change, ChunkLocation, ChunkRef, Conflict, ConflictKind, ContentHash, DEFAULT_CACHE_BYTES,

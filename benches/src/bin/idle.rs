@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use dooz_benches::e2e::procs::{Binaries, ServerProcess};
+use dooz_benches::e2e::procs::{Binaries, ServerProcess, rss_of};
 use dooz_client::{Connection, EnrolmentCode, Subscription, parse_server_fingerprint};
 use dooz_crypto::DeviceSecretKeys;
 
@@ -64,14 +64,6 @@ fn parse_args() -> anyhow::Result<Args> {
         bail!("--devices and --parallel must be at least 1; {USAGE}");
     }
     Ok(args)
-}
-
-/// Current resident set size of process `pid`, in bytes (`VmRSS`).
-fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// One idle device: its connection and its open subscription.

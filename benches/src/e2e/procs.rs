@@ -121,11 +121,24 @@ pub fn peak_rss_of(pid: u32) -> Option<u64> {
     parse_vm_hwm(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
+/// The current resident set size (`VmRSS`) of process `pid`, from `/proc/<pid>/status`.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    parse_status_kib(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        "VmRSS:",
+    )
+}
+
 /// The `VmHWM` of a `/proc/<pid>/status` text, in bytes.
 pub fn parse_vm_hwm(status: &str) -> Option<u64> {
+    parse_status_kib(status, "VmHWM:")
+}
+
+/// The `field` (`"VmHWM:"`, `"VmRSS:"`, ...) of a `/proc/<pid>/status` text, in bytes.
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -397,17 +397,9 @@ impl Engine {
             }
             Ok(meta) => {
                 if meta.is_file() {
-                    let now = DiskStat {
-                        size: meta.len(),
-                        mtime_ns: mtime_ns_of(&meta),
-                        inode: inode_of(&meta),
-                    };
+                    let now = DiskStat::of(&meta);
                     let local = self.vault.local(path)?;
-                    let scanned = local.as_ref().map(|l| DiskStat {
-                        size: l.state.size,
-                        mtime_ns: l.state.mtime_ns,
-                        inode: l.inode,
-                    });
+                    let scanned = local.as_ref().map(DiskStat::of_local);
                     if scanned != Some(now) {
                         return Ok(false);
                     }
@@ -479,11 +471,7 @@ impl Engine {
                     self.join_file(applier, report).await?;
                 }
                 let writer = applier.writer.clone();
-                let expected = self.vault.local(path)?.map(|l| DiskStat {
-                    size: l.state.size,
-                    mtime_ns: l.state.mtime_ns,
-                    inode: l.inode,
-                });
+                let expected = self.vault.local(path)?.as_ref().map(DiskStat::of_local);
                 let path = path.clone();
                 applier
                     .files
@@ -606,11 +594,7 @@ impl Engine {
             local: Arc::new(self.vault.find_local_chunks(&wanted)?),
             progress: self.progress.clone(),
         };
-        let expected = self.vault.local(path)?.map(|l| DiskStat {
-            size: l.state.size,
-            mtime_ns: l.state.mtime_ns,
-            inode: l.inode,
-        });
+        let expected = self.vault.local(path)?.as_ref().map(DiskStat::of_local);
         let written = writer
             .write_file(path.clone(), remote, state, expected)
             .await?;
@@ -805,6 +789,26 @@ struct DiskStat {
     inode: u64,
 }
 
+impl DiskStat {
+    /// What is on disk.
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            size: meta.len(),
+            mtime_ns: mtime_ns_of(meta),
+            inode: inode_of(meta),
+        }
+    }
+
+    /// What the index last saw.
+    fn of_local(local: &LocalEntry) -> Self {
+        Self {
+            size: local.state.size,
+            mtime_ns: local.state.mtime_ns,
+            inode: local.inode,
+        }
+    }
+}
+
 /// BLAKE3 of a file's content, read in 1 MiB blocks.
 fn content_hash_of(path: &Path) -> Result<ContentHash, EngineError> {
     let mut file = File::open(path).map_err(EngineError::io("open", path))?;
@@ -844,11 +848,7 @@ fn finish_file(
     file.sync_all().map_err(EngineError::io("fsync", tmp))?;
     drop(file);
     if let Ok(meta) = fs::symlink_metadata(full) {
-        let now = DiskStat {
-            size: meta.len(),
-            mtime_ns: mtime_ns_of(&meta),
-            inode: inode_of(&meta),
-        };
+        let now = DiskStat::of(&meta);
         if expected != Some(now) {
             return Ok(None);
         }

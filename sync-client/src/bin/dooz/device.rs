@@ -1,7 +1,10 @@
 //! `dooz init` and `dooz enroll`: this device's keys and its enrolment on a server.
 
 use anyhow::{Context as _, bail};
-use dooz_client::{Connection, DeviceRecord, EnrolmentCode, server_fingerprint_hex};
+use dooz_client::{
+    Connection, DeviceRecord, EnrolmentCode, default_device_name, is_usable_device_name,
+    server_fingerprint_hex,
+};
 use dooz_crypto::DeviceSecretKeys;
 use dooz_protocol::limits::MAX_NAME_LEN;
 use serde_json::json;
@@ -9,21 +12,8 @@ use serde_json::json;
 use crate::home::{NOT_ENROLLED_ADDR, Opened, copy_keys};
 use crate::output::Out;
 
-/// The host name, as the default device name.
-fn default_device_name() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty() && s.len() <= MAX_NAME_LEN)
-        })
-        .unwrap_or_else(|| "dooz device".to_owned())
-}
-
 fn check_device_name(name: &str) -> anyhow::Result<()> {
-    if name.trim().is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+    if !is_usable_device_name(name) {
         bail!(
             "{name:?} is not a usable device name: use 1 to {MAX_NAME_LEN} bytes of text without \
              control characters"

@@ -11,7 +11,7 @@ use dooz_crypto::{DeviceSecretKeys, VaultId};
 const INDEX_DIR: &str = "index";
 
 /// A device record with this server address is a device that ran `init` but not `enroll`.
-pub(crate) const NOT_ENROLLED_ADDR: &str = "";
+pub(crate) use dooz_client::NOT_ENROLLED_ADDR;
 
 /// The message for a device that has not enrolled.
 pub(crate) const ENROL_HINT: &str = "this device is not enrolled with a server yet: run `dooz \
@@ -46,7 +46,7 @@ impl Home {
 
     /// Creates the directory (private to the user: it holds secret keys) and opens the index.
     pub(crate) fn open(self) -> anyhow::Result<Opened> {
-        create_private_dir(&self.dir)
+        dooz_client::create_private_dir(&self.dir)
             .with_context(|| format!("cannot create the dooz home {}", self.dir.display()))?;
         let index = Index::open(self.dir.join(INDEX_DIR))?;
         Ok(Opened {
@@ -54,20 +54,6 @@ impl Home {
             index,
         })
     }
-}
-
-#[cfg(unix)]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-#[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)
 }
 
 /// An opened home.
@@ -153,7 +139,7 @@ impl Opened {
 
 /// Checks a vault name: 1 to 255 bytes (it travels in vault codes), no control characters.
 pub(crate) fn check_vault_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+    if !dooz_client::is_usable_vault_name(name) {
         bail!(
             "{name:?} is not a usable vault name: use 1 to 255 bytes of text without control \
              characters"
