@@ -297,23 +297,24 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             .join(dooz_server::service::ADMIN_SOCKET_FILE);
         let (store, account, address) = (store.clone(), bootstrap.account.id, address.clone());
         let (fingerprint, cancel) = (server.fingerprint().to_owned(), cancel.clone());
-        tokio::spawn(async move {
-            let served = dooz_server::service::serve_admin_socket(
-                &path,
+        // Bound before the banner, so a CLI call made as soon as the banner shows reaches the
+        // running server instead of finding its data dir locked.
+        match dooz_server::service::AdminSocket::bind(&path).await {
+            Ok(socket) => Some(tokio::spawn(socket.serve(
                 store,
                 account,
                 address,
                 fingerprint,
                 cancel,
-            )
-            .await;
-            if let Err(e) = served {
+            ))),
+            Err(e) => {
                 tracing::warn!(
                     "admin socket {} unavailable ({e}); stop the server to mint enrolment codes",
                     path.display()
                 );
+                None
             }
-        })
+        }
     };
     let first_code = match (&address, bootstrap.first_start) {
         (Some(address), true) => Some(
@@ -353,7 +354,9 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("the data plane is still referenced; not waiting for it"),
     }
     #[cfg(unix)]
-    let _ = admin.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     eprintln!("dooz-server: stopped");
     Ok(())
 }

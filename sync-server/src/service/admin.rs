@@ -138,7 +138,7 @@ pub enum AdminResponse {
 pub const ADMIN_SOCKET_FILE: &str = "admin.sock";
 
 #[cfg(unix)]
-pub use unix::{admin_call, serve_admin_socket};
+pub use unix::{AdminSocket, admin_call};
 
 #[cfg(unix)]
 mod unix {
@@ -157,36 +157,68 @@ mod unix {
     /// Longest answer line read (usage reports can be long).
     const MAX_ANSWER: u64 = 256 * 1024 * 1024;
 
-    /// Serves the admin socket at `path` until `cancel` fires, then removes it. Codes are minted
-    /// for `account` with `address` (`None`: the server does not know the address devices should
-    /// dial, and says so) and `fingerprint`.
-    ///
-    /// A stale socket file (left by a server that crashed) is replaced.
-    pub async fn serve_admin_socket(
-        path: &Path,
+    /// The admin socket, bound and not yet served. Binding before serving lets the server print
+    /// its banner only once `dooz-server admin …` can reach it.
+    #[derive(Debug)]
+    pub struct AdminSocket {
+        listener: UnixListener,
+        path: std::path::PathBuf,
+    }
+
+    impl AdminSocket {
+        /// Binds the admin socket at `path` (mode 0600).
+        ///
+        /// A stale socket file (left by a server that crashed) is replaced; one that answers
+        /// belongs to another running server and is an `AddrInUse` error.
+        pub async fn bind(path: &Path) -> std::io::Result<Self> {
+            if path.exists() {
+                if UnixStream::connect(path).await.is_ok() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!(
+                            "another dooz-server is using the data dir (its admin socket {} answers)",
+                            path.display()
+                        ),
+                    ));
+                }
+                std::fs::remove_file(path)?;
+            }
+            let listener = UnixListener::bind(path)?;
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(Self {
+                listener,
+                path: path.to_owned(),
+            })
+        }
+
+        /// Serves requests until `cancel` fires, then removes the socket file. Codes are minted
+        /// for `account` with `address` (`None`: the server does not know the address devices
+        /// should dial, and says so) and `fingerprint`.
+        pub async fn serve(
+            self,
+            store: Arc<dyn MetaStore>,
+            account: AccountId,
+            address: Option<String>,
+            fingerprint: String,
+            cancel: CancellationToken,
+        ) {
+            let Self { listener, path } = self;
+            serve_listener(listener, store, account, address, fingerprint, cancel).await;
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    async fn serve_listener(
+        listener: UnixListener,
         store: Arc<dyn MetaStore>,
         account: AccountId,
         address: Option<String>,
         fingerprint: String,
         cancel: CancellationToken,
-    ) -> std::io::Result<()> {
-        if path.exists() {
-            if UnixStream::connect(path).await.is_ok() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!(
-                        "another dooz-server is using the data dir (its admin socket {} answers)",
-                        path.display()
-                    ),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        }
+    ) {
         let context = Arc::new((store, account, address, fingerprint));
         loop {
             let stream = tokio::select! {
@@ -215,8 +247,6 @@ mod unix {
                 }
             });
         }
-        let _ = std::fs::remove_file(path);
-        Ok(())
     }
 
     async fn serve_one(

@@ -65,7 +65,7 @@ use crate::tls::{ServerIdentity, TlsError};
 use crate::transport::{TransportError, TransportTuning, server_endpoint};
 
 #[cfg(unix)]
-pub use admin::{ADMIN_SOCKET_FILE, admin_call, serve_admin_socket};
+pub use admin::{ADMIN_SOCKET_FILE, AdminSocket, admin_call};
 pub use admin::{AdminError, AdminRequest, AdminResponse, ensure_account, mint_enrolment_code};
 pub use codes::{CloseCode, SHUTTING_DOWN_REASON};
 pub use enrolment::{
