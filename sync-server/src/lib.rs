@@ -138,9 +138,10 @@ mod store;
 
 pub use store::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
-    DeviceRecord, DeviceRegistration, EnrolmentToken, EntryHead, HOUR_SECS, MAX_PAGE_BYTES,
-    MetaStore, PackId, PackedChunk, SledStore, StorageHour, StoreError, TenantId, TenantRecord,
-    TrafficCounts, TrafficKey, TrafficSync, VaultRecord, VaultStorage, VersionPage,
+    DEFAULT_POOL_SIZE, DeviceRecord, DeviceRegistration, EnrolmentToken, EntryHead, HOUR_SECS,
+    MAX_PAGE_BYTES, MetaStore, PG_SCHEMA_VERSION, PackId, PackedChunk, PgStore, SledStore,
+    StorageHour, StoreError, StoreEvent, TenantId, TenantRecord, TrafficCounts, TrafficKey,
+    TrafficSync, VaultRecord, VaultStorage, VersionPage,
 };
 
 pub use config::{ServerConfig, ServerSettings};

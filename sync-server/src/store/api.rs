@@ -390,6 +390,27 @@ pub struct VersionPage {
     pub next: Option<Seq>,
 }
 
+/// What another server instance sharing the store did, as [`MetaStore::events`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreEvent {
+    /// A commit moved the vault's head to `seq`.
+    Changed {
+        /// The vault.
+        vault: VaultId,
+        /// Its new head.
+        seq: Seq,
+    },
+    /// The device was revoked: close its connections.
+    Revoked {
+        /// The device.
+        device: DeviceId,
+    },
+    /// Events may have been missed (the store's listener reconnected, or the receiver fell
+    /// behind): subscribers should check their vaults' heads.
+    Lagged,
+}
+
 /// The server's metadata: tenants, accounts, devices, vaults, chunk records, the commit log,
 /// entry heads and envelopes. Blobs live elsewhere (`dooz-storage`).
 ///
@@ -853,6 +874,15 @@ pub trait MetaStore: Send + Sync + 'static {
         vault: VaultId,
         recipient: DeviceId,
     ) -> Result<Vec<EnvelopeInfo>, StoreError>;
+
+    // --- several instances ------------------------------------------------------------------
+
+    /// Commits and revocations made through this store by *any* server instance (this one
+    /// included), for engines that several instances share; `None` for an engine only one
+    /// server opens (sled), whose service announces its own commits.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<StoreEvent>> {
+        None
+    }
 }
 
 /// Checks a tenant, account or device name: 1 to

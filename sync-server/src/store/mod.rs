@@ -18,15 +18,17 @@ mod codec;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod error;
+mod pg_store;
 mod sled_store;
 mod token;
 
 pub use api::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
     DeviceRecord, DeviceRegistration, EntryHead, HOUR_SECS, MAX_PAGE_BYTES, MetaStore, PackId,
-    PackedChunk, StorageHour, TenantId, TenantRecord, TrafficCounts, TrafficKey, VaultRecord,
-    VaultStorage, VersionPage,
+    PackedChunk, StorageHour, StoreEvent, TenantId, TenantRecord, TrafficCounts, TrafficKey,
+    VaultRecord, VaultStorage, VersionPage,
 };
 pub use error::StoreError;
+pub use pg_store::{DEFAULT_POOL_SIZE, PG_SCHEMA_VERSION, PgStore};
 pub use sled_store::{SledStore, TrafficSync};
 pub use token::EnrolmentToken;
