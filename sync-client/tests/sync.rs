@@ -1,7 +1,9 @@
 //! End-to-end sync tests: an in-process `dooz-server` on loopback QUIC and two devices with
 //! their own folders and indexes in temp dirs. Every test runs with the server's blobs on a
-//! `LocalDir` (`local::`) and on a bucket of an in-process S3 server (`s3::`); `faults::` syncs
-//! through a blob store failing 20% of its calls, on both.
+//! `LocalDir` (`local::`) and on a bucket of an in-process S3 server (`s3::`), and on two
+//! server instances sharing a PostgreSQL store and a blob directory, the first device on one
+//! and the second on the other (`two_instances::`, docs/SCALE-OUT.md); `faults::` syncs
+//! through a blob store failing 20% of its calls, on both backends.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -56,6 +58,10 @@ struct TestServer {
     retrying: Option<Arc<Retrying<Arc<dyn BlobStore>>>>,
     /// Kept alive for the server: the blob directory or the S3 server.
     _backend: (Option<TempDir>, Option<S3Server>),
+    /// A second instance sharing the store and the blobs (`two_instances::`).
+    second: Option<Server>,
+    /// Devices made so far: they alternate between the instances.
+    devices: std::sync::atomic::AtomicUsize,
 }
 
 impl TestServer {
@@ -149,11 +155,80 @@ impl TestServer {
             faults: None,
             retrying: None,
             _backend: kept,
+            second: None,
+            devices: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Two instances, as two `dooz-server` processes would run them: each with its own
+    /// connection pool and listener on one PostgreSQL schema (`DOOZ_TEST_POSTGRES`), the same
+    /// blob directory and the same TLS identity.
+    async fn start_two_instances() -> Self {
+        let url = std::env::var("DOOZ_TEST_POSTGRES").expect(
+            "DOOZ_TEST_POSTGRES is not set: run the tests with scripts/test, which starts a \
+             throwaway PostgreSQL",
+        );
+        let schema: String = VaultId::generate().unwrap().0[..8]
+            .iter()
+            .fold("sync_".to_owned(), |s, b| s + &format!("{b:02x}"));
+        let blob_dir = tempfile::tempdir().unwrap();
+        let identity_dir = tempfile::tempdir().unwrap();
+        let raw_blobs: Arc<dyn BlobStore> = Arc::new(LocalDir::open(blob_dir.path()).unwrap());
+        let meter = Meter::new();
+        let mut servers = Vec::new();
+        let mut account = None;
+        for _ in 0..2 {
+            let store = Arc::new(
+                dooz_server::PgStore::connect_schema(&url, &schema, 8)
+                    .await
+                    .unwrap(),
+            );
+            if account.is_none() {
+                let tenant = store.create_tenant("test").await.unwrap();
+                account = Some(store.create_account(tenant, "ana").await.unwrap());
+            }
+            let parts = ServerParts {
+                store,
+                blobs: Arc::new(Metered::with_meter(Arc::clone(&raw_blobs), meter.clone())),
+                identity: ServerIdentity::load_or_create(identity_dir.path()).unwrap(),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                tuning: TransportTuning::default(),
+                limits: Default::default(),
+                shutdown_grace: Duration::from_secs(1),
+                policy: Arc::new(dooz_server::policy::Unlimited),
+            };
+            servers.push(Server::start(parts).unwrap());
+        }
+        let second = servers.pop();
+        let server = servers.pop().unwrap();
+        let identity = ServerIdentity::load_or_create(identity_dir.path()).unwrap();
+        Self {
+            server,
+            account: account.unwrap(),
+            fingerprint: *blake3::hash(identity.cert_der()).as_bytes(),
+            raw_blobs,
+            meter,
+            faults: None,
+            retrying: None,
+            _backend: (Some(blob_dir), None),
+            second,
+            devices: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     fn addr(&self) -> String {
         self.server.local_addr().to_string()
+    }
+
+    /// The address the next device uses: with two instances, devices alternate between them.
+    fn device_addr(&self) -> String {
+        let n = self
+            .devices
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.second {
+            Some(second) if n % 2 == 1 => second.local_addr().to_string(),
+            _ => self.addr(),
+        }
     }
 
     async fn enrol(&self, keys: &DeviceSecretKeys, name: &str) {
@@ -187,7 +262,8 @@ impl Device {
     async fn new(server: &TestServer, name: &str, vault: VaultId, key: [u8; 32]) -> Self {
         let keys = DeviceSecretKeys::generate().unwrap();
         server.enrol(&keys, name).await;
-        let conn = Connection::connect(&server.addr(), &server.fingerprint, &keys)
+        let addr = server.device_addr();
+        let conn = Connection::connect(&addr, &server.fingerprint, &keys)
             .await
             .unwrap();
         conn.create_vault(dooz_protocol::VaultId::from_bytes(vault.0))
@@ -207,7 +283,7 @@ impl Device {
         };
         let engine = Engine::new(vault_index, keyring, conn, name, options).unwrap();
         let connector = Connector::new(
-            server.addr(),
+            addr,
             server.fingerprint,
             DeviceSecretKeys::from_bytes(&keys.to_bytes()),
         );
@@ -303,8 +379,9 @@ async fn pair(server: &TestServer) -> (Device, Device) {
     (a, b)
 }
 
-/// Runs each named test (an `async fn(TestServer)`) twice: `local::name` on a `LocalDir`,
-/// `s3::name` on a bucket of an in-process S3 server.
+/// Runs each named test (an `async fn(TestServer)`) three times: `local::name` on a `LocalDir`,
+/// `s3::name` on a bucket of an in-process S3 server, `two_instances::name` on two instances
+/// sharing PostgreSQL (devices alternate between them).
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod local {
@@ -320,6 +397,14 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::TestServer::start_s3().await).await;
+                }
+            )*
+        }
+        mod two_instances {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::TestServer::start_two_instances().await).await;
                 }
             )*
         }

@@ -51,6 +51,12 @@ pub struct ServerSettings {
     /// `s3://bucket/prefix?endpoint=URL&region=NAME` with credentials in `AWS_ACCESS_KEY_ID` and
     /// `AWS_SECRET_ACCESS_KEY`). Default: `<data_dir>/blobs`.
     pub blobs: Option<String>,
+    /// Metadata store: `sled` (embedded, in `<data_dir>/meta`; one server) or a PostgreSQL URL
+    /// `postgres://user:password@host:port/database` (several servers share it:
+    /// docs/SCALE-OUT.md). Default `sled`.
+    pub metadata: Option<String>,
+    /// Connections each server keeps to PostgreSQL at most. Default 32.
+    pub metadata_pool_size: u32,
     /// Requests (bidirectional streams) one connection may have open at once. Default 256.
     pub max_streams_per_connection: u32,
     /// Chunk bytes the whole server holds in memory at once for uploads and downloads; requests
@@ -140,6 +146,8 @@ impl Default for ServerSettings {
             api_rate_limit_per_minute: 6000,
             api_rate_limit_burst: 200,
             blobs: None,
+            metadata: None,
+            metadata_pool_size: 32,
             max_streams_per_connection: tuning.max_concurrent_bidi_streams,
             max_inflight_bytes: 256 * 1024 * 1024,
             max_frame_len: MAX_FRAME_LEN,
@@ -209,6 +217,33 @@ pub enum BlobLocation {
     Url(String),
 }
 
+/// Where the metadata lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum MetadataLocation {
+    /// The embedded sled store in `<data_dir>/meta`.
+    Sled,
+    /// A PostgreSQL database that several servers may share.
+    Postgres {
+        /// Its URL (may hold a password: `Debug` hides it).
+        url: String,
+        /// Connections kept at most.
+        pool_size: usize,
+    },
+}
+
+impl std::fmt::Debug for MetadataLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sled => f.write_str("Sled"),
+            Self::Postgres { pool_size, .. } => f
+                .debug_struct("Postgres")
+                .field("url", &"..")
+                .field("pool_size", pool_size)
+                .finish(),
+        }
+    }
+}
+
 /// Validated runtime configuration of the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -226,6 +261,8 @@ pub struct ServerConfig {
     pub api_rate_limit: Option<crate::control::rate_limit::RateLimit>,
     /// Where blobs go.
     pub blobs: BlobLocation,
+    /// Where the metadata lives.
+    pub metadata: MetadataLocation,
     /// QUIC tuning.
     pub tuning: TransportTuning,
     /// Limits of the request service.
@@ -396,7 +433,32 @@ impl ServerSettings {
             None => BlobLocation::Dir(self.data_dir.join("blobs")),
             Some(url) => BlobLocation::Url(url),
         };
+        let metadata = match self.metadata.as_deref().map(str::trim) {
+            None | Some("" | "sled") => MetadataLocation::Sled,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                if self.metadata_pool_size < 2 || self.metadata_pool_size > 1000 {
+                    return Err(invalid(
+                        "metadata_pool_size",
+                        self.metadata_pool_size,
+                        "use 2 to 1000 connections",
+                    ));
+                }
+                MetadataLocation::Postgres {
+                    url: url.to_owned(),
+                    pool_size: self.metadata_pool_size as usize,
+                }
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "metadata",
+                    // The value may be a URL with a password in it: show its scheme only.
+                    other.split(':').next().unwrap_or_default(),
+                    "use `sled` or a `postgres://user:password@host:port/database` URL",
+                ));
+            }
+        };
         Ok(ServerConfig {
+            metadata,
             data_dir: self.data_dir,
             listen: self.listen,
             advertise: self.advertise,

@@ -60,6 +60,9 @@ struct Global {
     /// Address devices dial, written into enrolment codes [default: the listen address]
     #[arg(long, global = true, env = "DOOZ_ADVERTISE", value_name = "HOST:PORT")]
     advertise: Option<String>,
+    /// Metadata store: sled, or a postgres:// URL that several servers share [default: sled]
+    #[arg(long, global = true, env = "DOOZ_METADATA", value_name = "URL")]
+    metadata: Option<String>,
     /// Log format on stderr: text or json [default: text]
     #[arg(long, global = true, env = "DOOZ_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
@@ -166,6 +169,9 @@ impl Global {
         }
         if let Some(advertise) = &self.advertise {
             settings.advertise = Some(advertise.clone());
+        }
+        if let Some(metadata) = &self.metadata {
+            settings.metadata = Some(metadata.clone());
         }
         if let Some(format) = self.log_format {
             settings.log_format = format;

@@ -25,27 +25,42 @@ pub async fn ensure_account(
     let tenant = match store.tenant_by_name(tenant_name).await? {
         Some(tenant) => tenant,
         None => {
-            first_start = true;
-            let id = store.create_tenant(tenant_name).await?;
-            store
-                .tenant(id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    what: format!("tenant {tenant_name} right after creating it"),
-                })?
+            // Another instance sharing the store may create it at the same moment.
+            let id = match store.create_tenant(tenant_name).await {
+                Ok(id) => {
+                    first_start = true;
+                    Some(id)
+                }
+                Err(StoreError::AlreadyExists { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let found = match id {
+                Some(id) => store.tenant(id).await?,
+                None => store.tenant_by_name(tenant_name).await?,
+            };
+            found.ok_or_else(|| StoreError::NotFound {
+                what: format!("tenant {tenant_name} right after creating it"),
+            })?
         }
     };
     let account = match store.account_by_name(tenant.id, account_name).await? {
         Some(account) => account,
         None => {
-            first_start = true;
-            let id = store.create_account(tenant.id, account_name).await?;
-            store
-                .account(id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound {
-                    what: format!("account {account_name} right after creating it"),
-                })?
+            let id = match store.create_account(tenant.id, account_name).await {
+                Ok(id) => {
+                    first_start = true;
+                    Some(id)
+                }
+                Err(StoreError::AlreadyExists { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let found = match id {
+                Some(id) => store.account(id).await?,
+                None => store.account_by_name(tenant.id, account_name).await?,
+            };
+            found.ok_or_else(|| StoreError::NotFound {
+                what: format!("account {account_name} right after creating it"),
+            })?
         }
     };
     Ok(Bootstrap {

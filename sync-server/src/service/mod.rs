@@ -192,10 +192,15 @@ impl ServerParts {
             source,
         })?;
         let identity = ServerIdentity::load_or_create(&config.data_dir)?;
-        let store: Arc<dyn MetaStore> = Arc::new(SledStore::open_with(
-            config.data_dir.join(STORE_DIR),
-            config.traffic_sync,
-        )?);
+        let store: Arc<dyn MetaStore> = match &config.metadata {
+            crate::config::MetadataLocation::Sled => Arc::new(SledStore::open_with(
+                config.data_dir.join(STORE_DIR),
+                config.traffic_sync,
+            )?),
+            crate::config::MetadataLocation::Postgres { url, pool_size } => {
+                Arc::new(crate::store::PgStore::connect(url, *pool_size).await?)
+            }
+        };
         let blobs: Arc<dyn BlobStore> = match &config.blobs {
             BlobLocation::Dir(dir) => Arc::new(LocalDir::open(dir)?),
             // Remote backends fail transiently; retry with backoff before answering
@@ -234,6 +239,9 @@ pub(crate) struct Shared {
     pub(crate) migrations: Mutex<HashMap<TenantId, Arc<routed::Migration>>>,
     /// `(vault, seq)` of every commit that applied something.
     pub(crate) changes: broadcast::Sender<(VaultId, Seq)>,
+    /// Whether commits reach `changes` from the store's events (several instances share the
+    /// store, and each announces every instance's commits), not from the commit handler.
+    pub(crate) store_announces: bool,
     /// Chunk bytes that may be held in memory at once; one permit per byte.
     pub(crate) inflight: Arc<Semaphore>,
     pub(crate) limits: ServiceLimits,
@@ -312,6 +320,44 @@ impl Shared {
     }
 }
 
+/// Passes what other instances sharing the store did to this one's devices: commits to
+/// subscriptions, revocations to the revoked device's connections (closed at once). Ends at
+/// shutdown.
+async fn forward_store_events(
+    shared: Arc<Shared>,
+    mut events: broadcast::Receiver<crate::store::StoreEvent>,
+) {
+    use crate::store::StoreEvent;
+    loop {
+        let event = tokio::select! {
+            () = shared.cancel.cancelled() => return,
+            event = events.recv() => event,
+        };
+        match event {
+            Ok(StoreEvent::Changed { vault, seq }) => {
+                // No subscriber is not an error.
+                let _ = shared.changes.send((vault, seq));
+            }
+            Ok(StoreEvent::Revoked { device }) => {
+                let closed = shared.disconnect(
+                    device,
+                    CloseCode::Revoked,
+                    &connection::revoked_reason(device),
+                );
+                if closed > 0 {
+                    tracing::info!(%device, closed, "device revoked on another instance");
+                }
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                // Devices catch up by their periodic sync; a revoked device's next request or
+                // connection is refused by the store.
+                tracing::warn!("change notifications from the store may have been missed");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Unregisters a connection when dropped.
 pub(crate) struct Registration {
     shared: Arc<Shared>,
@@ -368,7 +414,9 @@ impl Server {
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
         let routes = Arc::new(routed::TenantRouted::new(parts.blobs));
+        let store_events = parts.store.events();
         let shared = Arc::new(Shared {
+            store_announces: store_events.is_some(),
             store: Arc::clone(&parts.store),
             blobs: Arc::clone(&routes) as Arc<dyn BlobStore>,
             routes,
@@ -392,7 +440,11 @@ impl Server {
         let accept =
             tokio::spawn(accept_loop(Arc::clone(&shared), endpoint).instrument(span.clone()));
         let sweeper = tokio::spawn(seal_idle_packs(Arc::clone(&shared)).instrument(span.clone()));
-        let collector = tokio::spawn(collect_periodically(Arc::clone(&shared)).instrument(span));
+        let collector =
+            tokio::spawn(collect_periodically(Arc::clone(&shared)).instrument(span.clone()));
+        if let Some(events) = store_events {
+            tokio::spawn(forward_store_events(Arc::clone(&shared), events).instrument(span));
+        }
         tracing::info!(addr = %local_addr, fingerprint = parts.identity.fingerprint(), "listening");
         Ok(Self {
             shared,

@@ -374,6 +374,46 @@ impl PgStore {
         Self::connect_config(config, pool_size).await
     }
 
+    /// [`connect`](Self::connect) to the tables in `schema` of the database at `url`, creating
+    /// the schema if it does not exist (several deployments, or tests, in one database).
+    pub async fn connect_schema(
+        url: &str,
+        schema: &str,
+        pool_size: usize,
+    ) -> Result<Self, StoreError> {
+        let valid = !schema.is_empty()
+            && schema.len() <= 63
+            && schema
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
+        if !valid {
+            return Err(StoreError::InvalidInput {
+                what: "PostgreSQL schema",
+                reason: format!("{schema:?} is not 1 to 63 lowercase letters, digits or `_`"),
+            });
+        }
+        let mut config =
+            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::InvalidInput {
+                what: "PostgreSQL URL",
+                reason: e.to_string(),
+            })?;
+        let (client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+        let driver = tokio::spawn(connection);
+        let created = client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await;
+        drop(client);
+        let _ = driver.await;
+        match created {
+            Ok(()) => {}
+            // Two connections creating it at once: one of them loses, and it exists.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+            Err(e) => return Err(pg_error(e)),
+        }
+        config.options(format!("-c search_path={schema}"));
+        Self::connect_config(config, pool_size).await
+    }
+
     /// [`connect`](Self::connect) with a parsed configuration.
     pub async fn connect_config(
         config: tokio_postgres::Config,
@@ -2490,16 +2530,9 @@ pub(crate) async fn test_store() -> PgStore {
     });
     let mut bytes = [0u8; 8];
     getrandom::getrandom(&mut bytes).unwrap();
-    let schema = format!("t_{}", hex(&bytes));
-    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+    PgStore::connect_schema(&url, &format!("t_{}", hex(&bytes)), 8)
         .await
-        .unwrap();
-    let mut config = tokio_postgres::Config::from_str(&url).unwrap();
-    config.options(format!("-c search_path={schema}"));
-    PgStore::connect_config(config, 8).await.unwrap()
+        .unwrap()
 }
 
 #[cfg(test)]
