@@ -139,9 +139,10 @@ mod store;
 pub use store::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
     DEFAULT_POOL_SIZE, DeviceRecord, DeviceRegistration, EnrolmentToken, EntryHead, HOUR_SECS,
-    MAX_PAGE_BYTES, MetaStore, PG_SCHEMA_VERSION, PackId, PackedChunk, PgStore, SledStore,
-    StorageHour, StoreError, StoreEvent, TenantId, TenantRecord, TrafficCounts, TrafficKey,
-    TrafficSync, VaultRecord, VaultStorage, VersionPage,
+    MAX_PAGE_BYTES, MetaStore, MigrationReport, PG_SCHEMA_VERSION, PackId, PackedChunk, PgStore,
+    SledStore, StorageHour, StoreError, StoreEvent, TableSum, TenantId, TenantRecord,
+    TrafficCounts, TrafficKey, TrafficSync, VaultRecord, VaultStorage, VersionPage,
+    migrate_sled_to_postgres,
 };
 
 pub use config::{ServerConfig, ServerSettings};

@@ -18,6 +18,7 @@ mod codec;
 #[cfg(test)]
 pub(crate) mod conformance;
 mod error;
+mod migrate;
 mod pg_store;
 mod sled_store;
 mod token;
@@ -29,6 +30,7 @@ pub use api::{
     VaultRecord, VaultStorage, VersionPage,
 };
 pub use error::StoreError;
+pub use migrate::{MigrationReport, TableSum, migrate_sled_to_postgres};
 pub use pg_store::{DEFAULT_POOL_SIZE, PG_SCHEMA_VERSION, PgStore};
 pub use sled_store::{SledStore, TrafficSync};
 pub use token::EnrolmentToken;

@@ -519,6 +519,130 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Inserts the rows `rows` brings into `table`, in one transaction (for
+    /// `store::migrate`); `progress` hears the rows inserted so far.
+    pub(crate) async fn import_table(
+        &self,
+        table: &crate::store::migrate::Table,
+        rows: &mut tokio::sync::mpsc::Receiver<Vec<Vec<crate::store::migrate::Value>>>,
+        progress: &(dyn Fn(&str, u64) + Send + Sync),
+    ) -> Result<(), StoreError> {
+        use crate::store::migrate::{Kind, Value};
+        let columns: Vec<&str> = table.columns.iter().map(|c| c.0).collect();
+        let placeholders: Vec<String> = table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, (_, kind))| match kind {
+                Kind::Numeric => format!("${}::text::numeric", i + 1),
+                _ => format!("${}", i + 1),
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            table.name,
+            columns.join(", "),
+            placeholders.join(", ")
+        );
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let statement = tx.prepare(&sql).await.map_err(pg_error)?;
+        let mut done = 0u64;
+        progress(table.name, 0);
+        while let Some(batch) = rows.recv().await {
+            // The batch's inserts are pipelined on the connection.
+            let inserts = batch.iter().map(|row| {
+                let params: Vec<&(dyn ToSql + Sync)> = row
+                    .iter()
+                    .map(|v| -> &(dyn ToSql + Sync) {
+                        match v {
+                            Value::Int(x) => x,
+                            Value::Bytes(x) => x,
+                            Value::Text(x) | Value::Numeric(x) => x,
+                            Value::Bool(x) => x,
+                        }
+                    })
+                    .collect();
+                let tx = &tx;
+                let statement = &statement;
+                async move { tx.execute(statement, &params).await }
+            });
+            futures::future::try_join_all(inserts)
+                .await
+                .map_err(pg_error)?;
+            done += batch.len() as u64;
+            progress(table.name, done);
+        }
+        tx.commit().await.map_err(pg_error)
+    }
+
+    /// Counts and checksums `table` as `store::migrate` does for what sled exported.
+    pub(crate) async fn table_sum(
+        &self,
+        table: &crate::store::migrate::Table,
+    ) -> Result<crate::store::migrate::TableSum, StoreError> {
+        use crate::store::migrate::{Kind, TableSum, Value};
+        use futures::TryStreamExt as _;
+        let columns: Vec<String> = table
+            .columns
+            .iter()
+            .map(|(name, kind)| match kind {
+                Kind::Numeric => format!("{name}::text"),
+                _ => (*name).to_owned(),
+            })
+            .collect();
+        let client = self.client().await?;
+        let statement = client
+            .prepare(&format!(
+                "SELECT {} FROM {}",
+                columns.join(", "),
+                table.name
+            ))
+            .await
+            .map_err(pg_error)?;
+        let stream = client
+            .query_raw(&statement, std::iter::empty::<&dyn ToSql>())
+            .await
+            .map_err(pg_error)?;
+        futures::pin_mut!(stream);
+        let mut sum = TableSum::default();
+        while let Some(row) = stream.try_next().await.map_err(pg_error)? {
+            let mut values = Vec::with_capacity(table.columns.len());
+            for (i, (_, kind)) in table.columns.iter().enumerate() {
+                let value = match kind {
+                    Kind::Int => Value::Int(row.try_get(i).map_err(pg_error)?),
+                    Kind::Bytes => Value::Bytes(row.try_get(i).map_err(pg_error)?),
+                    Kind::Text => Value::Text(row.try_get(i).map_err(pg_error)?),
+                    Kind::Bool => Value::Bool(row.try_get(i).map_err(pg_error)?),
+                    Kind::Numeric => Value::Numeric(row.try_get(i).map_err(pg_error)?),
+                };
+                values.push(value);
+            }
+            sum.add(&values);
+        }
+        Ok(sum)
+    }
+
+    /// Moves the tenant and account id sequences past the ids a migration inserted.
+    pub(crate) async fn reset_id_sequences(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        for table in ["tenants", "accounts"] {
+            client
+                .execute(
+                    &format!(
+                        "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+                         GREATEST(COALESCE(max(id), 0), 1), max(id) IS NOT NULL) FROM {table}"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?;
+        }
+        Ok(())
+    }
+}
+
 /// Applies the migrations the database lacks, under an advisory lock so that instances
 /// starting together migrate once. Returns the schema the tables are in.
 async fn migrate(pool: &Pool) -> Result<String, StoreError> {

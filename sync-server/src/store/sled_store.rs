@@ -2182,6 +2182,260 @@ impl Inner {
     }
 }
 
+/// A u64 as the BIGINT holding its bits (the PostgreSQL store's convention).
+#[allow(clippy::cast_possible_wrap)]
+const fn bigint(x: u64) -> i64 {
+    x as i64
+}
+
+fn key_part<const N: usize>(
+    tree: &'static str,
+    k: &[u8],
+    at: usize,
+) -> Result<[u8; N], StoreError> {
+    k.get(at..at + N)
+        .and_then(|b| <[u8; N]>::try_from(b).ok())
+        .ok_or_else(|| StoreError::corrupt(tree, format!("a key of {} bytes", k.len())))
+}
+
+impl SledStore {
+    /// Every row of `table` (a table of the PostgreSQL schema, see `store::migrate`), read
+    /// from the matching trees, handed to `sink` one by one. Blocks: run it off the runtime.
+    pub(crate) fn export_table(
+        &self,
+        table: &str,
+        sink: &mut dyn FnMut(Vec<crate::store::migrate::Value>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use crate::store::migrate::Value::{Bool, Bytes, Int, Numeric, Text};
+        let s = &self.inner;
+        let int = |x: u64| Int(Some(bigint(x)));
+        let opt = |x: Option<u64>| Int(x.map(bigint));
+        let bytes = |b: &[u8]| Bytes(Some(b.to_vec()));
+        match table {
+            "tenants" => {
+                for item in &s.tenants {
+                    let (k, v) = item?;
+                    let t: TenantV1 = decode(&v)?;
+                    let id = u64::from_be_bytes(key_part(codec::TENANTS, &k, 0)?);
+                    sink(vec![int(id), Text(t.name)])?;
+                }
+            }
+            "accounts" => {
+                for item in &s.accounts {
+                    let (k, v) = item?;
+                    let a: AccountV1 = decode(&v)?;
+                    let stored = match s.usage.get(&k)? {
+                        Some(u) => codec::decode_u64(codec::USAGE, &u)?,
+                        None => 0,
+                    };
+                    let id = u64::from_be_bytes(key_part(codec::ACCOUNTS, &k, 0)?);
+                    sink(vec![int(id), int(a.tenant), Text(a.name), int(stored)])?;
+                }
+            }
+            "tokens" => {
+                for item in &s.tokens {
+                    let (_, v) = item?;
+                    let t: TokenV1 = decode(&v)?;
+                    sink(vec![
+                        bytes(&t.hash),
+                        int(t.tenant),
+                        int(t.account),
+                        int(t.expires_at),
+                        Bool(t.reusable),
+                        opt(t.used_at),
+                        int(t.uses),
+                    ])?;
+                }
+            }
+            "devices" => {
+                for item in &s.devices {
+                    let (k, v) = item?;
+                    let d: DeviceV1 = decode(&v)?;
+                    sink(vec![
+                        bytes(&k),
+                        int(d.tenant),
+                        int(d.account),
+                        bytes(&d.identity_key),
+                        bytes(&d.exchange_key),
+                        Text(d.name),
+                        opt(d.revoked_at),
+                        int(d.created_at),
+                        int(d.last_seen),
+                    ])?;
+                }
+            }
+            "vaults" => {
+                for item in &s.vaults {
+                    let (k, v) = item?;
+                    let v: VaultV1 = decode(&v)?;
+                    sink(vec![
+                        bytes(&k),
+                        int(v.tenant),
+                        int(v.account),
+                        int(v.created_at),
+                        int(v.head_seq),
+                        Int(Some(i64::from(v.latest_epoch))),
+                    ])?;
+                }
+            }
+            "chunks" => {
+                for item in &s.chunks {
+                    let (k, v) = item?;
+                    let c: ChunkV1 = decode(&v)?;
+                    let loc = get_decoded::<PackLocV1>(&s.chunk_locs, &k)?;
+                    let (pending, committed) = match c.state {
+                        ChunkStateV1::Pending { since } => (Some(since), None),
+                        ChunkStateV1::Committed { at } => (None, Some(at)),
+                    };
+                    sink(vec![
+                        bytes(&key_part::<16>(codec::CHUNKS, &k, 0)?),
+                        bytes(&key_part::<32>(codec::CHUNKS, &k, 16)?),
+                        int(c.sealed_len),
+                        bytes(&c.blake3),
+                        opt(pending),
+                        opt(committed),
+                        Bytes(loc.map(|l| l.pack.to_vec())),
+                        opt(loc.map(|l| l.offset)),
+                    ])?;
+                }
+            }
+            "packs" => {
+                for item in &s.packs {
+                    let (k, v) = item?;
+                    let p: PackV1 = decode(&v)?;
+                    sink(vec![
+                        bytes(&key_part::<16>(codec::PACKS, &k, 0)?),
+                        bytes(&key_part::<16>(codec::PACKS, &k, 16)?),
+                        int(p.len),
+                        Int(Some(i64::from(p.chunks))),
+                        int(p.created_at),
+                    ])?;
+                }
+            }
+            "log" => {
+                for item in &s.log {
+                    let (k, v) = item?;
+                    let l: LogV1 = decode(&v)?;
+                    let mut chunks = Vec::with_capacity(l.chunks.len() * 32);
+                    for c in &l.chunks {
+                        chunks.extend_from_slice(c.as_bytes());
+                    }
+                    sink(vec![
+                        bytes(&key_part::<16>(codec::LOG, &k, 0)?),
+                        int(codec::log_key_seq(&k)?.get()),
+                        bytes(l.entry.as_bytes()),
+                        bytes(l.version.as_bytes()),
+                        Bytes(l.parent.map(|p| p.as_bytes().to_vec())),
+                        Bytes(Some(l.record)),
+                        Bytes(Some(chunks)),
+                        Int(Some(i64::from(l.epoch))),
+                        bytes(l.device.as_bytes()),
+                        int(l.committed_at),
+                    ])?;
+                }
+            }
+            "heads" => {
+                for item in &s.heads {
+                    let (k, v) = item?;
+                    let h: HeadV1 = decode(&v)?;
+                    sink(vec![
+                        bytes(&key_part::<16>(codec::HEADS, &k, 0)?),
+                        bytes(&key_part::<32>(codec::HEADS, &k, 16)?),
+                        bytes(h.version.as_bytes()),
+                        int(h.seq),
+                    ])?;
+                }
+            }
+            "versions" => {
+                for item in &s.versions {
+                    let (k, _) = item?;
+                    sink(vec![
+                        bytes(&key_part::<16>(codec::VERSIONS, &k, 0)?),
+                        bytes(&key_part::<32>(codec::VERSIONS, &k, 16)?),
+                        int(codec::version_key_seq(&k)?.get()),
+                    ])?;
+                }
+            }
+            "envelopes" => {
+                for item in &s.envelopes {
+                    let (k, v) = item?;
+                    let e: EnvelopeV1 = decode(&v)?;
+                    let (epoch, sender) = codec::envelope_key_parts(&k)?;
+                    sink(vec![
+                        bytes(&key_part::<16>(codec::ENVELOPES, &k, 0)?),
+                        bytes(&key_part::<32>(codec::ENVELOPES, &k, 16)?),
+                        Int(Some(i64::from(epoch.get()))),
+                        bytes(sender.as_bytes()),
+                        Bytes(Some(e.envelope)),
+                    ])?;
+                }
+            }
+            "rotations" => {
+                for item in &s.rotations {
+                    let (k, v) = item?;
+                    let r: RotationDueV1 = decode(&v)?;
+                    sink(vec![bytes(&k), Int(Some(i64::from(r.epoch))), int(r.since)])?;
+                }
+            }
+            "traffic" => {
+                for item in &s.traffic {
+                    let (k, v) = item?;
+                    let t: TrafficV1 = decode(&v)?;
+                    let (tenant, hour, account, vault, device) = codec::traffic_key_parts(&k)?;
+                    sink(vec![
+                        int(tenant),
+                        int(hour),
+                        int(account),
+                        Bytes(Some(
+                            vault.map(|v| v.as_bytes().to_vec()).unwrap_or_default(),
+                        )),
+                        Bytes(Some(
+                            device.map(|d| d.as_bytes().to_vec()).unwrap_or_default(),
+                        )),
+                        int(t.ingress),
+                        int(t.egress),
+                        int(t.requests),
+                    ])?;
+                }
+            }
+            "gauges" => {
+                for item in s.meter.scan_prefix(b"g") {
+                    let (k, v) = item?;
+                    let (tenant, vault) = codec::gauge_key_parts(&k)?;
+                    let g: GaugeV1 = decode(&v)?;
+                    sink(vec![
+                        int(tenant),
+                        bytes(vault.as_bytes()),
+                        int(g.account),
+                        int(g.stored),
+                        int(g.since),
+                    ])?;
+                }
+            }
+            "storage_hours" => {
+                for item in s.meter.scan_prefix(b"h") {
+                    let (k, v) = item?;
+                    let h: StorageHourV1 = decode(&v)?;
+                    sink(vec![
+                        int(u64::from_be_bytes(key_part(codec::METER, &k, 1)?)),
+                        bytes(&key_part::<16>(codec::METER, &k, 9)?),
+                        int(codec::storage_hour_key_hour(&k)?),
+                        int(h.max),
+                        Numeric(h.byte_seconds.to_string()),
+                    ])?;
+                }
+            }
+            other => {
+                return Err(StoreError::InvalidInput {
+                    what: "table",
+                    reason: format!("{other:?} is not a table of the schema"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl MetaStore for SledStore {
     async fn create_tenant(&self, name: &str) -> Result<TenantId, StoreError> {
