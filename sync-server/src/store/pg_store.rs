@@ -152,10 +152,15 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 
 /// Whether PostgreSQL aborted the transaction so that running it again may succeed.
 fn is_conflict(e: &TxError) -> bool {
-    matches!(e, TxError::Pg(e) if e.code().is_some_and(|c| {
+    matches!(e, TxError::Pg(e) if pg_conflict(e))
+}
+
+/// Whether the error is a deadlock or serialization failure.
+fn pg_conflict(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
         *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
             || *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
-    }))
+    })
 }
 
 fn is_unique_violation(e: &TxError) -> bool {
@@ -186,6 +191,46 @@ macro_rules! in_tx {
             }
         }
     }};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statements in a transaction, prepared once per connection (each statement is then one round
+// trip instead of two)
+
+async fn exec(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.execute(&statement, params).await
+}
+
+async fn query_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.query(&statement, params).await
+}
+
+async fn row_opt(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.query_opt(&statement, params).await
+}
+
+async fn row_one(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+    let statement = tx.prepare_cached(sql).await?;
+    tx.query_one(&statement, params).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -497,7 +542,7 @@ impl PgStore {
         }
     }
 
-    /// Deletes every table of this store's schema: for tests and `migrate --force`.
+    /// Deletes every table of this store's schema (tests).
     pub async fn drop_all(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
@@ -648,20 +693,19 @@ impl PgStore {
 async fn migrate(pool: &Pool) -> Result<String, StoreError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(pg_error)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+    exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg_error)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS dooz_schema (version BIGINT NOT NULL)")
         .await
         .map_err(pg_error)?;
-    let found: i64 = match tx
-        .query_opt("SELECT version FROM dooz_schema", &[])
+    let found: i64 = match row_opt(&tx, "SELECT version FROM dooz_schema", &[])
         .await
         .map_err(pg_error)?
     {
         Some(row) => row.try_get(0).map_err(pg_error)?,
         None => {
-            tx.execute("INSERT INTO dooz_schema (version) VALUES (0)", &[])
+            exec(&tx, "INSERT INTO dooz_schema (version) VALUES (0)", &[])
                 .await
                 .map_err(pg_error)?;
             0
@@ -677,13 +721,12 @@ async fn migrate(pool: &Pool) -> Result<String, StoreError> {
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(from) {
         tx.batch_execute(sql).await.map_err(pg_error)?;
         let version = i64::try_from(n + 1).unwrap_or(i64::MAX);
-        tx.execute("UPDATE dooz_schema SET version = $1", &[&version])
+        exec(&tx, "UPDATE dooz_schema SET version = $1", &[&version])
             .await
             .map_err(pg_error)?;
         tracing::info!(version, "PostgreSQL schema migrated");
     }
-    let schema: String = tx
-        .query_one("SELECT current_schema()", &[])
+    let schema: String = row_one(&tx, "SELECT current_schema()", &[])
         .await
         .map_err(pg_error)?
         .try_get(0)
@@ -834,7 +877,8 @@ async fn adjust_usage(
     old: u64,
     new: u64,
 ) -> Result<(), TxError> {
-    tx.execute(
+    exec(
+        &tx,
         "UPDATE accounts SET stored_bytes = GREATEST(stored_bytes - $2, 0) + $3 WHERE id = $1",
         &[&b(at.account), &b(old), &b(new)],
     )
@@ -853,18 +897,19 @@ async fn set_gauge(
     change: impl Fn(u64) -> u64,
 ) -> Result<(), TxError> {
     let vault = at.vault.as_bytes().as_slice();
-    tx.execute(
+    exec(
+        &tx,
         "INSERT INTO gauges (tenant, vault, account, stored, since) VALUES ($1, $2, $3, 0, $4) \
          ON CONFLICT DO NOTHING",
         &[&b(at.tenant), &vault, &b(at.account), &b(at.now)],
     )
     .await?;
-    let row = tx
-        .query_one(
-            "SELECT stored, since FROM gauges WHERE tenant = $1 AND vault = $2 FOR UPDATE",
-            &[&b(at.tenant), &vault],
-        )
-        .await?;
+    let row = row_one(
+        &tx,
+        "SELECT stored, since FROM gauges WHERE tenant = $1 AND vault = $2 FOR UPDATE",
+        &[&b(at.tenant), &vault],
+    )
+    .await?;
     let (stored, since) = (u(row.try_get(0)?), u(row.try_get(1)?));
     let now = at.now.max(since);
     let mut rows: Vec<(u64, u64, u128)> = Vec::new();
@@ -878,7 +923,8 @@ async fn set_gauge(
         rows.push((now / HOUR_SECS, next, 0));
     }
     for (hour, max, byte_seconds) in rows {
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO storage_hours (tenant, vault, hour, max_bytes, byte_seconds) \
              VALUES ($1, $2, $3, $4, $5::text::numeric) \
              ON CONFLICT (tenant, vault, hour) DO UPDATE SET \
@@ -894,7 +940,8 @@ async fn set_gauge(
         )
         .await?;
     }
-    tx.execute(
+    exec(
+        &tx,
         "UPDATE gauges SET stored = $3, since = $4 WHERE tenant = $1 AND vault = $2",
         &[&b(at.tenant), &vault, &b(next), &b(now)],
     )
@@ -927,33 +974,70 @@ async fn add_traffic_rows(
     if rows.is_empty() {
         return Ok(());
     }
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO traffic (tenant, hour, account, vault, device, ingress, egress, requests) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (tenant, hour, account, vault, device) DO UPDATE SET \
-             ingress = traffic.ingress + EXCLUDED.ingress, \
-             egress = traffic.egress + EXCLUDED.egress, \
-             requests = traffic.requests + EXCLUDED.requests",
-        )
-        .await?;
-    for ((tenant, hour, account, vault, device), c) in rows {
-        tx.execute(
-            &statement,
-            &[
-                &b(*tenant),
-                &b(*hour),
-                &b(*account),
-                vault,
-                device,
-                &bound(c.ingress_bytes),
-                &bound(c.egress_bytes),
-                &bound(c.requests),
-            ],
-        )
-        .await?;
-    }
+    let statement = tx.prepare_cached(ADD_TRAFFIC).await?;
+    let columns = traffic_columns(rows);
+    tx.execute(&statement, &columns.params()).await?;
     Ok(())
+}
+
+/// Adds rows of counts to the traffic counters in one statement (rows in key order).
+const ADD_TRAFFIC: &str = "INSERT INTO traffic (tenant, hour, account, vault, device, ingress, egress, requests) \
+     SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BYTEA[], $5::BYTEA[], \
+                          $6::BIGINT[], $7::BIGINT[], $8::BIGINT[]) \
+     ON CONFLICT (tenant, hour, account, vault, device) DO UPDATE SET \
+     ingress = traffic.ingress + EXCLUDED.ingress, \
+     egress = traffic.egress + EXCLUDED.egress, \
+     requests = traffic.requests + EXCLUDED.requests";
+
+/// Traffic rows as the columns of [`ADD_TRAFFIC`].
+struct TrafficColumns {
+    tenants: Vec<i64>,
+    hours: Vec<i64>,
+    accounts: Vec<i64>,
+    vaults: Vec<Vec<u8>>,
+    devices: Vec<Vec<u8>>,
+    ingress: Vec<i64>,
+    egress: Vec<i64>,
+    requests: Vec<i64>,
+}
+
+impl TrafficColumns {
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.tenants,
+            &self.hours,
+            &self.accounts,
+            &self.vaults,
+            &self.devices,
+            &self.ingress,
+            &self.egress,
+            &self.requests,
+        ]
+    }
+}
+
+fn traffic_columns(rows: &TrafficRows) -> TrafficColumns {
+    let mut c = TrafficColumns {
+        tenants: Vec::with_capacity(rows.len()),
+        hours: Vec::with_capacity(rows.len()),
+        accounts: Vec::with_capacity(rows.len()),
+        vaults: Vec::with_capacity(rows.len()),
+        devices: Vec::with_capacity(rows.len()),
+        ingress: Vec::with_capacity(rows.len()),
+        egress: Vec::with_capacity(rows.len()),
+        requests: Vec::with_capacity(rows.len()),
+    };
+    for ((tenant, hour, account, vault, device), n) in rows {
+        c.tenants.push(b(*tenant));
+        c.hours.push(b(*hour));
+        c.accounts.push(b(*account));
+        c.vaults.push(vault.clone());
+        c.devices.push(device.clone());
+        c.ingress.push(bound(n.ingress_bytes));
+        c.egress.push(bound(n.egress_bytes));
+        c.requests.push(bound(n.requests));
+    }
+    c
 }
 
 /// Locks and returns the vault's row.
@@ -961,13 +1045,13 @@ async fn lock_vault(
     tx: &deadpool_postgres::Transaction<'_>,
     vault: &VaultId,
 ) -> Result<VaultRecord, TxError> {
-    let row = tx
-        .query_opt(
-            &format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1 FOR UPDATE"),
-            &[&vault.as_bytes().as_slice()],
-        )
-        .await?
-        .ok_or_else(|| vault_not_found(vault))?;
+    let row = row_opt(
+        &tx,
+        &format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1 FOR UPDATE"),
+        &[&vault.as_bytes().as_slice()],
+    )
+    .await?
+    .ok_or_else(|| vault_not_found(vault))?;
     vault_row(&row)
 }
 
@@ -982,14 +1066,12 @@ async fn put_chunk(
     pack: Option<(&PackId, u64)>,
 ) -> Result<ChunkRecord, TxError> {
     let vault = at.vault.as_bytes().as_slice();
-    let existing = tx
-        .query_opt(
-            &format!(
-                "SELECT {CHUNK_COLUMNS} FROM chunks WHERE vault = $1 AND chunk = $2 FOR UPDATE"
-            ),
-            &[&vault, &chunk.as_bytes().as_slice()],
-        )
-        .await?;
+    let existing = row_opt(
+        &tx,
+        &format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE vault = $1 AND chunk = $2 FOR UPDATE"),
+        &[&vault, &chunk.as_bytes().as_slice()],
+    )
+    .await?;
     let old_len = match existing {
         None => 0,
         Some(row) => {
@@ -1005,7 +1087,8 @@ async fn put_chunk(
         Some((p, o)) => (Some(p.as_bytes().as_slice()), Some(b(o))),
         None => (None, None),
     };
-    tx.execute(
+    exec(
+        &tx,
         "INSERT INTO chunks (vault, chunk, sealed_len, blake3, pending_since, committed_at, pack, \
          pack_offset) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7) \
          ON CONFLICT (vault, chunk) DO UPDATE SET sealed_len = EXCLUDED.sealed_len, \
@@ -1056,18 +1139,18 @@ impl PgStore {
             now,
         };
         Ok(in_tx!(self, |tx| {
-            let row = tx
-                .query_opt(
-                    "DELETE FROM chunks WHERE vault = $1 AND chunk = $2 \
+            let row = row_opt(
+                &tx,
+                "DELETE FROM chunks WHERE vault = $1 AND chunk = $2 \
                      AND pending_since IS NOT NULL AND ($3::BIGINT IS NULL OR pending_since = $3) \
                      RETURNING sealed_len",
-                    &[
-                        &vault.as_bytes().as_slice(),
-                        &chunk.as_bytes().as_slice(),
-                        &since.map(b),
-                    ],
-                )
-                .await?;
+                &[
+                    &vault.as_bytes().as_slice(),
+                    &chunk.as_bytes().as_slice(),
+                    &since.map(b),
+                ],
+            )
+            .await?;
             match row {
                 Some(row) => {
                     adjust_usage(&tx, at, u(row.try_get(0)?), 0).await?;
@@ -1112,20 +1195,23 @@ impl PgStore {
             }
             let id = vault.as_bytes().as_slice();
             if !roster && epoch.get() > latest {
-                tx.execute(
+                exec(
+                    &tx,
                     "UPDATE vaults SET latest_epoch = $2 WHERE vault = $1",
                     &[&id, &e],
                 )
                 .await?;
             }
             if !roster {
-                tx.execute(
+                exec(
+                    &tx,
                     "DELETE FROM rotations WHERE vault = $1 AND epoch < $2",
                     &[&id, &e],
                 )
                 .await?;
             }
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO envelopes (vault, recipient, epoch, sender, envelope) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (vault, recipient, epoch, sender) \
                  DO UPDATE SET envelope = EXCLUDED.envelope",
@@ -1150,12 +1236,12 @@ impl MetaStore for PgStore {
     async fn create_tenant(&self, name: &str) -> Result<TenantId, StoreError> {
         check_name("tenant name", name)?;
         let result = in_tx!(self, |tx| {
-            let row = tx
-                .query_one(
-                    "INSERT INTO tenants (name) VALUES ($1) RETURNING id",
-                    &[&name],
-                )
-                .await?;
+            let row = row_one(
+                &tx,
+                "INSERT INTO tenants (name) VALUES ($1) RETURNING id",
+                &[&name],
+            )
+            .await?;
             let id: i64 = row.try_get(0)?;
             id
         });
@@ -1197,22 +1283,22 @@ impl MetaStore for PgStore {
     async fn create_account(&self, tenant: TenantId, name: &str) -> Result<AccountId, StoreError> {
         check_name("account name", name)?;
         let result = in_tx!(self, |tx| {
-            if tx
-                .query_opt(
-                    "SELECT 1 FROM tenants WHERE id = $1 FOR SHARE",
-                    &[&b(tenant.get())],
-                )
-                .await?
-                .is_none()
+            if row_opt(
+                &tx,
+                "SELECT 1 FROM tenants WHERE id = $1 FOR SHARE",
+                &[&b(tenant.get())],
+            )
+            .await?
+            .is_none()
             {
                 return Err(StoreError::not_found(format!("tenant {tenant}")).into());
             }
-            let row = tx
-                .query_one(
-                    "INSERT INTO accounts (tenant, name) VALUES ($1, $2) RETURNING id",
-                    &[&b(tenant.get()), &name],
-                )
-                .await?;
+            let row = row_one(
+                &tx,
+                "INSERT INTO accounts (tenant, name) VALUES ($1, $2) RETURNING id",
+                &[&b(tenant.get()), &name],
+            )
+            .await?;
             let id: i64 = row.try_get(0)?;
             id
         });
@@ -1280,7 +1366,8 @@ impl MetaStore for PgStore {
         let token = EnrolmentToken::generate()?;
         let hash = token.hash();
         let inserted = in_tx!(self, |tx| {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO tokens (hash, tenant, account, expires_at, reusable) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                 &[
@@ -1316,13 +1403,13 @@ impl MetaStore for PgStore {
             });
         }
         let result = in_tx!(self, |tx| {
-            let Some(tok) = tx
-                .query_opt(
-                    "SELECT hash, tenant, account, expires_at, reusable, used_at FROM tokens \
+            let Some(tok) = row_opt(
+                &tx,
+                "SELECT hash, tenant, account, expires_at, reusable, used_at FROM tokens \
                      WHERE hash = $1 FOR UPDATE",
-                    &[&hash.as_slice()],
-                )
-                .await?
+                &[&hash.as_slice()],
+            )
+            .await?
             else {
                 return Err(StoreError::TokenInvalid.into());
             };
@@ -1341,22 +1428,22 @@ impl MetaStore for PgStore {
             if !reusable && used_at.is_some() {
                 return Err(StoreError::TokenUsed.into());
             }
-            if tx
-                .query_opt(
-                    "SELECT 1 FROM accounts WHERE id = $1 FOR SHARE",
-                    &[&account],
-                )
-                .await?
-                .is_none()
+            if row_opt(
+                &tx,
+                "SELECT 1 FROM accounts WHERE id = $1 FOR SHARE",
+                &[&account],
+            )
+            .await?
+            .is_none()
             {
                 return Err(StoreError::not_found(format!("account {}", u(account))).into());
             }
-            if let Some(existing) = tx
-                .query_opt(
-                    "SELECT revoked_at FROM devices WHERE device = $1",
-                    &[&reg.device.as_bytes().as_slice()],
-                )
-                .await?
+            if let Some(existing) = row_opt(
+                &tx,
+                "SELECT revoked_at FROM devices WHERE device = $1",
+                &[&reg.device.as_bytes().as_slice()],
+            )
+            .await?
             {
                 let revoked: Option<i64> = existing.try_get(0)?;
                 return Err(if revoked.is_some() {
@@ -1366,7 +1453,8 @@ impl MetaStore for PgStore {
                 }
                 .into());
             }
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO devices (device, tenant, account, identity_key, exchange_key, name, \
                  revoked_at, created_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $7)",
                 &[
@@ -1380,7 +1468,8 @@ impl MetaStore for PgStore {
                 ],
             )
             .await?;
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE tokens SET used_at = COALESCE(used_at, $2), uses = uses + 1 \
                  WHERE hash = $1",
                 &[&hash.as_slice(), &b(now)],
@@ -1465,33 +1554,36 @@ impl MetaStore for PgStore {
     async fn revoke_device(&self, device: DeviceId, now: u64) -> Result<DeviceRecord, StoreError> {
         let id = device.as_bytes().as_slice();
         Ok(in_tx!(self, |tx| {
-            let Some(row) = tx
-                .query_opt(
-                    &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device = $1 FOR UPDATE"),
-                    &[&id],
-                )
-                .await?
+            let Some(row) = row_opt(
+                &tx,
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE device = $1 FOR UPDATE"),
+                &[&id],
+            )
+            .await?
             else {
                 return Err(StoreError::not_found(format!("device {device}")).into());
             };
             let mut record = device_row(&row)?;
             if record.revoked_at.is_none() {
                 record.revoked_at = Some(now);
-                tx.execute(
+                exec(
+                    &tx,
                     "UPDATE devices SET revoked_at = $2 WHERE device = $1",
                     &[&id, &b(now)],
                 )
                 .await?;
                 // Every vault of the account is due for rotation from its newest epoch now
                 // (read under the same snapshot of locks: the vault rows are locked).
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT INTO rotations (vault, epoch, since) \
                      SELECT vault, latest_epoch, $2 FROM vaults WHERE account = $1 \
                      ON CONFLICT (vault) DO NOTHING",
                     &[&b(record.account.get()), &b(now)],
                 )
                 .await?;
-                tx.execute(
+                exec(
+                    &tx,
                     "SELECT pg_notify($1, $2)",
                     &[&&*self.channel, &format!("r {}", hex(id))],
                 )
@@ -1589,19 +1681,20 @@ impl MetaStore for PgStore {
                     "rotations",
                     "vaults",
                 ] {
-                    tx.execute(&format!("DELETE FROM {table} WHERE vault = $1"), &[&key])
-                        .await?;
+                    exec(
+                        &tx,
+                        &format!("DELETE FROM {table} WHERE vault = $1"),
+                        &[&key],
+                    )
+                    .await?;
                 }
             })?;
             vaults.push(id);
         }
         in_tx!(self, |tx| {
-            tx.execute("DELETE FROM devices WHERE account = $1", &[&acc])
-                .await?;
-            tx.execute("DELETE FROM tokens WHERE account = $1", &[&acc])
-                .await?;
-            tx.execute("DELETE FROM accounts WHERE id = $1", &[&acc])
-                .await?;
+            exec(&tx, "DELETE FROM devices WHERE account = $1", &[&acc]).await?;
+            exec(&tx, "DELETE FROM tokens WHERE account = $1", &[&acc]).await?;
+            exec(&tx, "DELETE FROM accounts WHERE id = $1", &[&acc]).await?;
         })?;
         Ok(vaults)
     }
@@ -1614,28 +1707,29 @@ impl MetaStore for PgStore {
     ) -> Result<VaultRecord, StoreError> {
         let id = vault.as_bytes().as_slice();
         Ok(in_tx!(self, |tx| {
-            let Some(acc) = tx
-                .query_opt(
-                    "SELECT tenant FROM accounts WHERE id = $1 FOR SHARE",
-                    &[&b(account.get())],
-                )
-                .await?
+            let Some(acc) = row_opt(
+                &tx,
+                "SELECT tenant FROM accounts WHERE id = $1 FOR SHARE",
+                &[&b(account.get())],
+            )
+            .await?
             else {
                 return Err(StoreError::not_found(format!("account {account}")).into());
             };
             let tenant: i64 = acc.try_get(0)?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO vaults (vault, tenant, account, created_at) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (vault) DO NOTHING",
                 &[&id, &tenant, &b(account.get()), &b(now)],
             )
             .await?;
-            let row = tx
-                .query_one(
-                    &format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1"),
-                    &[&id],
-                )
-                .await?;
+            let row = row_one(
+                &tx,
+                &format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1"),
+                &[&id],
+            )
+            .await?;
             let record = vault_row(&row)?;
             if record.account != account {
                 return Err(StoreError::already_exists(format!("vault {vault}")).into());
@@ -1758,34 +1852,93 @@ impl MetaStore for PgStore {
             now,
         };
         let rows = traffic_rows(&traffic);
+        // Each chunk once, as recording them one after the other would leave it: a repeat
+        // with the same bytes keeps the first, one with other bytes replaces it.
+        let mut unique: BTreeMap<ChunkId, PackedChunk> = BTreeMap::new();
+        for p in &chunks {
+            match unique.get(&p.chunk) {
+                Some(kept) if kept.sealed_len == p.sealed_len && kept.blake3 == p.blake3 => {}
+                _ => {
+                    unique.insert(p.chunk, *p);
+                }
+            }
+        }
         // Chunk rows are locked in id order, as every other writer of several chunks does.
-        let mut sorted = chunks;
-        sorted.sort_by_key(|p| p.chunk);
+        let ids: Vec<&[u8]> = unique.keys().map(|c| c.as_bytes().as_slice()).collect();
+        let id = vault.as_bytes().as_slice();
         in_tx!(self, |tx| {
             add_traffic_rows(&tx, &rows).await?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO packs (vault, pack, len, chunks, created_at) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (vault, pack) DO UPDATE SET \
                  len = EXCLUDED.len, chunks = EXCLUDED.chunks, created_at = EXCLUDED.created_at",
                 &[
-                    &vault.as_bytes().as_slice(),
+                    &id,
                     &pack.as_bytes().as_slice(),
                     &b(pack_len),
-                    &i64::try_from(sorted.len()).unwrap_or(i64::MAX),
+                    &i64::try_from(chunks.len()).unwrap_or(i64::MAX),
                     &b(now),
                 ],
             )
             .await?;
-            for p in &sorted {
-                put_chunk(
-                    &tx,
-                    at,
-                    &p.chunk,
-                    p.sealed_len,
-                    &p.blake3,
-                    Some((&pack, p.offset)),
+            let mut existing: HashMap<ChunkId, ChunkRecord> = HashMap::new();
+            for row in query_rows(
+                &tx,
+                &format!(
+                    "SELECT {CHUNK_COLUMNS} FROM chunks WHERE vault = $1 AND chunk = ANY($2) \
+                         ORDER BY chunk FOR UPDATE"
+                ),
+                &[&id, &ids],
+            )
+            .await?
+            {
+                let record = chunk_row(&row)?;
+                existing.insert(record.chunk, record);
+            }
+            // A chunk committed already, or pending with the same bytes, keeps its record (its
+            // bytes in this pack are garbage); the others take the packed bytes.
+            let (mut old_total, mut new_total) = (0u64, 0u64);
+            let (mut w_ids, mut w_lens, mut w_hashes, mut w_offsets) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for p in unique.values() {
+                let old = match existing.get(&p.chunk) {
+                    None => 0,
+                    Some(r)
+                        if (r.sealed_len == p.sealed_len && r.blake3 == p.blake3)
+                            || matches!(r.state, ChunkState::Committed { .. }) =>
+                    {
+                        continue;
+                    }
+                    Some(r) => r.sealed_len,
+                };
+                old_total = old_total.saturating_add(old);
+                new_total = new_total.saturating_add(p.sealed_len);
+                w_ids.push(p.chunk.as_bytes().to_vec());
+                w_lens.push(b(p.sealed_len));
+                w_hashes.push(p.blake3.to_vec());
+                w_offsets.push(b(p.offset));
+            }
+            if !w_ids.is_empty() {
+                exec(&tx, "INSERT INTO chunks (vault, chunk, sealed_len, blake3, pending_since, \
+                     committed_at, pack, pack_offset) \
+                     SELECT $1, c, l, h, $2, NULL, $3, o \
+                     FROM UNNEST($4::BYTEA[], $5::BIGINT[], $6::BYTEA[], $7::BIGINT[]) AS t(c, l, h, o) \
+                     ON CONFLICT (vault, chunk) DO UPDATE SET sealed_len = EXCLUDED.sealed_len, \
+                     blake3 = EXCLUDED.blake3, pending_since = EXCLUDED.pending_since, \
+                     committed_at = NULL, pack = EXCLUDED.pack, pack_offset = EXCLUDED.pack_offset",
+                    &[
+                        &id,
+                        &b(now),
+                        &pack.as_bytes().as_slice(),
+                        &w_ids,
+                        &w_lens,
+                        &w_hashes,
+                        &w_offsets,
+                    ],
                 )
                 .await?;
+                adjust_usage(&tx, at, old_total, new_total).await?;
             }
         })?;
         Ok(())
@@ -1836,7 +1989,8 @@ impl MetaStore for PgStore {
         self.vault_or_not_found(&vault).await?;
         // A version is superseded when the entry's next version (in seq order) was committed.
         let expired = in_tx!(self, |tx| {
-            tx.execute(
+            exec(
+                &tx,
                 "DELETE FROM versions AS v USING ( \
                    SELECT vault, entry, seq, \
                           lead(seq) OVER (PARTITION BY entry ORDER BY seq) AS next_seq \
@@ -1878,7 +2032,8 @@ impl MetaStore for PgStore {
         let mut keep: Vec<&[u8]> = keep.iter().map(|c| c.as_bytes().as_slice()).collect();
         keep.sort_unstable();
         let released = in_tx!(self, |tx| {
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE chunks SET pending_since = $2, committed_at = NULL \
                  WHERE vault = $1 AND committed_at IS NOT NULL AND NOT (chunk = ANY($3))",
                 &[&vault.as_bytes().as_slice(), &b(now), &keep],
@@ -1896,7 +2051,8 @@ impl MetaStore for PgStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         let kept = in_tx!(self, |tx| {
-            tx.execute(
+            exec(
+                &tx,
                 "UPDATE chunks SET pending_since = NULL, committed_at = $4 \
                  WHERE vault = $1 AND chunk = $2 AND pending_since = $3",
                 &[
@@ -1925,7 +2081,8 @@ impl MetaStore for PgStore {
         moves.sort_by_key(|m| m.0);
         let id = vault.as_bytes().as_slice();
         Ok(in_tx!(self, |tx| {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO packs (vault, pack, len, chunks, created_at) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (vault, pack) DO UPDATE SET \
                  len = EXCLUDED.len, chunks = EXCLUDED.chunks, created_at = EXCLUDED.created_at",
@@ -1990,7 +2147,8 @@ impl MetaStore for PgStore {
 
     async fn delete_pack(&self, vault: VaultId, pack: PackId) -> Result<bool, StoreError> {
         let deleted = in_tx!(self, |tx| {
-            tx.execute(
+            exec(
+                &tx,
                 "DELETE FROM packs WHERE vault = $1 AND pack = $2",
                 &[&vault.as_bytes().as_slice(), &pack.as_bytes().as_slice()],
             )
@@ -2073,13 +2231,13 @@ impl MetaStore for PgStore {
             }
             // Lock the chunks named (in id order) so that garbage collection cannot take them
             // between this check and the commit.
-            let rows = tx
-                .query(
-                    "SELECT chunk, pending_since FROM chunks WHERE vault = $1 AND chunk = ANY($2) \
+            let rows = query_rows(
+                &tx,
+                "SELECT chunk, pending_since FROM chunks WHERE vault = $1 AND chunk = ANY($2) \
                      ORDER BY chunk FOR UPDATE",
-                    &[&id, &referenced_sorted],
-                )
-                .await?;
+                &[&id, &referenced_sorted],
+            )
+            .await?;
             let mut pending: HashSet<ChunkId> = HashSet::new();
             let mut known: HashSet<ChunkId> = HashSet::with_capacity(rows.len());
             for row in &rows {
@@ -2104,12 +2262,12 @@ impl MetaStore for PgStore {
                 .into());
             }
             let mut heads: HashMap<EntryKey, VersionId> = HashMap::new();
-            for row in tx
-                .query(
-                    "SELECT entry, version FROM heads WHERE vault = $1 AND entry = ANY($2)",
-                    &[&id, &entry_ids],
-                )
-                .await?
+            for row in query_rows(
+                &tx,
+                "SELECT entry, version FROM heads WHERE vault = $1 AND entry = ANY($2)",
+                &[&id, &entry_ids],
+            )
+            .await?
             {
                 let e: Vec<u8> = row.try_get(0)?;
                 let ver: Vec<u8> = row.try_get(1)?;
@@ -2162,7 +2320,8 @@ impl MetaStore for PgStore {
             if head == old_head {
                 return Ok((results, None));
             }
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO log (vault, seq, entry, version, parent, record, chunks, epoch, \
                  device, committed_at) \
                  SELECT $1, s, e, v, p, r, c, ep, $2, $3 \
@@ -2189,14 +2348,14 @@ impl MetaStore for PgStore {
             }
             let (h_ents, (h_vers, h_seqs)): (Vec<Vec<u8>>, (Vec<Vec<u8>>, Vec<i64>)) =
                 last.into_iter().unzip();
-            tx.execute(
-                "INSERT INTO heads (vault, entry, version, seq) \
+            exec(&tx, "INSERT INTO heads (vault, entry, version, seq) \
                  SELECT $1, e, v, s FROM UNNEST($2::BYTEA[], $3::BYTEA[], $4::BIGINT[]) AS t(e, v, s) \
                  ON CONFLICT (vault, entry) DO UPDATE SET version = EXCLUDED.version, seq = EXCLUDED.seq",
                 &[&id, &h_ents, &h_vers, &h_seqs],
             )
             .await?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO versions (vault, entry, seq) \
                  SELECT $1, e, s FROM UNNEST($2::BYTEA[], $3::BIGINT[]) AS t(e, s)",
                 &[&id, &ents, &seqs],
@@ -2209,7 +2368,8 @@ impl MetaStore for PgStore {
                 .collect();
             now_committed.sort_unstable();
             if !now_committed.is_empty() {
-                tx.execute(
+                exec(
+                    &tx,
                     "UPDATE chunks SET pending_since = NULL, committed_at = $3 \
                      WHERE vault = $1 AND chunk = ANY($2)",
                     &[&id, &now_committed, &b(now)],
@@ -2218,20 +2378,21 @@ impl MetaStore for PgStore {
             }
             // Compare-and-swap on the head seq (the row lock makes it hold; the condition
             // proves it).
-            let swapped = tx
-                .execute(
-                    "UPDATE vaults SET head_seq = $3, latest_epoch = $4 \
+            let swapped = exec(
+                &tx,
+                "UPDATE vaults SET head_seq = $3, latest_epoch = $4 \
                      WHERE vault = $1 AND head_seq = $2",
-                    &[&id, &b(old_head), &b(head), &i64::from(latest_epoch)],
-                )
-                .await?;
+                &[&id, &b(old_head), &b(head), &i64::from(latest_epoch)],
+            )
+            .await?;
             if swapped != 1 {
                 return Err(StoreError::Unavailable {
                     reason: format!("vault {vault}'s head moved during a commit"),
                 }
                 .into());
             }
-            tx.execute(
+            exec(
+                &tx,
                 "SELECT pg_notify($1, $2)",
                 &[&&*self.channel, &format!("c {} {head}", hex(id))],
             )
@@ -2418,10 +2579,19 @@ impl MetaStore for PgStore {
         if rows.is_empty() {
             return Ok(());
         }
-        in_tx!(self, |tx| {
-            add_traffic_rows(&tx, &rows).await?;
-        })?;
-        Ok(())
+        // One statement is its own transaction: durable when it returns.
+        let columns = traffic_columns(&rows);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let client = self.client().await?;
+            let statement = client.prepare_cached(ADD_TRAFFIC).await.map_err(pg_error)?;
+            match client.execute(&statement, &columns.params()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < TX_ATTEMPTS && pg_conflict(&e) => {}
+                Err(e) => return Err(pg_error(e)),
+            }
+        }
     }
 
     async fn traffic(
@@ -2494,26 +2664,26 @@ impl MetaStore for PgStore {
             .start()
             .await
             .map_err(pg_error)?;
-        let gauges = tx
-            .query(
-                "SELECT tenant, vault, account, stored, since FROM gauges \
+        let gauges = query_rows(
+            &tx,
+            "SELECT tenant, vault, account, stored, since FROM gauges \
                  WHERE ($1::BIGINT IS NULL OR tenant = $1)",
-                &[&t],
-            )
-            .await
-            .map_err(pg_error)?;
-        let rows = tx
-            .query(
-                "SELECT h.tenant, h.vault, h.hour, h.max_bytes, h.byte_seconds::text, \
+            &[&t],
+        )
+        .await
+        .map_err(pg_error)?;
+        let rows = query_rows(
+            &tx,
+            "SELECT h.tenant, h.vault, h.hour, h.max_bytes, h.byte_seconds::text, \
                  COALESCE(g.account, v.account, 0) \
                  FROM storage_hours h \
                  LEFT JOIN gauges g ON g.tenant = h.tenant AND g.vault = h.vault \
                  LEFT JOIN vaults v ON v.vault = h.vault \
                  WHERE ($1::BIGINT IS NULL OR h.tenant = $1) AND h.hour >= $2 AND h.hour < $3",
-                &[&t, &bound(hours.start), &bound(hours.end)],
-            )
-            .await
-            .map_err(pg_error)?;
+            &[&t, &bound(hours.start), &bound(hours.end)],
+        )
+        .await
+        .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         drop(client);
         type Key = (u64, VaultId);
