@@ -2224,20 +2224,32 @@ impl MetaStore for PgStore {
         entry_ids.dedup();
         let id = vault.as_bytes().as_slice();
         let dev = device.as_bytes().as_slice();
+        let lock = format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1 FOR UPDATE");
         let (results, head) = in_tx!(self, |tx| {
-            let v = lock_vault(&tx, &vault).await?;
+            // Pipelined (one round trip): the vault's row lock first, then, under it, the
+            // chunks named (locked in id order, so that garbage collection cannot take them
+            // between this check and the commit) and the entries' heads.
+            let lock_params: [&(dyn ToSql + Sync); 1] = [&id];
+            let chunk_params: [&(dyn ToSql + Sync); 2] = [&id, &referenced_sorted];
+            let head_params: [&(dyn ToSql + Sync); 2] = [&id, &entry_ids];
+            let (locked, rows, head_rows) = futures::try_join!(
+                row_opt(&tx, &lock, &lock_params),
+                query_rows(
+                    &tx,
+                    "SELECT chunk, pending_since FROM chunks WHERE vault = $1 AND chunk = ANY($2) \
+                     ORDER BY chunk FOR UPDATE",
+                    &chunk_params,
+                ),
+                query_rows(
+                    &tx,
+                    "SELECT entry, version FROM heads WHERE vault = $1 AND entry = ANY($2)",
+                    &head_params,
+                ),
+            )?;
+            let v = vault_row(&locked.ok_or_else(|| vault_not_found(&vault))?)?;
             if entries.is_empty() {
                 return Ok::<_, TxError>((Vec::new(), None));
             }
-            // Lock the chunks named (in id order) so that garbage collection cannot take them
-            // between this check and the commit.
-            let rows = query_rows(
-                &tx,
-                "SELECT chunk, pending_since FROM chunks WHERE vault = $1 AND chunk = ANY($2) \
-                     ORDER BY chunk FOR UPDATE",
-                &[&id, &referenced_sorted],
-            )
-            .await?;
             let mut pending: HashSet<ChunkId> = HashSet::new();
             let mut known: HashSet<ChunkId> = HashSet::with_capacity(rows.len());
             for row in &rows {
@@ -2262,13 +2274,7 @@ impl MetaStore for PgStore {
                 .into());
             }
             let mut heads: HashMap<EntryKey, VersionId> = HashMap::new();
-            for row in query_rows(
-                &tx,
-                "SELECT entry, version FROM heads WHERE vault = $1 AND entry = ANY($2)",
-                &[&id, &entry_ids],
-            )
-            .await?
-            {
+            for row in head_rows {
                 let e: Vec<u8> = row.try_get(0)?;
                 let ver: Vec<u8> = row.try_get(1)?;
                 heads.insert(
@@ -2320,27 +2326,6 @@ impl MetaStore for PgStore {
             if head == old_head {
                 return Ok((results, None));
             }
-            exec(
-                &tx,
-                "INSERT INTO log (vault, seq, entry, version, parent, record, chunks, epoch, \
-                 device, committed_at) \
-                 SELECT $1, s, e, v, p, r, c, ep, $2, $3 \
-                 FROM UNNEST($4::BIGINT[], $5::BYTEA[], $6::BYTEA[], $7::BYTEA[], $8::BYTEA[], \
-                             $9::BYTEA[], $10::BIGINT[]) AS t(s, e, v, p, r, c, ep)",
-                &[
-                    &id,
-                    &dev,
-                    &b(now),
-                    &seqs,
-                    &ents,
-                    &vers,
-                    &parents,
-                    &recs,
-                    &chunk_lists,
-                    &epochs,
-                ],
-            )
-            .await?;
             // An entry applied twice in one commit ends at its last version.
             let mut last: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = BTreeMap::new();
             for ((e, v), s) in ents.iter().zip(&vers).zip(&seqs) {
@@ -2348,55 +2333,79 @@ impl MetaStore for PgStore {
             }
             let (h_ents, (h_vers, h_seqs)): (Vec<Vec<u8>>, (Vec<Vec<u8>>, Vec<i64>)) =
                 last.into_iter().unzip();
-            exec(&tx, "INSERT INTO heads (vault, entry, version, seq) \
-                 SELECT $1, e, v, s FROM UNNEST($2::BYTEA[], $3::BYTEA[], $4::BIGINT[]) AS t(e, v, s) \
-                 ON CONFLICT (vault, entry) DO UPDATE SET version = EXCLUDED.version, seq = EXCLUDED.seq",
-                &[&id, &h_ents, &h_vers, &h_seqs],
-            )
-            .await?;
-            exec(
-                &tx,
-                "INSERT INTO versions (vault, entry, seq) \
-                 SELECT $1, e, s FROM UNNEST($2::BYTEA[], $3::BIGINT[]) AS t(e, s)",
-                &[&id, &ents, &seqs],
-            )
-            .await?;
             let mut now_committed: Vec<&[u8]> = used
                 .iter()
                 .filter(|c| pending.contains(*c))
                 .map(|c| c.as_bytes().as_slice())
                 .collect();
             now_committed.sort_unstable();
-            if !now_committed.is_empty() {
+            let notice = format!("c {} {head}", hex(id));
+            let channel: &str = &self.channel;
+            // Pipelined (one round trip): the log rows, heads, history, chunks now committed,
+            // the compare-and-swap on the head seq (the row lock makes it hold; the condition
+            // proves it), and the notification other instances hear at commit.
+            let (now_b, old_b, head_b, epoch_b) =
+                (b(now), b(old_head), b(head), i64::from(latest_epoch));
+            let log_params: [&(dyn ToSql + Sync); 10] = [
+                &id,
+                &dev,
+                &now_b,
+                &seqs,
+                &ents,
+                &vers,
+                &parents,
+                &recs,
+                &chunk_lists,
+                &epochs,
+            ];
+            let head_params: [&(dyn ToSql + Sync); 4] = [&id, &h_ents, &h_vers, &h_seqs];
+            let version_params: [&(dyn ToSql + Sync); 3] = [&id, &ents, &seqs];
+            let chunk_params: [&(dyn ToSql + Sync); 3] = [&id, &now_committed, &now_b];
+            let vault_params: [&(dyn ToSql + Sync); 4] = [&id, &old_b, &head_b, &epoch_b];
+            let notify_params: [&(dyn ToSql + Sync); 2] = [&channel, &notice];
+            let (_, _, _, _, swapped, _) = futures::try_join!(
+                exec(
+                    &tx,
+                    "INSERT INTO log (vault, seq, entry, version, parent, record, chunks, epoch, \
+                     device, committed_at) \
+                     SELECT $1, s, e, v, p, r, c, ep, $2, $3 \
+                     FROM UNNEST($4::BIGINT[], $5::BYTEA[], $6::BYTEA[], $7::BYTEA[], $8::BYTEA[], \
+                                 $9::BYTEA[], $10::BIGINT[]) AS t(s, e, v, p, r, c, ep)",
+                    &log_params,
+                ),
+                exec(
+                    &tx,
+                    "INSERT INTO heads (vault, entry, version, seq) \
+                     SELECT $1, e, v, s FROM UNNEST($2::BYTEA[], $3::BYTEA[], $4::BIGINT[]) AS t(e, v, s) \
+                     ON CONFLICT (vault, entry) DO UPDATE SET version = EXCLUDED.version, seq = EXCLUDED.seq",
+                    &head_params,
+                ),
+                exec(
+                    &tx,
+                    "INSERT INTO versions (vault, entry, seq) \
+                     SELECT $1, e, s FROM UNNEST($2::BYTEA[], $3::BIGINT[]) AS t(e, s)",
+                    &version_params,
+                ),
                 exec(
                     &tx,
                     "UPDATE chunks SET pending_since = NULL, committed_at = $3 \
                      WHERE vault = $1 AND chunk = ANY($2)",
-                    &[&id, &now_committed, &b(now)],
-                )
-                .await?;
-            }
-            // Compare-and-swap on the head seq (the row lock makes it hold; the condition
-            // proves it).
-            let swapped = exec(
-                &tx,
-                "UPDATE vaults SET head_seq = $3, latest_epoch = $4 \
+                    &chunk_params,
+                ),
+                exec(
+                    &tx,
+                    "UPDATE vaults SET head_seq = $3, latest_epoch = $4 \
                      WHERE vault = $1 AND head_seq = $2",
-                &[&id, &b(old_head), &b(head), &i64::from(latest_epoch)],
-            )
-            .await?;
+                    &vault_params,
+                ),
+                exec(&tx, "SELECT pg_notify($1, $2)", &notify_params),
+            )?;
             if swapped != 1 {
                 return Err(StoreError::Unavailable {
                     reason: format!("vault {vault}'s head moved during a commit"),
                 }
                 .into());
             }
-            exec(
-                &tx,
-                "SELECT pg_notify($1, $2)",
-                &[&&*self.channel, &format!("c {} {head}", hex(id))],
-            )
-            .await?;
             (results, Some(head))
         })?;
         let _ = head;
