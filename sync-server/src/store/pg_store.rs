@@ -878,7 +878,7 @@ async fn adjust_usage(
     new: u64,
 ) -> Result<(), TxError> {
     exec(
-        &tx,
+        tx,
         "UPDATE accounts SET stored_bytes = GREATEST(stored_bytes - $2, 0) + $3 WHERE id = $1",
         &[&b(at.account), &b(old), &b(new)],
     )
@@ -898,14 +898,14 @@ async fn set_gauge(
 ) -> Result<(), TxError> {
     let vault = at.vault.as_bytes().as_slice();
     exec(
-        &tx,
+        tx,
         "INSERT INTO gauges (tenant, vault, account, stored, since) VALUES ($1, $2, $3, 0, $4) \
          ON CONFLICT DO NOTHING",
         &[&b(at.tenant), &vault, &b(at.account), &b(at.now)],
     )
     .await?;
     let row = row_one(
-        &tx,
+        tx,
         "SELECT stored, since FROM gauges WHERE tenant = $1 AND vault = $2 FOR UPDATE",
         &[&b(at.tenant), &vault],
     )
@@ -924,7 +924,7 @@ async fn set_gauge(
     }
     for (hour, max, byte_seconds) in rows {
         exec(
-            &tx,
+            tx,
             "INSERT INTO storage_hours (tenant, vault, hour, max_bytes, byte_seconds) \
              VALUES ($1, $2, $3, $4, $5::text::numeric) \
              ON CONFLICT (tenant, vault, hour) DO UPDATE SET \
@@ -941,7 +941,7 @@ async fn set_gauge(
         .await?;
     }
     exec(
-        &tx,
+        tx,
         "UPDATE gauges SET stored = $3, since = $4 WHERE tenant = $1 AND vault = $2",
         &[&b(at.tenant), &vault, &b(next), &b(now)],
     )
@@ -1046,7 +1046,7 @@ async fn lock_vault(
     vault: &VaultId,
 ) -> Result<VaultRecord, TxError> {
     let row = row_opt(
-        &tx,
+        tx,
         &format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1 FOR UPDATE"),
         &[&vault.as_bytes().as_slice()],
     )
@@ -1067,7 +1067,7 @@ async fn put_chunk(
 ) -> Result<ChunkRecord, TxError> {
     let vault = at.vault.as_bytes().as_slice();
     let existing = row_opt(
-        &tx,
+        tx,
         &format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE vault = $1 AND chunk = $2 FOR UPDATE"),
         &[&vault, &chunk.as_bytes().as_slice()],
     )
@@ -1088,7 +1088,7 @@ async fn put_chunk(
         None => (None, None),
     };
     exec(
-        &tx,
+        tx,
         "INSERT INTO chunks (vault, chunk, sealed_len, blake3, pending_since, committed_at, pack, \
          pack_offset) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7) \
          ON CONFLICT (vault, chunk) DO UPDATE SET sealed_len = EXCLUDED.sealed_len, \
