@@ -5,6 +5,9 @@
 #
 #   eval "$(bash scripts/postgres.sh start)"   # exports DOOZ_TEST_POSTGRES and DOOZ_PG_DIR
 #   bash scripts/postgres.sh stop "$DOOZ_PG_DIR"
+#
+# DOOZ_PG_DURABLE=1 keeps PostgreSQL's durable defaults (fsync, synchronous_commit) for
+# benchmarks (benches/src/bin/scaleout.rs).
 set -euo pipefail
 
 bindir() {
@@ -42,8 +45,12 @@ start)
     as_owner "$BIN/initdb" -D "$DIR/data" -U postgres -A trust --no-sync >"$DIR/initdb.log" 2>&1 \
         || { cat "$DIR/initdb.log" >&2; exit 1; }
     # Many connections: each test store has a pool, and two-instance tests run several servers.
+    FAST="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    if [ "${DOOZ_PG_DURABLE:-0}" = 1 ]; then
+        FAST=""
+    fi
     as_owner "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w -o \
-        "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=500" \
+        "-c listen_addresses=127.0.0.1 -p $PORT -k $DIR $FAST -c max_connections=500" \
         start >/dev/null \
         || { cat "$DIR/server.log" >&2; exit 1; }
     echo "export DOOZ_TEST_POSTGRES=postgres://postgres@127.0.0.1:$PORT/postgres"

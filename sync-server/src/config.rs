@@ -429,6 +429,7 @@ impl ServerSettings {
             .map_err(|e| invalid("transport", "", e.to_string()))?;
         let packing = self.packing();
         let gc = self.gc();
+        let blobs_set = self.blobs.is_some();
         let blobs = match self.blobs {
             None => BlobLocation::Dir(self.data_dir.join("blobs")),
             Some(url) => BlobLocation::Url(url),
@@ -441,6 +442,17 @@ impl ServerSettings {
                         "metadata_pool_size",
                         self.metadata_pool_size,
                         "use 2 to 1000 connections",
+                    ));
+                }
+                if !blobs_set {
+                    // The default, `<data_dir>/blobs`, is this instance's own: the others
+                    // sharing the database would not find its blobs.
+                    return Err(invalid(
+                        "blobs",
+                        "(unset)",
+                        "with PostgreSQL metadata, set `blobs` to the store every instance \
+                         shares (s3://bucket/prefix?endpoint=URL&region=NAME, or a shared \
+                         directory)",
                     ));
                 }
                 MetadataLocation::Postgres {
@@ -564,6 +576,38 @@ mod tests {
         assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
         assert!("xml".parse::<LogFormat>().is_err());
         assert!(serde_json::from_str::<ServerSettings>(r#"{"log_format": "xml"}"#).is_err());
+    }
+
+    #[test]
+    fn metadata_is_sled_or_a_postgres_url_with_shared_blobs() {
+        assert_eq!(
+            ServerSettings::default().validate().unwrap().metadata,
+            MetadataLocation::Sled
+        );
+        let url = "postgres://dooz:s3cret@db.internal:5432/dooz";
+        let mut s = ServerSettings {
+            metadata: Some(url.to_owned()),
+            ..ServerSettings::default()
+        };
+        // Each instance's default blob dir would be its own.
+        let e = s.clone().validate().unwrap_err().to_string();
+        assert!(e.contains("blobs") && e.contains("shares"), "{e}");
+        s.blobs = Some("s3://bucket/dooz?endpoint=http://127.0.0.1:9000&region=x".to_owned());
+        let config = s.clone().validate().unwrap();
+        assert_eq!(
+            config.metadata,
+            MetadataLocation::Postgres {
+                url: url.to_owned(),
+                pool_size: 32
+            }
+        );
+        // The password never shows in logs of the config.
+        assert!(!format!("{config:?}").contains("s3cret"));
+        s.metadata_pool_size = 1;
+        assert!(s.clone().validate().is_err());
+        s.metadata = Some("mysql://u:hunter2@h/db".to_owned());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("postgres://") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]

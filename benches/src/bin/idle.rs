@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release -p dooz-benches --bin idle -- [--devices 10000] [--idle-secs 15]
-//!     [--parallel 32] [--tmp-dir DIR] [--bin-dir DIR]
+//!     [--parallel 32] [--tmp-dir DIR] [--bin-dir DIR] [--metadata postgres://...]
 //! ```
 //!
 //! The devices live in this process (one QUIC endpoint each, as on separate machines); the
@@ -28,10 +28,12 @@ struct Args {
     parallel: usize,
     tmp_dir: Option<std::path::PathBuf>,
     bin_dir: Option<std::path::PathBuf>,
+    /// `--metadata` for the server (a PostgreSQL URL); sled by default.
+    metadata: Option<String>,
 }
 
 const USAGE: &str = "usage: idle [--devices 10000] [--idle-secs 15] [--parallel 32] \
-                     [--tmp-dir DIR] [--bin-dir DIR]";
+                     [--tmp-dir DIR] [--bin-dir DIR] [--metadata postgres://...]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
@@ -40,6 +42,7 @@ fn parse_args() -> anyhow::Result<Args> {
         parallel: 32,
         tmp_dir: None,
         bin_dir: None,
+        metadata: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,6 +56,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--parallel" => args.parallel = value()?.parse()?,
             "--tmp-dir" => args.tmp_dir = Some(value()?.into()),
             "--bin-dir" => args.bin_dir = Some(value()?.into()),
+            "--metadata" => args.metadata = Some(value()?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -101,7 +105,12 @@ async fn main() -> anyhow::Result<()> {
     let bins = Binaries::locate(args.bin_dir.as_deref())?;
     let data = tmp.path().join("server");
     std::fs::create_dir_all(&data)?;
-    let server = ServerProcess::start(&bins.server, &data, &tmp.path().join("server.log"))?;
+    let extra: Vec<&std::ffi::OsStr> = match &args.metadata {
+        Some(url) => vec!["--metadata".as_ref(), url.as_ref()],
+        None => Vec::new(),
+    };
+    let server =
+        ServerProcess::start_with(&bins.server, &data, &tmp.path().join("server.log"), &extra)?;
     let pid = server.pid().context("the server has no pid")?;
     let code: EnrolmentCode = server
         .enrol_code()?

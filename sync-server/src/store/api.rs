@@ -407,7 +407,7 @@ pub enum StoreEvent {
         device: DeviceId,
     },
     /// Events may have been missed (the store's listener reconnected, or the receiver fell
-    /// behind): subscribers should check their vaults' heads.
+    /// behind). The service logs it; devices catch up at their next periodic sync.
     Lagged,
 }
 
