@@ -105,8 +105,19 @@ async fn main() -> anyhow::Result<()> {
     let bins = Binaries::locate(args.bin_dir.as_deref())?;
     let data = tmp.path().join("server");
     std::fs::create_dir_all(&data)?;
+    // PostgreSQL metadata wants the blob store named (the one instances share).
+    let config = tmp.path().join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "blobs": tmp.path().join("blobs") }).to_string(),
+    )?;
     let extra: Vec<&std::ffi::OsStr> = match &args.metadata {
-        Some(url) => vec!["--metadata".as_ref(), url.as_ref()],
+        Some(url) => vec![
+            "--metadata".as_ref(),
+            url.as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ],
         None => Vec::new(),
     };
     let server =

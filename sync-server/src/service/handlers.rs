@@ -20,11 +20,10 @@ use crate::frame_io::{FrameIoError, FrameReader, write_frame, write_frame_with_b
 use crate::policy::AccountPolicy;
 use crate::service::connection::{ConnCtx, internal_error};
 use crate::service::quota::{Kind, Reservation, check_access, check_limit};
-use crate::service::{pack, unix_now};
+use crate::service::{VaultOwner, pack, unix_now};
 use crate::service::{recovery, rotation};
 use crate::store::{
     ChunkLocation, ChunkState, HOUR_SECS, StoreError, TenantId, TrafficCounts, TrafficKey,
-    VaultRecord,
 };
 
 /// A successful answer: the response, the raw body that follows it (`ChunkData`), and the
@@ -317,19 +316,44 @@ async fn allowed(ctx: &ConnCtx, kind: Kind) -> Result<(), Fail> {
     check_access(&policy(ctx).await?, kind).map_err(Fail::from)
 }
 
-/// The vault, if the calling device's account owns it.
-async fn own_vault(ctx: &ConnCtx, vault: VaultId) -> Result<VaultRecord, Fail> {
+/// The vault's owner, if the calling device's account owns it.
+///
+/// A vault's tenant and account never change, so owners are cached per instance
+/// ([`Shared::vault_owners`](super::Shared)): with PostgreSQL a store read is a round trip,
+/// and every request about a vault asks. A cached owner that is not the caller's account is
+/// read again (an account deleted, and the vault id made again by another one).
+async fn own_vault(ctx: &ConnCtx, vault: VaultId) -> Result<VaultOwner, Fail> {
+    if let Some(owner) = ctx.shared.vault_owner(vault)
+        && owner.account == ctx.account.id
+    {
+        return Ok(owner);
+    }
     match ctx.shared.store.vault(vault).await {
-        Ok(Some(record)) if record.account == ctx.account.id => Ok(record),
-        Ok(_) => Err(Fail::new(
-            ErrorCode::NotFound,
-            format!(
-                "vault {vault:#} not found in this account: check the id, or create it with \
-                 CreateVault"
-            ),
-        )),
+        Ok(Some(record)) => {
+            let owner = VaultOwner {
+                tenant: record.tenant,
+                account: record.account,
+            };
+            ctx.shared.remember_vault_owner(vault, owner);
+            if owner.account == ctx.account.id {
+                Ok(owner)
+            } else {
+                Err(vault_not_found(vault))
+            }
+        }
+        Ok(None) => Err(vault_not_found(vault)),
         Err(e) => Err(Fail::store(e, "look the vault up")),
     }
+}
+
+fn vault_not_found(vault: VaultId) -> Fail {
+    Fail::new(
+        ErrorCode::NotFound,
+        format!(
+            "vault {vault:#} not found in this account: check the id, or create it with \
+             CreateVault"
+        ),
+    )
 }
 
 /// Where a chunk's blob lives: `<tenant>/<vault>/chunks/<2 hex>/<hex id>`.

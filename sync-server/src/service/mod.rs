@@ -259,6 +259,9 @@ pub(crate) struct Shared {
     upload_locks: Vec<tokio::sync::Mutex<()>>,
     /// Pairing slots (in memory).
     pub(crate) pairing: pairing::Slots,
+    /// Owners of vaults requests named (they never change), so that a request costs no store
+    /// read for them; at most [`VAULT_OWNERS_CACHED`].
+    vault_owners: Mutex<HashMap<VaultId, VaultOwner>>,
     /// The traffic meter.
     pub(crate) meter: meter::Meter,
 }
@@ -358,6 +361,39 @@ async fn forward_store_events(
     }
 }
 
+/// A vault's tenant and account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VaultOwner {
+    pub(crate) tenant: TenantId,
+    pub(crate) account: crate::store::AccountId,
+}
+
+/// Vault owners kept in memory at most (about 64 bytes each); the cache starts again when full.
+const VAULT_OWNERS_CACHED: usize = 100_000;
+
+impl Shared {
+    /// The cached owner of `vault`.
+    pub(crate) fn vault_owner(&self, vault: VaultId) -> Option<VaultOwner> {
+        self.vault_owners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&vault)
+            .copied()
+    }
+
+    /// Caches the owner of `vault`.
+    pub(crate) fn remember_vault_owner(&self, vault: VaultId, owner: VaultOwner) {
+        let mut owners = self
+            .vault_owners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if owners.len() >= VAULT_OWNERS_CACHED {
+            owners.clear();
+        }
+        owners.insert(vault, owner);
+    }
+}
+
 /// Unregisters a connection when dropped.
 pub(crate) struct Registration {
     shared: Arc<Shared>,
@@ -434,6 +470,7 @@ impl Server {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             pairing: pairing::Slots::default(),
+            vault_owners: Mutex::new(HashMap::new()),
             meter: meter::Meter::new(Arc::clone(&parts.store), parts.limits.metering),
         });
         let span = tracing::info_span!("server", addr = %local_addr);
