@@ -234,11 +234,15 @@ async fn a_sled_store_moves_to_postgres_verified_and_reads_back_the_same() {
     );
     let data_dir = tempfile::tempdir().unwrap();
     let meta = data_dir.path().join("meta");
-    let (tenant, account, vault, before) = {
+    let (tenant, account, vault, before, gone) = {
         let sled = SledStore::open(&meta).unwrap();
         let (tenant, account, vault) = fill(&sled).await;
+        // The newest account is deleted: its id must not be handed out again after the move
+        // (its traffic rows still name it).
+        let gone = sled.create_account(tenant, "carol").await.unwrap();
+        sled.delete_account(gone, NOW).await.unwrap();
         let before = snapshot(&sled, tenant, account, vault).await;
-        (tenant, account, vault, before)
+        (tenant, account, vault, before, gone)
     };
 
     let schema = format!(
@@ -275,7 +279,7 @@ async fn a_sled_store_moves_to_postgres_verified_and_reads_back_the_same() {
     let again = migrate();
     assert!(!again.status.success());
     assert!(
-        String::from_utf8_lossy(&again.stderr).contains("holds tenants already"),
+        String::from_utf8_lossy(&again.stderr).contains("holds data already"),
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
@@ -284,6 +288,11 @@ async fn a_sled_store_moves_to_postgres_verified_and_reads_back_the_same() {
     let pg = PgStore::connect_schema(&base, &schema, 4).await.unwrap();
     let after = snapshot(&pg, tenant, account, vault).await;
     assert_eq!(before, after);
+    let dave = pg.create_account(tenant, "dave").await.unwrap();
+    assert!(
+        dave.get() > gone.get(),
+        "{dave:?} reuses an id at or below {gone:?}"
+    );
     let fresh = pg.create_tenant("after the move").await.unwrap();
     assert!(fresh.get() > tenant.get() + 1, "{fresh:?}");
     let ids: HashSet<u64> = [tenant.get(), fresh.get()].into_iter().collect();

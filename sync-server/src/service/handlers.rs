@@ -768,11 +768,8 @@ async fn commit(ctx: &ConnCtx, req: Commit) -> Handled {
             CommitResult::Conflict { .. } => None,
         })
         .max();
-    if let Some(seq) = head
-        && !ctx.shared.store_announces
-    {
-        // No subscriber is not an error.
-        let _ = ctx.shared.changes.send((req.vault, seq));
+    if let Some(seq) = head {
+        ctx.shared.announce(req.vault, seq);
     }
     Ok(Reply::new(Committed {
         results,

@@ -239,9 +239,9 @@ pub(crate) struct Shared {
     pub(crate) migrations: Mutex<HashMap<TenantId, Arc<routed::Migration>>>,
     /// `(vault, seq)` of every commit that applied something.
     pub(crate) changes: broadcast::Sender<(VaultId, Seq)>,
-    /// Whether commits reach `changes` from the store's events (several instances share the
-    /// store, and each announces every instance's commits), not from the commit handler.
-    pub(crate) store_announces: bool,
+    /// The newest seq announced on `changes` per vault: a commit is announced by the handler
+    /// that made it and again by the store's events (several instances), once.
+    announced: Mutex<HashMap<VaultId, Seq>>,
     /// Chunk bytes that may be held in memory at once; one permit per byte.
     pub(crate) inflight: Arc<Semaphore>,
     pub(crate) limits: ServiceLimits,
@@ -337,10 +337,7 @@ async fn forward_store_events(
             event = events.recv() => event,
         };
         match event {
-            Ok(StoreEvent::Changed { vault, seq }) => {
-                // No subscriber is not an error.
-                let _ = shared.changes.send((vault, seq));
-            }
+            Ok(StoreEvent::Changed { vault, seq }) => shared.announce(vault, seq),
             Ok(StoreEvent::Revoked { device }) => {
                 let closed = shared.disconnect(
                     device,
@@ -372,6 +369,25 @@ pub(crate) struct VaultOwner {
 const VAULT_OWNERS_CACHED: usize = 100_000;
 
 impl Shared {
+    /// Tells subscribers that `vault` is at `seq`, unless a newer or equal seq was told.
+    pub(crate) fn announce(&self, vault: VaultId, seq: Seq) {
+        {
+            let mut announced = self
+                .announced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if announced.get(&vault).is_some_and(|told| *told >= seq) {
+                return;
+            }
+            if announced.len() >= VAULT_OWNERS_CACHED {
+                announced.clear();
+            }
+            announced.insert(vault, seq);
+        }
+        // No subscriber is not an error.
+        let _ = self.changes.send((vault, seq));
+    }
+
     /// The cached owner of `vault`.
     pub(crate) fn vault_owner(&self, vault: VaultId) -> Option<VaultOwner> {
         self.vault_owners
@@ -452,7 +468,7 @@ impl Server {
         let routes = Arc::new(routed::TenantRouted::new(parts.blobs));
         let store_events = parts.store.events();
         let shared = Arc::new(Shared {
-            store_announces: store_events.is_some(),
+            announced: Mutex::new(HashMap::new()),
             store: Arc::clone(&parts.store),
             blobs: Arc::clone(&routes) as Arc<dyn BlobStore>,
             routes,

@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
             devices_touch_and_revoke,
             vault_ownership,
             chunks_pending_then_committed,
+            concurrent_records_of_one_chunk_count_once,
             commit_cas_conflict_takes_no_seq,
             seqs_stay_gap_free_across_conflicts,
             concurrent_commits_keep_log_and_chains,
@@ -546,6 +547,69 @@ pub(crate) async fn vault_ownership(store: Store) {
     assert_eq!(
         rec.info(),
         want.iter().find(|v| v.vault == f.vault).unwrap().clone()
+    );
+}
+
+/// Several uploads of one chunk at once (through several instances, or a pack being sealed
+/// while the chunk is uploaded alone) record it once, and never undo its commit.
+pub(crate) async fn concurrent_records_of_one_chunk_count_once(store: Store) {
+    let f = fixture(&store, "race").await;
+    let c = chunk("race", 0);
+    let mut tasks = Vec::new();
+    for n in 0..16u64 {
+        let store = Arc::clone(&store);
+        let vault = f.vault;
+        tasks.push(tokio::spawn(async move {
+            if n % 2 == 0 {
+                store
+                    .record_chunk(vault, c, 300, [7; 32], NOW)
+                    .await
+                    .unwrap();
+            } else {
+                let pack = PackId::from_bytes(id("race pack", n));
+                let packed = vec![PackedChunk {
+                    chunk: c,
+                    offset: 0,
+                    sealed_len: 300,
+                    blake3: [7; 32],
+                }];
+                store
+                    .record_packed_chunks(vault, pack, 300, packed, NOW)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        300
+    );
+    let e = commit_entry(entry("race", 0), None, version("race", 0), vec![c]);
+    commit_one(&store, &f, e).await;
+    // Uploads with other bytes racing each other after the commit change nothing.
+    let mut tasks = Vec::new();
+    for n in 0..8u64 {
+        let store = Arc::clone(&store);
+        let vault = f.vault;
+        tasks.push(tokio::spawn(async move {
+            store
+                .record_chunk(vault, c, 400 + n, [n as u8; 32], NOW + 1)
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let record = store.chunk(f.vault, c).await.unwrap().unwrap();
+    assert_eq!((record.sealed_len, record.blake3), (300, [7; 32]));
+    assert!(matches!(record.state, ChunkState::Committed { .. }));
+    assert_eq!(
+        store.account_usage(f.account).await.unwrap().stored_bytes,
+        300
     );
 }
 

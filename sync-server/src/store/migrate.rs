@@ -263,14 +263,14 @@ pub async fn migrate_sled_to_postgres(
     if !to.is_empty().await? {
         return Err(StoreError::InvalidInput {
             what: "migration target",
-            reason: "the PostgreSQL store holds tenants already; migrate into an empty \
+            reason: "the PostgreSQL store holds data already; migrate into an empty \
                      database (or schema)"
                 .to_owned(),
         });
     }
     let mut report = MigrationReport::default();
     for table in TABLES {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<Value>>>(4);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(4);
         let exporter = from.clone();
         let name = table.name;
         let export = tokio::task::spawn_blocking(move || {
@@ -281,7 +281,7 @@ pub async fn migrate_sled_to_postgres(
                 batch.push(row);
                 if batch.len() >= EXPORT_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH));
-                    if tx.blocking_send(full).is_err() {
+                    if tx.blocking_send(Batch::Rows(full)).is_err() {
                         return Err(StoreError::Unavailable {
                             reason: "the migration's importer stopped".to_owned(),
                         });
@@ -290,12 +290,14 @@ pub async fn migrate_sled_to_postgres(
                 Ok(())
             })?;
             if !batch.is_empty() {
-                let _ = tx.blocking_send(batch);
+                let _ = tx.blocking_send(Batch::Rows(batch));
             }
+            // Only a complete export lets the importer commit the table.
+            let _ = tx.blocking_send(Batch::Done);
             Ok::<_, StoreError>(sum)
         });
         let imported = to.import_table(table, &mut rx, progress).await;
-        // Drain what the exporter still sends if the import failed, so it can finish.
+        // Let the exporter finish if the import failed.
         rx.close();
         let exported = match export.await {
             Ok(result) => result?,
@@ -309,8 +311,16 @@ pub async fn migrate_sled_to_postgres(
         let read_back = to.table_sum(table).await?;
         report.tables.push((table.name, exported, read_back));
     }
-    to.reset_id_sequences().await?;
+    let (tenants, accounts) = from.id_counters()?;
+    to.reset_id_sequences(tenants, accounts).await?;
     Ok(report)
+}
+
+/// What the sled reader sends the PostgreSQL writer: rows, then `Done` once the export is
+/// complete (without it the writer rolls the table back).
+pub(crate) enum Batch {
+    Rows(Vec<Vec<Value>>),
+    Done,
 }
 
 /// Rows sent from the sled reader to the PostgreSQL writer at a time.

@@ -60,6 +60,9 @@ const EVENTS_CHANNEL: &str = "dooz_events";
 /// Times a transaction runs when PostgreSQL aborts it as a deadlock or serialization failure.
 const TX_ATTEMPTS: u32 = 10;
 
+/// How often the event listener checks that its connection answers (and how long it waits).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
 /// Events buffered for slow subscribers of [`PgStore::events`].
 const EVENTS_CAPACITY: usize = 4096;
 
@@ -131,9 +134,16 @@ fn pg_error(e: tokio_postgres::Error) -> StoreError {
             c.starts_with("08") // connection exception
                 || c.starts_with("40") // transaction rollback (serialization, deadlock)
                 || c.starts_with("53") // insufficient resources (too many connections)
-                || c.starts_with("57P") // operator intervention (shutdown)
+                || c.starts_with("55P03") // lock not available (lock_timeout)
+                || c.starts_with("57") // operator intervention (shutdown, statement timeout)
         }
-        None => true,
+        // No SQL state: a lost connection or an I/O error is transient; a row that does not
+        // convert is not.
+        None => {
+            e.is_closed()
+                || std::error::Error::source(&e)
+                    .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+        }
     };
     StoreError::Backend {
         backend: BACKEND,
@@ -464,6 +474,21 @@ impl PgStore {
         config: tokio_postgres::Config,
         pool_size: usize,
     ) -> Result<Self, StoreError> {
+        let mut config = config;
+        // Fail fast on an unreachable database, notice a dead peer within about a minute, and
+        // let PostgreSQL end a session that sits in a transaction (an instance frozen mid-commit
+        // holding a vault's row lock) or waits too long for a lock.
+        config.connect_timeout(Duration::from_secs(5));
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(15));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
+        let session = "-c idle_in_transaction_session_timeout=60s -c lock_timeout=30s";
+        let options = match config.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {session}"),
+            _ => session.to_owned(),
+        };
+        config.options(options);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -473,6 +498,10 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Unavailable {
                 reason: format!("could not build the PostgreSQL pool: {e}"),
@@ -555,10 +584,14 @@ impl PgStore {
             .map_err(pg_error)
     }
 
-    /// Whether the store holds no tenant yet (a migration's target must be empty).
+    /// Whether every table of the store is empty (a migration's target must be).
     pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        let any: Vec<String> = crate::store::migrate::TABLES
+            .iter()
+            .map(|t| format!("(SELECT 1 FROM {} LIMIT 1)", t.name))
+            .collect();
         Ok(self
-            .query_opt("SELECT 1 FROM tenants LIMIT 1", &[])
+            .query_opt(&any.join(" UNION ALL "), &[])
             .await?
             .is_none())
     }
@@ -570,7 +603,7 @@ impl PgStore {
     pub(crate) async fn import_table(
         &self,
         table: &crate::store::migrate::Table,
-        rows: &mut tokio::sync::mpsc::Receiver<Vec<Vec<crate::store::migrate::Value>>>,
+        rows: &mut tokio::sync::mpsc::Receiver<crate::store::migrate::Batch>,
         progress: &(dyn Fn(&str, u64) + Send + Sync),
     ) -> Result<(), StoreError> {
         use crate::store::migrate::{Kind, Value};
@@ -595,7 +628,15 @@ impl PgStore {
         let statement = tx.prepare(&sql).await.map_err(pg_error)?;
         let mut done = 0u64;
         progress(table.name, 0);
+        let mut complete = false;
         while let Some(batch) = rows.recv().await {
+            let batch = match batch {
+                crate::store::migrate::Batch::Rows(batch) => batch,
+                crate::store::migrate::Batch::Done => {
+                    complete = true;
+                    break;
+                }
+            };
             // The batch's inserts are pipelined on the connection.
             let inserts = batch.iter().map(|row| {
                 let params: Vec<&(dyn ToSql + Sync)> = row
@@ -618,6 +659,12 @@ impl PgStore {
                 .map_err(pg_error)?;
             done += batch.len() as u64;
             progress(table.name, done);
+        }
+        if !complete {
+            // The export failed: nothing of the table is kept (the transaction rolls back).
+            return Err(StoreError::Unavailable {
+                reason: format!("the export of {} stopped before its end", table.name),
+            });
         }
         tx.commit().await.map_err(pg_error)
     }
@@ -669,17 +716,24 @@ impl PgStore {
         Ok(sum)
     }
 
-    /// Moves the tenant and account id sequences past the ids a migration inserted.
-    pub(crate) async fn reset_id_sequences(&self) -> Result<(), StoreError> {
+    /// Moves the tenant and account id sequences past the ids a migration inserted and past
+    /// `tenants` and `accounts` (the last ids the old store handed out, deleted ones included,
+    /// whose traffic rows may still name them).
+    pub(crate) async fn reset_id_sequences(
+        &self,
+        tenants: u64,
+        accounts: u64,
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
-        for table in ["tenants", "accounts"] {
+        for (table, floor) in [("tenants", tenants), ("accounts", accounts)] {
             client
                 .execute(
                     &format!(
                         "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
-                         GREATEST(COALESCE(max(id), 0), 1), max(id) IS NOT NULL) FROM {table}"
+                         GREATEST(COALESCE(max(id), 0), $1, 1), \
+                         GREATEST(COALESCE(max(id), 0), $1) > 0) FROM {table}"
                     ),
-                    &[],
+                    &[&bound(floor)],
                 )
                 .await
                 .map_err(pg_error)?;
@@ -812,11 +866,23 @@ async fn listen(
                     }
                 }
             };
+            // A silent connection (a NAT that forgot it, a database that failed over without
+            // a reset) is found by a heartbeat, and replaced.
+            let mut heartbeat = tokio::time::interval(HEARTBEAT);
+            heartbeat.tick().await;
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => {
                         driver.abort();
                         return;
+                    }
+                    _ = heartbeat.tick() => {
+                        let alive = tokio::time::timeout(HEARTBEAT, client.simple_query("SELECT 1")).await;
+                        if !matches!(alive, Ok(Ok(_))) {
+                            tracing::warn!("PostgreSQL event listener: no answer to its heartbeat; reconnecting");
+                            driver.abort();
+                            break;
+                        }
                     }
                     payload = rx.recv() => match payload {
                         Some(payload) => match parse_event(&payload) {
@@ -1047,7 +1113,7 @@ async fn lock_vault(
 ) -> Result<VaultRecord, TxError> {
     let row = row_opt(
         tx,
-        &format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1 FOR UPDATE"),
+        &format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1 FOR NO KEY UPDATE"),
         &[&vault.as_bytes().as_slice()],
     )
     .await?
@@ -1063,62 +1129,79 @@ async fn put_chunk(
     chunk: &ChunkId,
     sealed_len: u64,
     blake3: &[u8; 32],
-    pack: Option<(&PackId, u64)>,
 ) -> Result<ChunkRecord, TxError> {
     let vault = at.vault.as_bytes().as_slice();
-    let existing = row_opt(
-        tx,
-        &format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE vault = $1 AND chunk = $2 FOR UPDATE"),
-        &[&vault, &chunk.as_bytes().as_slice()],
-    )
-    .await?;
-    let old_len = match existing {
-        None => 0,
-        Some(row) => {
-            let record = chunk_row(&row)?;
-            let same = record.sealed_len == sealed_len && record.blake3 == *blake3;
-            if same || matches!(record.state, ChunkState::Committed { .. }) {
-                return Ok(record);
-            }
-            record.sealed_len
-        }
+    let fresh = ChunkRecord {
+        chunk: *chunk,
+        sealed_len,
+        blake3: *blake3,
+        state: ChunkState::Pending { since: at.now },
+        location: ChunkLocation::Blob,
     };
-    let (pack_id, offset) = match pack {
-        Some((p, o)) => (Some(p.as_bytes().as_slice()), Some(b(o))),
-        None => (None, None),
-    };
-    exec(
+    // Inserted if absent; a concurrent recorder of the same chunk waits here for ours to end
+    // (or we for theirs), and then finds the row below.
+    let inserted = exec(
         tx,
-        "INSERT INTO chunks (vault, chunk, sealed_len, blake3, pending_since, committed_at, pack, \
-         pack_offset) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7) \
-         ON CONFLICT (vault, chunk) DO UPDATE SET sealed_len = EXCLUDED.sealed_len, \
-         blake3 = EXCLUDED.blake3, pending_since = EXCLUDED.pending_since, committed_at = NULL, \
-         pack = EXCLUDED.pack, pack_offset = EXCLUDED.pack_offset",
+        "INSERT INTO chunks (vault, chunk, sealed_len, blake3, pending_since) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (vault, chunk) DO NOTHING",
         &[
             &vault,
             &chunk.as_bytes().as_slice(),
             &b(sealed_len),
             &blake3.as_slice(),
             &b(at.now),
-            &pack_id,
-            &offset,
         ],
     )
     .await?;
-    adjust_usage(tx, at, old_len, sealed_len).await?;
-    Ok(ChunkRecord {
-        chunk: *chunk,
-        sealed_len,
-        blake3: *blake3,
-        state: ChunkState::Pending { since: at.now },
-        location: match pack {
-            Some((pack, offset)) => ChunkLocation::Packed {
-                pack: *pack,
-                offset,
-            },
-            None => ChunkLocation::Blob,
-        },
-    })
+    if inserted == 1 {
+        adjust_usage(tx, at, 0, sealed_len).await?;
+        return Ok(fresh);
+    }
+    let row = row_one(
+        tx,
+        &format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE vault = $1 AND chunk = $2 FOR UPDATE"),
+        &[&vault, &chunk.as_bytes().as_slice()],
+    )
+    .await?;
+    let record = chunk_row(&row)?;
+    let same = record.sealed_len == sealed_len && record.blake3 == *blake3;
+    if same || matches!(record.state, ChunkState::Committed { .. }) {
+        return Ok(record);
+    }
+    // A pending chunk uploaded again with other bytes: its blob now holds the new ones.
+    exec(
+        tx,
+        "UPDATE chunks SET sealed_len = $3, blake3 = $4, pending_since = $5, committed_at = NULL, \
+         pack = NULL, pack_offset = NULL WHERE vault = $1 AND chunk = $2",
+        &[
+            &vault,
+            &chunk.as_bytes().as_slice(),
+            &b(sealed_len),
+            &blake3.as_slice(),
+            &b(at.now),
+        ],
+    )
+    .await?;
+    adjust_usage(tx, at, record.sealed_len, sealed_len).await?;
+    Ok(fresh)
+}
+
+/// Takes a share lock on the vault's row for a transaction that writes chunk records, so that
+/// deleting the vault waits for it (and it for the delete, then finding no vault).
+async fn share_vault(
+    tx: &deadpool_postgres::Transaction<'_>,
+    vault: &VaultId,
+) -> Result<(), TxError> {
+    match row_opt(
+        tx,
+        "SELECT 1 FROM vaults WHERE vault = $1 FOR KEY SHARE",
+        &[&vault.as_bytes().as_slice()],
+    )
+    .await?
+    {
+        Some(_) => Ok(()),
+        None => Err(vault_not_found(vault).into()),
+    }
 }
 
 impl PgStore {
@@ -1139,6 +1222,7 @@ impl PgStore {
             now,
         };
         Ok(in_tx!(self, |tx| {
+            share_vault(&tx, &vault).await?;
             let row = row_opt(
                 &tx,
                 "DELETE FROM chunks WHERE vault = $1 AND chunk = $2 \
@@ -1572,16 +1656,27 @@ impl MetaStore for PgStore {
                     &[&id, &b(now)],
                 )
                 .await?;
-                // Every vault of the account is due for rotation from its newest epoch now
-                // (read under the same snapshot of locks: the vault rows are locked).
-                exec(
+                // Every vault of the account is due for rotation from its newest epoch, read under
+                // the vaults' row locks: an epoch being started now (perhaps wrapped to this
+                // device) must not end the rotation.
+                let vaults = query_rows(
                     &tx,
-                    "INSERT INTO rotations (vault, epoch, since) \
-                     SELECT vault, latest_epoch, $2 FROM vaults WHERE account = $1 \
-                     ON CONFLICT (vault) DO NOTHING",
-                    &[&b(record.account.get()), &b(now)],
+                    "SELECT vault, latest_epoch FROM vaults WHERE account = $1 ORDER BY vault \
+                     FOR NO KEY UPDATE",
+                    &[&b(record.account.get())],
                 )
                 .await?;
+                for v in &vaults {
+                    let vault: Vec<u8> = v.try_get(0)?;
+                    let epoch: i64 = v.try_get(1)?;
+                    exec(
+                        &tx,
+                        "INSERT INTO rotations (vault, epoch, since) VALUES ($1, $2, $3) \
+                         ON CONFLICT (vault) DO NOTHING",
+                        &[&vault, &epoch, &b(now)],
+                    )
+                    .await?;
+                }
                 exec(
                     &tx,
                     "SELECT pg_notify($1, $2)",
@@ -1663,6 +1758,17 @@ impl MetaStore for PgStore {
             // One transaction per vault: its storage ends now (its hour rows stay for usage
             // reports, its gauge at zero keeps the account they belong to), then its rows go.
             in_tx!(self, |tx| {
+                // Waits for transactions writing its chunk records (they share-lock the row);
+                // those that come later find no vault.
+                let locked = row_opt(
+                    &tx,
+                    "SELECT 1 FROM vaults WHERE vault = $1 FOR UPDATE",
+                    &[&id.as_bytes().as_slice()],
+                )
+                .await?;
+                if locked.is_none() {
+                    return Ok(());
+                }
                 let at = StoredAt {
                     tenant: v.tenant.get(),
                     account: v.account.get(),
@@ -1818,8 +1924,9 @@ impl MetaStore for PgStore {
         };
         let rows = traffic_rows(&traffic);
         Ok(in_tx!(self, |tx| {
+            share_vault(&tx, &vault).await?;
             add_traffic_rows(&tx, &rows).await?;
-            put_chunk(&tx, at, &chunk, sealed_len, &blake3, None).await?
+            put_chunk(&tx, at, &chunk, sealed_len, &blake3).await?
         })?)
     }
 
@@ -1863,10 +1970,10 @@ impl MetaStore for PgStore {
                 }
             }
         }
-        // Chunk rows are locked in id order, as every other writer of several chunks does.
-        let ids: Vec<&[u8]> = unique.keys().map(|c| c.as_bytes().as_slice()).collect();
+        // Chunk rows are locked in id order (`unique` is sorted), as the commit locks them.
         let id = vault.as_bytes().as_slice();
         in_tx!(self, |tx| {
+            share_vault(&tx, &vault).await?;
             add_traffic_rows(&tx, &rows).await?;
             exec(
                 &tx,
@@ -1882,62 +1989,124 @@ impl MetaStore for PgStore {
                 ],
             )
             .await?;
-            let mut existing: HashMap<ChunkId, ChunkRecord> = HashMap::new();
+            // Absent chunks are inserted (in id order); a concurrent recorder of one of them
+            // waits for this transaction, or this one for it, and finds the row below.
+            let (c_ids, c_lens, c_hashes, c_offsets): (
+                Vec<Vec<u8>>,
+                Vec<i64>,
+                Vec<Vec<u8>>,
+                Vec<i64>,
+            ) = unique
+                .values()
+                .map(|p| {
+                    (
+                        p.chunk.as_bytes().to_vec(),
+                        b(p.sealed_len),
+                        p.blake3.to_vec(),
+                        b(p.offset),
+                    )
+                })
+                .fold(
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+                    |mut acc, (c, l, h, o)| {
+                        acc.0.push(c);
+                        acc.1.push(l);
+                        acc.2.push(h);
+                        acc.3.push(o);
+                        acc
+                    },
+                );
+            let mut inserted: HashSet<ChunkId> = HashSet::new();
             for row in query_rows(
                 &tx,
-                &format!(
-                    "SELECT {CHUNK_COLUMNS} FROM chunks WHERE vault = $1 AND chunk = ANY($2) \
-                         ORDER BY chunk FOR UPDATE"
-                ),
-                &[&id, &ids],
+                "INSERT INTO chunks (vault, chunk, sealed_len, blake3, pending_since, pack, \
+                 pack_offset) \
+                 SELECT $1, c, l, h, $2, $3, o \
+                 FROM UNNEST($4::BYTEA[], $5::BIGINT[], $6::BYTEA[], $7::BIGINT[]) AS t(c, l, h, o) \
+                 ON CONFLICT (vault, chunk) DO NOTHING RETURNING chunk",
+                &[
+                    &id,
+                    &b(now),
+                    &pack.as_bytes().as_slice(),
+                    &c_ids,
+                    &c_lens,
+                    &c_hashes,
+                    &c_offsets,
+                ],
             )
             .await?
             {
-                let record = chunk_row(&row)?;
-                existing.insert(record.chunk, record);
+                let c: Vec<u8> = row.try_get(0)?;
+                inserted.insert(ChunkId::from_bytes(fixed(&c, "chunks")?));
             }
-            // A chunk committed already, or pending with the same bytes, keeps its record (its
-            // bytes in this pack are garbage); the others take the packed bytes.
-            let (mut old_total, mut new_total) = (0u64, 0u64);
-            let (mut w_ids, mut w_lens, mut w_hashes, mut w_offsets) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for p in unique.values() {
-                let old = match existing.get(&p.chunk) {
-                    None => 0,
-                    Some(r)
-                        if (r.sealed_len == p.sealed_len && r.blake3 == p.blake3)
-                            || matches!(r.state, ChunkState::Committed { .. }) =>
+            let mut new_total: u64 = unique
+                .values()
+                .filter(|p| inserted.contains(&p.chunk))
+                .map(|p| p.sealed_len)
+                .fold(0, u64::saturating_add);
+            let rest: Vec<&[u8]> = unique
+                .keys()
+                .filter(|c| !inserted.contains(*c))
+                .map(|c| c.as_bytes().as_slice())
+                .collect();
+            let mut old_total = 0u64;
+            if !rest.is_empty() {
+                let mut existing: HashMap<ChunkId, ChunkRecord> = HashMap::new();
+                for row in query_rows(
+                    &tx,
+                    &format!(
+                        "SELECT {CHUNK_COLUMNS} FROM chunks WHERE vault = $1 AND chunk = ANY($2) \
+                         ORDER BY chunk FOR UPDATE"
+                    ),
+                    &[&id, &rest],
+                )
+                .await?
+                {
+                    let record = chunk_row(&row)?;
+                    existing.insert(record.chunk, record);
+                }
+                // A chunk committed already, or pending with the same bytes, keeps its record
+                // (its bytes in this pack are garbage); a pending one with other bytes takes
+                // the packed ones.
+                let (mut w_ids, mut w_lens, mut w_hashes, mut w_offsets) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for p in unique.values() {
+                    let Some(r) = existing.get(&p.chunk) else {
+                        continue;
+                    };
+                    if (r.sealed_len == p.sealed_len && r.blake3 == p.blake3)
+                        || matches!(r.state, ChunkState::Committed { .. })
                     {
                         continue;
                     }
-                    Some(r) => r.sealed_len,
-                };
-                old_total = old_total.saturating_add(old);
-                new_total = new_total.saturating_add(p.sealed_len);
-                w_ids.push(p.chunk.as_bytes().to_vec());
-                w_lens.push(b(p.sealed_len));
-                w_hashes.push(p.blake3.to_vec());
-                w_offsets.push(b(p.offset));
+                    old_total = old_total.saturating_add(r.sealed_len);
+                    new_total = new_total.saturating_add(p.sealed_len);
+                    w_ids.push(p.chunk.as_bytes().to_vec());
+                    w_lens.push(b(p.sealed_len));
+                    w_hashes.push(p.blake3.to_vec());
+                    w_offsets.push(b(p.offset));
+                }
+                if !w_ids.is_empty() {
+                    exec(
+                        &tx,
+                        "UPDATE chunks SET sealed_len = t.l, blake3 = t.h, pending_since = $2, \
+                         committed_at = NULL, pack = $3, pack_offset = t.o \
+                         FROM UNNEST($4::BYTEA[], $5::BIGINT[], $6::BYTEA[], $7::BIGINT[]) AS t(c, l, h, o) \
+                         WHERE chunks.vault = $1 AND chunks.chunk = t.c",
+                        &[
+                            &id,
+                            &b(now),
+                            &pack.as_bytes().as_slice(),
+                            &w_ids,
+                            &w_lens,
+                            &w_hashes,
+                            &w_offsets,
+                        ],
+                    )
+                    .await?;
+                }
             }
-            if !w_ids.is_empty() {
-                exec(&tx, "INSERT INTO chunks (vault, chunk, sealed_len, blake3, pending_since, \
-                     committed_at, pack, pack_offset) \
-                     SELECT $1, c, l, h, $2, NULL, $3, o \
-                     FROM UNNEST($4::BYTEA[], $5::BIGINT[], $6::BYTEA[], $7::BIGINT[]) AS t(c, l, h, o) \
-                     ON CONFLICT (vault, chunk) DO UPDATE SET sealed_len = EXCLUDED.sealed_len, \
-                     blake3 = EXCLUDED.blake3, pending_since = EXCLUDED.pending_since, \
-                     committed_at = NULL, pack = EXCLUDED.pack, pack_offset = EXCLUDED.pack_offset",
-                    &[
-                        &id,
-                        &b(now),
-                        &pack.as_bytes().as_slice(),
-                        &w_ids,
-                        &w_lens,
-                        &w_hashes,
-                        &w_offsets,
-                    ],
-                )
-                .await?;
+            if old_total != 0 || new_total != 0 {
                 adjust_usage(&tx, at, old_total, new_total).await?;
             }
         })?;
@@ -2035,7 +2204,9 @@ impl MetaStore for PgStore {
             exec(
                 &tx,
                 "UPDATE chunks SET pending_since = $2, committed_at = NULL \
-                 WHERE vault = $1 AND committed_at IS NOT NULL AND NOT (chunk = ANY($3))",
+                 WHERE vault = $1 AND chunk IN ( \
+                   SELECT chunk FROM chunks WHERE vault = $1 AND committed_at IS NOT NULL \
+                   AND NOT (chunk = ANY($3)) ORDER BY chunk FOR UPDATE)",
                 &[&vault.as_bytes().as_slice(), &b(now), &keep],
             )
             .await?
@@ -2224,7 +2395,7 @@ impl MetaStore for PgStore {
         entry_ids.dedup();
         let id = vault.as_bytes().as_slice();
         let dev = device.as_bytes().as_slice();
-        let lock = format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1 FOR UPDATE");
+        let lock = format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1 FOR NO KEY UPDATE");
         let (results, head) = in_tx!(self, |tx| {
             // Pipelined (one round trip): the vault's row lock first, then, under it, the
             // chunks named (locked in id order, so that garbage collection cannot take them
@@ -2232,19 +2403,22 @@ impl MetaStore for PgStore {
             let lock_params: [&(dyn ToSql + Sync); 1] = [&id];
             let chunk_params: [&(dyn ToSql + Sync); 2] = [&id, &referenced_sorted];
             let head_params: [&(dyn ToSql + Sync); 2] = [&id, &entry_ids];
-            let (locked, rows, head_rows) = futures::try_join!(
-                row_opt(&tx, &lock, &lock_params),
-                query_rows(
-                    &tx,
+            // Prepared first (each once per connection), so that the three go out in this
+            // order whatever the statement cache holds: the heads are read under the lock.
+            let (lock_st, chunk_st, head_st) = futures::try_join!(
+                tx.prepare_cached(&lock),
+                tx.prepare_cached(
                     "SELECT chunk, pending_since FROM chunks WHERE vault = $1 AND chunk = ANY($2) \
                      ORDER BY chunk FOR UPDATE",
-                    &chunk_params,
                 ),
-                query_rows(
-                    &tx,
-                    "SELECT entry, version FROM heads WHERE vault = $1 AND entry = ANY($2)",
-                    &head_params,
+                tx.prepare_cached(
+                    "SELECT entry, version FROM heads WHERE vault = $1 AND entry = ANY($2)"
                 ),
+            )?;
+            let (locked, rows, head_rows) = futures::try_join!(
+                tx.query_opt(&lock_st, &lock_params),
+                tx.query(&chunk_st, &chunk_params),
+                tx.query(&head_st, &head_params),
             )?;
             let v = vault_row(&locked.ok_or_else(|| vault_not_found(&vault))?)?;
             if entries.is_empty() {

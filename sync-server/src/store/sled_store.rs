@@ -2199,6 +2199,20 @@ fn key_part<const N: usize>(
 }
 
 impl SledStore {
+    /// The last tenant and account ids handed out (deleted ones included), for a migration.
+    pub(crate) fn id_counters(&self) -> Result<(u64, u64), StoreError> {
+        let read = |key: &[u8]| -> Result<u64, StoreError> {
+            match self.inner.meta.get(key)? {
+                Some(v) => codec::decode_u64(codec::META, &v),
+                None => Ok(0),
+            }
+        };
+        Ok((
+            read(codec::NEXT_TENANT_KEY)?,
+            read(codec::NEXT_ACCOUNT_KEY)?,
+        ))
+    }
+
     /// Every row of `table` (a table of the PostgreSQL schema, see `store::migrate`), read
     /// from the matching trees, handed to `sink` one by one. Blocks: run it off the runtime.
     pub(crate) fn export_table(
