@@ -4,7 +4,9 @@
 //!   every compare-and-swap conflict is reported;
 //! - an instance SIGKILLed in the middle of a sync: its devices fail over, through a UDP load
 //!   balancer, to the other instance, and content converges;
-//! - a device revoked through the store is disconnected by the instance it is connected to.
+//! - a device revoked through the store is disconnected by the instance it is connected to;
+//! - traffic metered by both instances adds up, in the shared store, to exactly what the
+//!   devices counted themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,7 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dooz_client::{Connection, Connector, Engine, EngineOptions, Index, keyring_from_index};
+use dooz_client::{
+    Connection, Connector, Engine, EngineOptions, Index, TrafficMeter, keyring_from_index,
+};
 use dooz_crypto::{DeviceSecretKeys, Epoch, VaultId, VaultKey};
 use dooz_protocol::{CommitEntry, CommitResult, EntryKey, Seq, VersionId};
 use dooz_server::{AccountId, DeviceRegistration, MetaStore, PgStore};
@@ -475,6 +479,8 @@ async fn flow(
 }
 
 struct Device {
+    /// Its traffic, as it counted it.
+    meter: Arc<TrafficMeter>,
     connector: Connector,
     folder: TempDir,
     _index_dir: TempDir,
@@ -490,11 +496,13 @@ impl Device {
         key: [u8; 32],
     ) -> Self {
         let keys = cluster.enrol(name).await;
+        let meter = Arc::new(TrafficMeter::tracking_uploads());
         let connector = Connector::new(
             addr.to_string(),
             cluster.fingerprint,
             DeviceSecretKeys::from_bytes(&keys.to_bytes()),
-        );
+        )
+        .with_traffic_meter(Arc::clone(&meter));
         let conn = connector.connect().await.unwrap();
         conn.create_vault(dooz_protocol::VaultId::from_bytes(vault.0))
             .await
@@ -510,6 +518,7 @@ impl Device {
         let engine =
             Engine::new(vault_index, keyring, conn, name, EngineOptions::default()).unwrap();
         Self {
+            meter,
             connector,
             folder,
             _index_dir: index_dir,
@@ -666,4 +675,76 @@ async fn a_device_revoked_anywhere_is_disconnected_by_its_instance() {
         "{:?}",
         again.err()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metering
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_metered_by_both_instances_adds_up_to_what_the_devices_counted() {
+    let cluster = Cluster::start(2).await;
+    let vault = VaultId::generate().unwrap();
+    let key = *VaultKey::generate().unwrap().expose_secret();
+    let mut a = Device::new(&cluster, cluster.servers[0].addr(), "alpha", vault, key).await;
+    let mut b = Device::new(&cluster, cluster.servers[1].addr(), "beta", vault, key).await;
+    for i in 0..6 {
+        fs::write(
+            a.folder.path().join(format!("a-{i}.bin")),
+            pseudo_random(300_000 + i * 70_000, i as u64),
+        )
+        .unwrap();
+    }
+    fs::write(b.folder.path().join("b.txt"), b"from beta\n").unwrap();
+    a.sync_until_done().await;
+    b.sync_until_done().await;
+    fs::write(a.folder.path().join("a-0.bin"), pseudo_random(90_000, 99)).unwrap();
+    a.sync_until_done().await;
+    b.sync_until_done().await;
+    a.sync_until_done().await;
+    assert_eq!(tree(a.folder.path()), tree(b.folder.path()));
+
+    // Every answer was sent after its counts were durable, so the store holds them all now.
+    type Key = (Vec<u8>, Vec<u8>);
+    let mut stored: BTreeMap<Key, (u64, u64, u64)> = BTreeMap::new();
+    for (k, c) in cluster
+        .store
+        .traffic(None, 0..u64::MAX / 3600)
+        .await
+        .unwrap()
+    {
+        let Some(device) = k.device else { continue };
+        let e = stored
+            .entry((
+                device.as_bytes().to_vec(),
+                k.vault.map(|v| v.as_bytes().to_vec()).unwrap_or_default(),
+            ))
+            .or_default();
+        e.0 += c.ingress_bytes;
+        e.1 += c.egress_bytes;
+        e.2 += c.requests;
+    }
+    let mut counted: BTreeMap<Key, (u64, u64, u64)> = BTreeMap::new();
+    for d in [&a, &b] {
+        let device = d.engine.connection().device();
+        for (vault, t) in d.meter.snapshot() {
+            if t.requests == 0 {
+                continue;
+            }
+            counted.insert(
+                (
+                    device.as_bytes().to_vec(),
+                    vault.map(|v| v.as_bytes().to_vec()).unwrap_or_default(),
+                ),
+                (t.sent_bytes, t.received_bytes, t.requests),
+            );
+        }
+    }
+    assert_eq!(stored.len(), counted.len(), "{stored:?}\n{counted:?}");
+    assert_eq!(
+        stored, counted,
+        "the shared counters against the devices' own counts"
+    );
+    // Both instances counted: each device talked to its own.
+    let devices: HashSet<&Vec<u8>> = stored.keys().map(|k| &k.0).collect();
+    assert_eq!(devices.len(), 2);
 }
