@@ -93,18 +93,19 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn random_hex(n: usize) -> String {
+fn random_hex(n: usize) -> anyhow::Result<String> {
     let mut bytes = vec![0u8; n];
-    getrandom_fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    random_fill(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn getrandom_fill(out: &mut [u8]) {
-    let key = *VaultKey::generate()
-        .map(|k| *k.expose_secret())
-        .as_ref()
-        .unwrap_or(&[7; 32]);
-    blake3::Hasher::new_keyed(&key).finalize_xof().fill(out);
+/// Fills `out` with random bytes (a keyed BLAKE3 stream under a fresh random key).
+fn random_fill(out: &mut [u8]) -> anyhow::Result<()> {
+    let key = VaultKey::generate()?;
+    blake3::Hasher::new_keyed(key.expose_secret())
+        .finalize_xof()
+        .fill(out);
+    Ok(())
 }
 
 fn bytes_id<const N: usize>(tag: &str) -> [u8; N] {
@@ -134,7 +135,7 @@ async fn commit_rate(
     commits: usize,
     shared: bool,
 ) -> anyhow::Result<f64> {
-    let tag = random_hex(8);
+    let tag = random_hex(8)?;
     let tenant = store.create_tenant(&format!("bench {tag}")).await?;
     let account = store.create_account(tenant, "bench").await?;
     let shared_vault = dooz_protocol::VaultId::from_bytes(bytes_id(&format!("{tag} shared")));
@@ -280,7 +281,7 @@ async fn sync_rate(
         // Fresh data per device: nothing dedups across devices or runs.
         let mut data = vec![0u8; 8 << 20];
         for f in 0..mib.div_ceil(8) {
-            getrandom_fill(&mut data);
+            random_fill(&mut data)?;
             std::fs::write(folder.path().join(format!("file-{f}.bin")), &data)?;
         }
         let engine = Engine::new(
@@ -348,7 +349,7 @@ async fn main() -> anyhow::Result<()> {
                 let sled_dir = tempfile::tempdir_in(&tmp)?;
                 let sled: Arc<dyn MetaStore> = Arc::new(SledStore::open(sled_dir.path())?);
                 rates[0].push(commit_rate(sled, args.committers, batch, commits, shared).await?);
-                let schema = format!("bench_{}", random_hex(6));
+                let schema = format!("bench_{}", random_hex(6)?);
                 let pg: Arc<dyn MetaStore> =
                     Arc::new(PgStore::connect_schema(&args.postgres, &schema, 16).await?);
                 rates[1].push(commit_rate(pg, args.committers, batch, commits, shared).await?);
@@ -382,13 +383,13 @@ async fn main() -> anyhow::Result<()> {
     ] {
         let mut rates = Vec::new();
         for _ in 0..args.runs {
-            let url = pg.then(|| {
-                let schema = format!("bench_{}", random_hex(6));
-                (
-                    schema.clone(),
-                    format!("{}?options=-c%20search_path%3D{schema}", args.postgres),
-                )
-            });
+            let url = if pg {
+                let schema = format!("bench_{}", random_hex(6)?);
+                let url = format!("{}?options=-c%20search_path%3D{schema}", args.postgres);
+                Some((schema, url))
+            } else {
+                None
+            };
             if let Some((schema, _)) = &url {
                 PgStore::connect_schema(&args.postgres, schema, 2).await?;
             }
@@ -412,7 +413,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!("## Revocation reaching the other instance (ms)");
-    let schema = format!("bench_{}", random_hex(6));
+    let schema = format!("bench_{}", random_hex(6)?);
     let store = PgStore::connect_schema(&args.postgres, &schema, 4).await?;
     let url = format!("{}?options=-c%20search_path%3D{schema}", args.postgres);
     let deployment = Deployment::start(&bins, &tmp, Some(&url), 2)?;

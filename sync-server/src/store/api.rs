@@ -885,6 +885,24 @@ pub trait MetaStore: Send + Sync + 'static {
     }
 }
 
+/// The hours that `[from, to)` (unix seconds) overlaps, each with the seconds it overlaps; the
+/// hour of `from` always, even when the span is empty. Engines fold storage gauges with it.
+pub(crate) fn hour_spans(from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> {
+    let first = from / HOUR_SECS;
+    let last = to.max(from) / HOUR_SECS;
+    (first..=last).map(move |hour| {
+        let start = (hour * HOUR_SECS).max(from);
+        let end = ((hour + 1) * HOUR_SECS).min(to.max(from));
+        (hour, end.saturating_sub(start))
+    })
+}
+
+/// A page's `limit`, 0 meaning `max`, capped at `max`.
+pub(crate) fn page_limit(limit: u32, max: u32) -> usize {
+    let limit = if limit == 0 { max } else { limit.min(max) };
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
 /// Checks a tenant, account or device name: 1 to
 /// [`MAX_NAME_LEN`](dooz_protocol::limits::MAX_NAME_LEN) bytes, no control characters.
 pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), StoreError> {

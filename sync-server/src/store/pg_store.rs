@@ -39,7 +39,8 @@ use crate::store::api::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
     DeviceRecord, DeviceRegistration, EntryHead, HOUR_SECS, MAX_PAGE_BYTES, MetaStore, PackId,
     PackInfo, PackedChunk, StorageHour, StoreEvent, TenantId, TenantRecord, TrafficCounts,
-    TrafficKey, VaultRecord, VaultStorage, VersionPage, change_size_bound, check_name,
+    TrafficKey, VaultRecord, VaultStorage, VersionPage, change_size_bound, check_name, hour_spans,
+    page_limit,
 };
 use crate::store::error::StoreError;
 use crate::store::token::{self, EnrolmentToken};
@@ -291,11 +292,6 @@ fn vault_not_found(vault: &VaultId) -> StoreError {
     StoreError::not_found(format!("vault {vault}"))
 }
 
-fn page_limit(limit: u32, max: u32) -> usize {
-    let limit = if limit == 0 { max } else { limit.min(max) };
-    usize::try_from(limit).unwrap_or(usize::MAX)
-}
-
 const DEVICE_COLUMNS: &str =
     "device, tenant, account, identity_key, exchange_key, name, revoked_at, created_at, last_seen";
 
@@ -388,18 +384,6 @@ fn change_row(row: &tokio_postgres::Row) -> Result<Change, TxError> {
             u32::try_from(epoch).map_err(|_| StoreError::corrupt("log", "an epoch is not u32"))?,
         ),
         device: DeviceId::from_bytes(fixed(&device, "log")?),
-    })
-}
-
-/// The hours that `[from, to)` overlaps, each with the seconds it overlaps; the hour of `from`
-/// always (as the sled store folds them).
-fn hour_spans(from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> {
-    let first = from / HOUR_SECS;
-    let last = to.max(from) / HOUR_SECS;
-    (first..=last).map(move |hour| {
-        let start = (hour * HOUR_SECS).max(from);
-        let end = ((hour + 1) * HOUR_SECS).min(to.max(from));
-        (hour, end.saturating_sub(start))
     })
 }
 
@@ -569,19 +553,6 @@ impl PgStore {
             Some(_) => Ok(()),
             None => Err(StoreError::not_found(format!("account {account}"))),
         }
-    }
-
-    /// Deletes every table of this store's schema (tests).
-    pub async fn drop_all(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .batch_execute(
-                "DROP TABLE IF EXISTS tenants, accounts, tokens, devices, vaults, chunks, packs, \
-                 log, heads, versions, envelopes, rotations, traffic, gauges, storage_hours, \
-                 dooz_schema CASCADE",
-            )
-            .await
-            .map_err(pg_error)
     }
 
     /// Whether every table of the store is empty (a migration's target must be).
@@ -1187,21 +1158,26 @@ async fn put_chunk(
 }
 
 /// Takes a share lock on the vault's row for a transaction that writes chunk records, so that
-/// deleting the vault waits for it (and it for the delete, then finding no vault).
-async fn share_vault(
+/// deleting the vault waits for it (and it for the delete, then finding no vault); returns the
+/// owner its stored bytes count for.
+async fn share_vault<'a>(
     tx: &deadpool_postgres::Transaction<'_>,
-    vault: &VaultId,
-) -> Result<(), TxError> {
-    match row_opt(
+    vault: &'a VaultId,
+    now: u64,
+) -> Result<StoredAt<'a>, TxError> {
+    let row = row_opt(
         tx,
-        "SELECT 1 FROM vaults WHERE vault = $1 FOR KEY SHARE",
+        "SELECT tenant, account FROM vaults WHERE vault = $1 FOR KEY SHARE",
         &[&vault.as_bytes().as_slice()],
     )
     .await?
-    {
-        Some(_) => Ok(()),
-        None => Err(vault_not_found(vault).into()),
-    }
+    .ok_or_else(|| vault_not_found(vault))?;
+    Ok(StoredAt {
+        tenant: u(row.try_get(0)?),
+        account: u(row.try_get(1)?),
+        vault,
+        now,
+    })
 }
 
 impl PgStore {
@@ -1214,15 +1190,8 @@ impl PgStore {
         since: Option<u64>,
         now: u64,
     ) -> Result<bool, StoreError> {
-        let v = self.vault_or_not_found(&vault).await?;
-        let at = StoredAt {
-            tenant: v.tenant.get(),
-            account: v.account.get(),
-            vault: &vault,
-            now,
-        };
         Ok(in_tx!(self, |tx| {
-            share_vault(&tx, &vault).await?;
+            let at = share_vault(&tx, &vault, now).await?;
             let row = row_opt(
                 &tx,
                 "DELETE FROM chunks WHERE vault = $1 AND chunk = $2 \
@@ -1915,16 +1884,9 @@ impl MetaStore for PgStore {
         now: u64,
         traffic: Vec<(TrafficKey, TrafficCounts)>,
     ) -> Result<ChunkRecord, StoreError> {
-        let v = self.vault_or_not_found(&vault).await?;
-        let at = StoredAt {
-            tenant: v.tenant.get(),
-            account: v.account.get(),
-            vault: &vault,
-            now,
-        };
         let rows = traffic_rows(&traffic);
         Ok(in_tx!(self, |tx| {
-            share_vault(&tx, &vault).await?;
+            let at = share_vault(&tx, &vault, now).await?;
             add_traffic_rows(&tx, &rows).await?;
             put_chunk(&tx, at, &chunk, sealed_len, &blake3).await?
         })?)
@@ -1951,13 +1913,6 @@ impl MetaStore for PgStore {
         now: u64,
         traffic: Vec<(TrafficKey, TrafficCounts)>,
     ) -> Result<(), StoreError> {
-        let v = self.vault_or_not_found(&vault).await?;
-        let at = StoredAt {
-            tenant: v.tenant.get(),
-            account: v.account.get(),
-            vault: &vault,
-            now,
-        };
         let rows = traffic_rows(&traffic);
         // Each chunk once, as recording them one after the other would leave it: a repeat
         // with the same bytes keeps the first, one with other bytes replaces it.
@@ -1973,7 +1928,7 @@ impl MetaStore for PgStore {
         // Chunk rows are locked in id order (`unique` is sorted), as the commit locks them.
         let id = vault.as_bytes().as_slice();
         in_tx!(self, |tx| {
-            share_vault(&tx, &vault).await?;
+            let at = share_vault(&tx, &vault, now).await?;
             add_traffic_rows(&tx, &rows).await?;
             exec(
                 &tx,
@@ -2396,7 +2351,7 @@ impl MetaStore for PgStore {
         let id = vault.as_bytes().as_slice();
         let dev = device.as_bytes().as_slice();
         let lock = format!("SELECT {VAULT_COLUMNS} FROM vaults WHERE vault = $1 FOR NO KEY UPDATE");
-        let (results, head) = in_tx!(self, |tx| {
+        let results = in_tx!(self, |tx| {
             // Pipelined (one round trip): the vault's row lock first, then, under it, the
             // chunks named (locked in id order, so that garbage collection cannot take them
             // between this check and the commit) and the entries' heads.
@@ -2422,7 +2377,7 @@ impl MetaStore for PgStore {
             )?;
             let v = vault_row(&locked.ok_or_else(|| vault_not_found(&vault))?)?;
             if entries.is_empty() {
-                return Ok::<_, TxError>((Vec::new(), None));
+                return Ok::<_, TxError>(Vec::new());
             }
             let mut pending: HashSet<ChunkId> = HashSet::new();
             let mut known: HashSet<ChunkId> = HashSet::with_capacity(rows.len());
@@ -2498,7 +2453,7 @@ impl MetaStore for PgStore {
                 });
             }
             if head == old_head {
-                return Ok((results, None));
+                return Ok(results);
             }
             // An entry applied twice in one commit ends at its last version.
             let mut last: BTreeMap<Vec<u8>, (Vec<u8>, i64)> = BTreeMap::new();
@@ -2580,9 +2535,8 @@ impl MetaStore for PgStore {
                 }
                 .into());
             }
-            (results, Some(head))
+            results
         })?;
-        let _ = head;
         Ok(results)
     }
 

@@ -30,7 +30,7 @@ use crate::store::api::{
     AccountId, AccountRecord, AccountUsage, ChangePage, ChunkLocation, ChunkRecord, ChunkState,
     DeviceRecord, DeviceRegistration, EntryHead, HOUR_SECS, MAX_PAGE_BYTES, MetaStore, PackId,
     PackInfo, PackedChunk, StorageHour, TenantId, TenantRecord, TrafficCounts, TrafficKey,
-    VaultRecord, VaultStorage, VersionPage, change_size_bound, check_name,
+    VaultRecord, VaultStorage, VersionPage, change_size_bound, check_name, hour_spans, page_limit,
 };
 use crate::store::codec::{
     self, ACCOUNT_DEVICES, ACCOUNT_VAULTS, AccountV1, ChunkStateV1, ChunkV1, DeviceV1, EnvelopeV1,
@@ -650,18 +650,6 @@ fn tx_set_gauge(
     tx_insert(meter, &gkey, &gauge)
 }
 
-/// The hours that `[from, to)` (unix seconds) overlaps, each with the seconds it overlaps; the
-/// hour of `from` always, even when the span is empty.
-fn hour_spans(from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> {
-    let first = from / HOUR_SECS;
-    let last = to.max(from) / HOUR_SECS;
-    (first..=last).map(move |hour| {
-        let start = (hour * HOUR_SECS).max(from);
-        let end = ((hour + 1) * HOUR_SECS).min(to.max(from));
-        (hour, end.saturating_sub(start))
-    })
-}
-
 fn vault_not_found(vault: &VaultId) -> StoreError {
     StoreError::not_found(format!("vault {vault}"))
 }
@@ -721,12 +709,6 @@ fn change(seq: Seq, l: LogV1) -> Change {
         epoch: Epoch::new(l.epoch),
         device: l.device,
     }
-}
-
-/// `limit` with 0 meaning `max`, capped at `max`.
-fn page_limit(limit: u32, max: u32) -> usize {
-    let limit = if limit == 0 { max } else { limit.min(max) };
-    usize::try_from(limit).unwrap_or(usize::MAX)
 }
 
 impl Inner {
